@@ -1,0 +1,1 @@
+"""The central telemetry_aggregator service: ingest, fleet state, Prometheus exposition."""

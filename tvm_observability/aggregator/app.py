@@ -1,0 +1,359 @@
+"""The aiohttp application: ingest, /metrics, health. Built by `make_app`, which the CLI and tests share.
+
+Request path of a push: content type -> size -> token present -> msgpack decode (codec) ->
+schema (ingest) -> credential -> rate limit -> fleet state. Every refusal is a typed
+TelemetryError: JSON reason + status, counted by reason, logged without secrets, and no state change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from .. import codec
+from ..auth import bearer_token, hash_token, token_matches
+from ..errors import (
+    BodyTooLarge,
+    Forbidden,
+    RateLimited,
+    TelemetryError,
+    Unauthenticated,
+    UnsupportedMediaType,
+)
+from ..ingest import IngestLimits, parse_snapshot
+from ..model import VehicleSnapshot
+from .collector import FleetCollector, ServiceMetrics
+from .config import AggregatorConfig
+from .fleet import Clock, FleetState, Outcome, SystemClock
+from .persistence import StateFile
+from .ratelimit import RateLimiter
+
+_LOGGER = logging.getLogger("tvm_observability.aggregator.ingest")
+_STATE_LOGGER = logging.getLogger("tvm_observability.aggregator.state")
+
+TELEMETRY_PATH = "/api/v1/telemetry"
+ACCEPTED_CONTENT_TYPES = frozenset({codec.CONTENT_TYPE, "application/x-msgpack"})
+BODY_TIMEOUT_S = 10.0
+"""A push body must arrive within this time (slow-body clients are cut off with 408)."""
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_UNKNOWN_STATUS_MEMORY = 10_000
+
+
+class BodyTimeout(TelemetryError):
+    status = 408
+    reason = "body_timeout"
+
+
+@dataclass
+class Runtime:
+    """Mutable service state shared by the handlers and background tasks (one per app)."""
+
+    config: AggregatorConfig
+    fleet: FleetState
+    metrics: ServiceMetrics
+    registry: CollectorRegistry
+    limiter: RateLimiter
+    ingest_limits: IngestLimits
+    token_owner: dict[str, str]
+    """sha256 of each roster token -> its vehicle, to tell 'wrong token' (401) from 'another vehicle's' (403)."""
+    state_file: StateFile | None
+    ready: bool = False
+    state_error: str | None = None
+    unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.Application:
+    """Build the aggregator app. State is restored and persisted by the app's cleanup context."""
+    clock = clock or SystemClock()
+    registry = CollectorRegistry(auto_describe=False)
+    fleet = FleetState(
+        config.vehicles,
+        statuses=config.statuses,
+        offline_after_s=config.offline_after_s,
+        max_error_codes_per_vehicle=config.limits.max_error_codes_per_vehicle,
+        max_unknown_vehicles=config.limits.max_unknown_vehicles if config.allow_unknown_vehicles else 0,
+        clock=clock,
+    )
+    registry.register(FleetCollector(fleet))
+    runtime = Runtime(
+        config=config,
+        fleet=fleet,
+        metrics=ServiceMetrics(registry),
+        registry=registry,
+        limiter=RateLimiter(config.limits.rate_limit_per_vehicle_hz, config.limits.rate_limit_burst, clock.monotonic),
+        ingest_limits=IngestLimits(
+            max_sensors=config.limits.max_sensors_per_vehicle,
+            max_error_codes=config.limits.max_error_codes_per_vehicle,
+        ),
+        token_owner={e.token_sha256: vid for vid, e in config.vehicles.items() if e.token_sha256},
+        state_file=StateFile(config.state_file) if config.state_file else None,
+    )
+    app = web.Application(middlewares=[_red_metrics], client_max_size=config.limits.max_body_bytes)
+    app[RUNTIME] = runtime
+    app.cleanup_ctx.append(_persistence)
+    app.router.add_post(TELEMETRY_PATH, handle_telemetry)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    return app
+
+
+# -- middleware --------------------------------------------------------------------------------
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _red_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count and time every request by route (unknown paths share one label, so no label explosion)."""
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "other"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics = request.app[RUNTIME].metrics
+        metrics.requests.labels(request.method, endpoint, str(status)).inc()
+        metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+
+
+# -- ingest ------------------------------------------------------------------------------------
+
+
+async def handle_telemetry(request: web.Request) -> web.Response:
+    """POST /api/v1/telemetry: one msgpack snapshot from one vehicle."""
+    rt = request.app[RUNTIME]
+    request_id = _request_id(request)
+    snap: VehicleSnapshot | None = None
+    try:
+        _check_content_type(request)
+        token = bearer_token(request.headers.get("Authorization"))
+        if rt.config.auth_required and token is None:
+            raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
+        body = await _read_body(request, rt.config.limits.max_body_bytes)
+        snap = parse_snapshot(codec.decode(body), rt.ingest_limits)
+        _authorise(rt, snap.vehicle_id, token)
+        if not rt.limiter.allow(snap.vehicle_id):
+            raise RateLimited(
+                f"more than {rt.config.limits.rate_limit_per_vehicle_hz:g} pushes/s from {snap.vehicle_id}"
+            )
+        outcome = rt.fleet.apply(snap)
+    except TelemetryError as exc:
+        return _reject(rt, exc, request, request_id, snap.vehicle_id if snap else None)
+    rt.metrics.received.inc()
+    if outcome is Outcome.DUPLICATE:
+        rt.metrics.duplicates.inc()
+    elif outcome is Outcome.ACCEPTED and not rt.fleet.is_known_status(snap.status):
+        _log_unknown_status(rt, snap, request_id)
+    return web.json_response(
+        {"status": outcome.value, "vehicle_id": snap.vehicle_id, "boot_id": snap.boot_id, "seq": snap.seq},
+        headers={"X-Request-Id": request_id},
+    )
+
+
+def _check_content_type(request: web.Request) -> None:
+    if request.content_type not in ACCEPTED_CONTENT_TYPES:
+        raise UnsupportedMediaType(f"Content-Type must be {codec.CONTENT_TYPE}, got {request.content_type!r}")
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """Read at most `limit` bytes within BODY_TIMEOUT_S; refuse more without reading it all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit}")
+
+    async def read() -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise BodyTimeout(f"body not received within {BODY_TIMEOUT_S:g} s") from None
+
+
+def _authorise(rt: Runtime, vehicle_id: str, token: str | None) -> None:
+    entry = rt.config.vehicles.get(vehicle_id)
+    if entry is None:
+        if not rt.config.allow_unknown_vehicles:
+            raise Forbidden(f"vehicle {vehicle_id} is not on the roster", reason="unknown_vehicle")
+        return
+    if not rt.config.auth_required:
+        return
+    if token is None or entry.token_sha256 is None:
+        raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
+    if token_matches(token, entry.token_sha256):
+        return
+    if hash_token(token) in rt.token_owner:
+        raise Forbidden(f"this credential may not write vehicle {vehicle_id}")
+    raise Unauthenticated("bearer token not valid")
+
+
+def _reject(
+    rt: Runtime, exc: TelemetryError, request: web.Request, request_id: str, vehicle_id: str | None
+) -> web.Response:
+    rt.metrics.rejected.labels(exc.reason).inc()
+    _LOGGER.warning(
+        "push rejected: %s",
+        exc.detail,
+        extra={
+            "request_id": request_id,
+            "vehicle_id": vehicle_id,
+            "reason": exc.reason,
+            "status": exc.status,
+            "remote": request.remote,
+        },
+    )
+    headers = {"X-Request-Id": request_id}
+    if exc.status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'
+    # Close the connection when the body was not consumed, so unread bytes never reach the next request.
+    if exc.status in (408, 413) or (exc.status in (401, 415) and not request.content.at_eof()):
+        headers["Connection"] = "close"
+    return web.json_response(exc.to_json(), status=exc.status, headers=headers)
+
+
+def _log_unknown_status(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> None:
+    key = (snap.vehicle_id, str(snap.status))
+    if key in rt.unknown_statuses_logged or len(rt.unknown_statuses_logged) >= _UNKNOWN_STATUS_MEMORY:
+        return
+    rt.unknown_statuses_logged.add(key)
+    _LOGGER.warning(
+        "vehicle reported status %r outside the configured set; exported as unknown",
+        snap.status,
+        extra={"request_id": request_id, "vehicle_id": snap.vehicle_id},
+    )
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+
+
+# -- exposition and health ---------------------------------------------------------------------
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it."""
+    rt = request.app[RUNTIME]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encoder(rt.registry)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"alive": True})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    """Ready once config is loaded and state restored; 503 while the state file cannot be written."""
+    rt = request.app[RUNTIME]
+    ready = rt.ready and rt.state_error is None
+    body = {
+        "ready": ready,
+        "state_restored": rt.ready,
+        "persistence": "off" if rt.state_file is None else ("failing: " + rt.state_error if rt.state_error else "ok"),
+        "vehicles": len(rt.fleet),
+    }
+    return web.json_response(body, status=200 if ready else 503)
+
+
+# -- persistence -------------------------------------------------------------------------------
+
+
+async def _persistence(app: web.Application) -> AsyncIterator[None]:
+    """Restore the state file before serving; save it while dirty, and once more on shutdown."""
+    rt = app[RUNTIME]
+    if rt.state_file is None:
+        rt.ready = True
+        yield
+        return
+    restore_state(rt, rt.state_file)
+    rt.ready = True
+    task = asyncio.create_task(_save_loop(rt, rt.state_file), name="state-save-loop")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if rt.fleet.dirty:
+            await save_state(rt, rt.state_file)
+
+
+def restore_state(rt: Runtime, state_file: StateFile) -> None:
+    """Load the state file into the fleet; an unreadable one is moved aside, loudly, not trusted."""
+    try:
+        image = state_file.load()
+        if image is None:
+            _STATE_LOGGER.info("no state file yet; starting empty", extra={"path": str(state_file.path)})
+            return
+        skipped = rt.fleet.restore(image, keep_unknown=rt.config.allow_unknown_vehicles)
+    except (ValueError, KeyError, TypeError, TelemetryError) as exc:
+        moved = state_file.quarantine() if state_file.path.exists() else None
+        _STATE_LOGGER.error(
+            "state file unusable, starting empty: %s",
+            exc,
+            extra={"path": str(state_file.path), "moved_to": str(moved)},
+        )
+        return
+    _STATE_LOGGER.info(
+        "state restored",
+        extra={"path": str(state_file.path), "vehicles": len(image["vehicles"]), "skipped_not_on_roster": skipped},
+    )
+
+
+async def save_state(rt: Runtime, state_file: StateFile) -> bool:
+    """Write the fleet image now (the file I/O runs in a thread); report and keep serving on failure."""
+    image = rt.fleet.to_dict()
+    rt.fleet.dirty = False
+    try:
+        await asyncio.to_thread(state_file.save, image)
+    except OSError as exc:
+        rt.fleet.dirty = True
+        rt.metrics.state_save_failures.inc()
+        rt.metrics.state_healthy.set(0)
+        if rt.state_error is None:
+            _STATE_LOGGER.error("cannot write state file: %s", exc, extra={"path": str(state_file.path)})
+        rt.state_error = exc.strerror or str(exc)
+        return False
+    if rt.state_error is not None:
+        _STATE_LOGGER.info("state file writable again", extra={"path": str(state_file.path)})
+    rt.state_error = None
+    rt.metrics.state_saves.inc()
+    rt.metrics.state_healthy.set(1)
+    rt.metrics.state_last_save.set(rt.fleet.clock.time())
+    return True
+
+
+async def _save_loop(rt: Runtime, state_file: StateFile) -> None:
+    while True:
+        await asyncio.sleep(rt.config.state_flush_interval_s)
+        if rt.fleet.dirty:
+            await save_state(rt, state_file)

@@ -1,0 +1,330 @@
+"""Aggregator configuration: YAML parsed once into a frozen dataclass; every problem reported together."""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..auth import TOKEN_SHA256_PATTERN
+from ..model import DEFAULT_VEHICLE_STATUSES, NAME_PATTERN, VEHICLE_ID_PATTERN
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9100
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` names each bad key."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        listing = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration in {source}:\n{listing}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Guards against oversized input, label explosion and runaway clients."""
+
+    max_body_bytes: int = 64 * 1024
+    max_sensors_per_vehicle: int = 32
+    max_error_codes_per_vehicle: int = 64
+    max_unknown_vehicles: int = 1000
+    rate_limit_per_vehicle_hz: float = 10.0
+    rate_limit_burst: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleEntry:
+    """A roster vehicle: expected from start-up, with the hash of its bearer token."""
+
+    token_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatorConfig:
+    listen_host: str = DEFAULT_HOST
+    listen_port: int = DEFAULT_PORT
+    auth_required: bool = True
+    offline_after_s: float = 15.0
+    state_file: str | None = None
+    state_flush_interval_s: float = 2.0
+    allow_unknown_vehicles: bool = False
+    statuses: tuple[str, ...] = DEFAULT_VEHICLE_STATUSES
+    limits: Limits = field(default_factory=Limits)
+    vehicles: Mapping[str, VehicleEntry] = field(default_factory=dict)
+    log_level: str = "info"
+    environment: str = "production"
+
+    @property
+    def listen(self) -> str:
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+EMBEDDED_DEFAULT = AggregatorConfig(auth_required=False, allow_unknown_vehicles=True, environment="development")
+"""Used without --config: loopback only, any vehicle accepted without credentials."""
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_TOP_KEYS = {
+    "listen",
+    "auth_required",
+    "offline_after_s",
+    "state_file",
+    "state_flush_interval_s",
+    "allow_unknown_vehicles",
+    "statuses",
+    "limits",
+    "vehicles",
+    "log_level",
+    "environment",
+}
+
+
+def load_config(path: str | Path, *, listen: str | None = None) -> AggregatorConfig:
+    """Read and validate a YAML config file; `listen` (the CLI flag) beats the file's value."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    return parse_config(data, source=source, listen=listen)
+
+
+def default_config(*, listen: str | None = None) -> AggregatorConfig:
+    """The embedded default, with the listen flag applied and the same exposure checks as a file."""
+    config = EMBEDDED_DEFAULT
+    problems: list[str] = []
+    if listen is not None:
+        config = _with_listen(config, listen, "--listen", problems)
+    problems += _exposure_problems(config)
+    if problems:
+        raise ConfigError("the embedded default configuration", problems)
+    return config
+
+
+def parse_config(data: Any, *, source: str = "<config>", listen: str | None = None) -> AggregatorConfig:
+    """Validate a decoded config mapping; raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["top level must be a mapping of keys to values"])
+    problems = [f"{key}: unknown key" for key in sorted(map(str, data)) if key not in _TOP_KEYS]
+    r = _Reader(problems)
+    config = AggregatorConfig(
+        auth_required=r.boolean(data, "auth_required", True),
+        offline_after_s=r.number(data, "offline_after_s", 15.0, low=0.5),
+        state_file=r.optional_str(data, "state_file"),
+        state_flush_interval_s=r.number(data, "state_flush_interval_s", 2.0, low=0.05),
+        allow_unknown_vehicles=r.boolean(data, "allow_unknown_vehicles", False),
+        statuses=r.statuses(data),
+        limits=r.limits(data.get("limits")),
+        vehicles=r.vehicles(data.get("vehicles")),
+        log_level=r.choice(data, "log_level", "info", _LOG_LEVELS),
+        environment=r.string(data, "environment", "production"),
+    )
+    if "listen" in data:
+        config = _with_listen(config, data["listen"], "listen", problems)
+    if listen is not None:
+        config = _with_listen(config, listen, "--listen", problems)
+    problems += _exposure_problems(config)
+    if config.auth_required:
+        problems += [
+            f"vehicles.{vid}.token_sha256: required while auth_required is true "
+            "(make one with `telemetry_aggregator token " + vid + "`)"
+            for vid, entry in config.vehicles.items()
+            if entry.token_sha256 is None
+        ]
+        if config.allow_unknown_vehicles:
+            problems.append(
+                "allow_unknown_vehicles: unknown vehicles have no credential, so this needs auth_required: false"
+            )
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def parse_listen(value: Any) -> tuple[str, int]:
+    """Split HOST:PORT (or [IPv6]:PORT); raise ValueError with a readable message."""
+    if not isinstance(value, str) or ":" not in value:
+        raise ValueError(f"must be HOST:PORT, got {value!r}")
+    host, _, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise ValueError(f"must be HOST:PORT with a host, got {value!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port_text!r}")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps the port on this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _with_listen(config: AggregatorConfig, value: Any, key: str, problems: list[str]) -> AggregatorConfig:
+    try:
+        host, port = parse_listen(value)
+    except ValueError as exc:
+        problems.append(f"{key}: {exc}")
+        return config
+    return replace(config, listen_host=host, listen_port=port)
+
+
+def _exposure_problems(config: AggregatorConfig) -> list[str]:
+    if config.auth_required or is_loopback(config.listen_host):
+        return []
+    return [
+        f"listen: {config.listen} is reachable from other machines, but no vehicle credentials are configured "
+        "(auth_required is false); listen on 127.0.0.1 or configure vehicles with token_sha256"
+    ]
+
+
+class _Reader:
+    """Typed reads from the raw mapping; each failure is recorded and a default returned."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+
+    def _fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def boolean(self, data: Mapping[str, Any], key: str, default: bool, prefix: str = "") -> bool:
+        value = data.get(key, default)
+        if type(value) is not bool:
+            self._fail(prefix + key, f"must be true or false, got {value!r}")
+            return default
+        return value
+
+    def number(
+        self, data: Mapping[str, Any], key: str, default: float, *, low: float, prefix: str = "", integer: bool = False
+    ) -> Any:
+        value = data.get(key, default)
+        valid = type(value) is int if integer else type(value) in (int, float)
+        if not valid or not math.isfinite(value) or value < low:
+            kind = "an integer" if integer else "a number"
+            self._fail(prefix + key, f"must be {kind} >= {low}, got {value!r}")
+            return default
+        return value if integer else float(value)
+
+    def string(self, data: Mapping[str, Any], key: str, default: str) -> str:
+        value = data.get(key, default)
+        if not isinstance(value, str) or not value:
+            self._fail(key, f"must be a non-empty string, got {value!r}")
+            return default
+        return value
+
+    def optional_str(self, data: Mapping[str, Any], key: str) -> str | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            self._fail(key, f"must be a path or null, got {value!r}")
+            return None
+        return value
+
+    def choice(self, data: Mapping[str, Any], key: str, default: str, options: tuple[str, ...]) -> str:
+        value = data.get(key, default)
+        if value not in options:
+            self._fail(key, f"must be one of {', '.join(options)}, got {value!r}")
+            return default
+        return str(value)
+
+    def statuses(self, data: Mapping[str, Any]) -> tuple[str, ...]:
+        value = data.get("statuses", list(DEFAULT_VEHICLE_STATUSES))
+        if not isinstance(value, list) or not value:
+            self._fail("statuses", "must be a non-empty list of status names")
+            return DEFAULT_VEHICLE_STATUSES
+        bad = [s for s in value if not isinstance(s, str) or NAME_PATTERN.fullmatch(s) is None]
+        reserved = [s for s in value if s in ("offline", "unknown")]
+        if bad:
+            self._fail("statuses", f"names must match {NAME_PATTERN.pattern}: {bad!r}")
+        if reserved:
+            self._fail("statuses", f"'offline' and 'unknown' are always present and may not be listed: {reserved!r}")
+        if len(set(value)) != len(value):
+            self._fail("statuses", "names must be unique")
+        return tuple(value) if not bad else DEFAULT_VEHICLE_STATUSES
+
+    def limits(self, value: Any) -> Limits:
+        if value is None:
+            return Limits()
+        if not isinstance(value, dict):
+            self._fail("limits", "must be a mapping")
+            return Limits()
+        defaults = Limits()
+        known = set(Limits.__slots__)
+        for key in sorted(map(str, value)):
+            if key not in known:
+                self._fail(f"limits.{key}", "unknown key")
+        return Limits(
+            max_body_bytes=self.number(
+                value, "max_body_bytes", defaults.max_body_bytes, low=256, prefix="limits.", integer=True
+            ),
+            max_sensors_per_vehicle=self.number(
+                value,
+                "max_sensors_per_vehicle",
+                defaults.max_sensors_per_vehicle,
+                low=1,
+                prefix="limits.",
+                integer=True,
+            ),
+            max_error_codes_per_vehicle=self.number(
+                value,
+                "max_error_codes_per_vehicle",
+                defaults.max_error_codes_per_vehicle,
+                low=1,
+                prefix="limits.",
+                integer=True,
+            ),
+            max_unknown_vehicles=self.number(
+                value, "max_unknown_vehicles", defaults.max_unknown_vehicles, low=0, prefix="limits.", integer=True
+            ),
+            rate_limit_per_vehicle_hz=self.number(
+                value, "rate_limit_per_vehicle_hz", defaults.rate_limit_per_vehicle_hz, low=0.1, prefix="limits."
+            ),
+            rate_limit_burst=self.number(
+                value, "rate_limit_burst", defaults.rate_limit_burst, low=1, prefix="limits.", integer=True
+            ),
+        )
+
+    def vehicles(self, value: Any) -> Mapping[str, VehicleEntry]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self._fail("vehicles", "must be a mapping of vehicle id to {token_sha256: ...}")
+            return {}
+        roster: dict[str, VehicleEntry] = {}
+        for vid, raw_entry in value.items():
+            path = f"vehicles.{vid}"
+            if not isinstance(vid, str) or VEHICLE_ID_PATTERN.fullmatch(vid) is None:
+                self._fail(path, f"vehicle id must match {VEHICLE_ID_PATTERN.pattern}")
+                continue
+            entry = {} if raw_entry is None else raw_entry
+            if not isinstance(entry, dict):
+                self._fail(path, "must be a mapping such as {token_sha256: <hex>}")
+                continue
+            for key in sorted(map(str, entry)):
+                if key != "token_sha256":
+                    self._fail(f"{path}.{key}", "unknown key")
+            digest = entry.get("token_sha256")
+            if digest is not None and (not isinstance(digest, str) or TOKEN_SHA256_PATTERN.fullmatch(digest) is None):
+                self._fail(f"{path}.token_sha256", "must be 64 lowercase hex characters (sha256 of the token)")
+                digest = None
+            roster[vid] = VehicleEntry(token_sha256=digest)
+        return roster

@@ -1,0 +1,271 @@
+"""Fleet state: the latest snapshot, liveness and error counters of every vehicle. Pure: clock injected.
+
+Counting model. A vehicle sends, per error code, the cumulative count since its `boot_id`
+started. The aggregator keeps, per vehicle, the highest count seen for each of the last few
+boots plus a `retired` sum for older boots, so
+
+    vehicle_errors_total = retired + sum(highest count per tracked boot)
+
+never decreases, never double-counts a retry (counts are cumulative, not deltas) and loses
+nothing when a push is lost (the next push carries the same events again).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from ..errors import LimitExceeded
+from ..ingest import IngestLimits, parse_snapshot
+from ..model import OFFLINE_STATUS, UNKNOWN_STATUS, VehicleSnapshot
+
+TRACKED_BOOTS = 4
+"""Boots whose counts stay separately updatable (a late push from a previous boot still counts)."""
+
+STATE_FORMAT = 1
+_TRUSTED_LIMITS = IngestLimits(max_sensors=2**31, max_error_codes=2**31)
+"""Saved snapshots passed the configured limits when they arrived; limits may have shrunk since."""
+
+
+class Clock(Protocol):
+    def monotonic(self) -> float: ...
+
+    def time(self) -> float: ...
+
+
+class SystemClock:
+    """The real clocks: monotonic for ages, wall time for timestamps."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def time(self) -> float:
+        return time.time()
+
+
+class Outcome(str, Enum):
+    """What `FleetState.apply` did with a valid snapshot."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    """Same or older (boot_id, seq) than already applied: acknowledged, ignored."""
+    PREVIOUS_BOOT = "previous_boot"
+    """A late push from an earlier boot: its error counts are merged, the live state is not touched."""
+
+
+@dataclass(slots=True)
+class BootRecord:
+    seq: int
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class VehicleState:
+    """Everything the aggregator knows of one vehicle."""
+
+    vehicle_id: str
+    on_roster: bool
+    snapshot: VehicleSnapshot | None = None
+    boots: OrderedDict[str, BootRecord] = field(default_factory=OrderedDict)
+    retired: dict[str, int] = field(default_factory=dict)
+    errors_total: dict[str, int] = field(default_factory=dict)
+    heartbeat_monotonic: float | None = None
+    heartbeat_wall: float | None = None
+    restarts: int = 0
+    clock_skew_s: float | None = None
+    version: int = 0
+    """Bumped on every change, so caches of rendered values know when to refresh."""
+
+    @property
+    def boot_id(self) -> str | None:
+        return next(reversed(self.boots)) if self.boots else None
+
+    def heartbeat_age(self, now_monotonic: float) -> float:
+        """Seconds since the last accepted snapshot; +Inf if never heard from."""
+        if self.heartbeat_monotonic is None:
+            return float("inf")
+        return max(0.0, now_monotonic - self.heartbeat_monotonic)
+
+    def _recount(self) -> None:
+        totals = dict(self.retired)
+        for record in self.boots.values():
+            for code, count in record.errors.items():
+                totals[code] = totals.get(code, 0) + count
+        self.errors_total = totals
+
+
+class FleetState:
+    """All vehicles, keyed by id. Roster vehicles exist from construction, so they are never absent."""
+
+    def __init__(
+        self,
+        roster: Iterable[str],
+        *,
+        statuses: Iterable[str],
+        offline_after_s: float,
+        max_error_codes_per_vehicle: int = 64,
+        max_unknown_vehicles: int = 1000,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self.statuses: tuple[str, ...] = tuple(statuses)
+        self.all_statuses: tuple[str, ...] = (*self.statuses, UNKNOWN_STATUS, OFFLINE_STATUS)
+        self._known_statuses = frozenset(self.statuses)
+        self.offline_after_s = offline_after_s
+        self.max_error_codes = max_error_codes_per_vehicle
+        self.max_unknown = max_unknown_vehicles
+        self._vehicles: dict[str, VehicleState] = {vid: VehicleState(vid, on_roster=True) for vid in roster}
+        self._unknown_count = 0
+        self.dirty = False
+        """Set by every change; the persistence task clears it after saving."""
+
+    def __len__(self) -> int:
+        return len(self._vehicles)
+
+    def __iter__(self) -> Iterator[VehicleState]:
+        return iter(self._vehicles.values())
+
+    def get(self, vehicle_id: str) -> VehicleState | None:
+        return self._vehicles.get(vehicle_id)
+
+    def apply(self, snap: VehicleSnapshot) -> Outcome:
+        """Fold one validated, authorised snapshot into the state.
+
+        Raises LimitExceeded, leaving the state untouched, when the vehicle would be one unknown
+        vehicle too many or would carry more distinct error codes than allowed.
+        """
+        vehicle = self._vehicles.get(snap.vehicle_id)
+        if vehicle is None and self._unknown_count >= self.max_unknown:
+            raise LimitExceeded(
+                f"already tracking {self.max_unknown} vehicles outside the roster", reason="limit_vehicles"
+            )
+        existing_codes = vehicle.errors_total.keys() if vehicle else ()
+        new_codes = [code for code in snap.errors if code not in existing_codes]
+        if new_codes and len(existing_codes) + len(new_codes) > self.max_error_codes:
+            raise LimitExceeded(
+                f"vehicle {snap.vehicle_id} would have {len(existing_codes) + len(new_codes)} distinct error codes, "
+                f"at most {self.max_error_codes}",
+                reason="limit_error_codes",
+            )
+        if vehicle is None:
+            vehicle = VehicleState(snap.vehicle_id, on_roster=False)
+            self._vehicles[snap.vehicle_id] = vehicle
+            self._unknown_count += 1
+
+        record = vehicle.boots.get(snap.boot_id)
+        if record is not None and snap.seq <= record.seq:
+            return Outcome.DUPLICATE
+        current = vehicle.boot_id
+        if record is None:
+            record = BootRecord(seq=snap.seq)
+            vehicle.boots[snap.boot_id] = record
+            if current is not None:
+                vehicle.restarts += 1
+            while len(vehicle.boots) > TRACKED_BOOTS:
+                _, oldest = vehicle.boots.popitem(last=False)
+                for code, count in oldest.errors.items():
+                    vehicle.retired[code] = vehicle.retired.get(code, 0) + count
+        record.seq = snap.seq
+        for code, count in snap.errors.items():
+            if count > record.errors.get(code, 0):
+                record.errors[code] = count
+        vehicle._recount()
+        vehicle.version += 1
+        self.dirty = True
+        if vehicle.boot_id != snap.boot_id:
+            return Outcome.PREVIOUS_BOOT
+        vehicle.snapshot = snap
+        vehicle.heartbeat_monotonic = self.clock.monotonic()
+        vehicle.heartbeat_wall = self.clock.time()
+        vehicle.clock_skew_s = snap.sent_at - vehicle.heartbeat_wall
+        return Outcome.ACCEPTED
+
+    def is_online(self, vehicle: VehicleState, now_monotonic: float) -> bool:
+        return vehicle.heartbeat_age(now_monotonic) <= self.offline_after_s
+
+    def status_of(self, vehicle: VehicleState, now_monotonic: float) -> str:
+        """The one status exported as 1: offline, the reported status, or unknown."""
+        if not self.is_online(vehicle, now_monotonic):
+            return OFFLINE_STATUS
+        reported = vehicle.snapshot.status if vehicle.snapshot else None
+        return reported if reported in self._known_statuses else UNKNOWN_STATUS
+
+    def is_known_status(self, status: str | None) -> bool:
+        return status is None or status in self._known_statuses
+
+    def online_count(self, now_monotonic: float) -> int:
+        return sum(1 for v in self._vehicles.values() if self.is_online(v, now_monotonic))
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready image of what must survive a restart (counters, boots, last values)."""
+        return {
+            "format": STATE_FORMAT,
+            "saved_at": self.clock.time(),
+            "vehicles": {
+                v.vehicle_id: {
+                    "boots": [{"boot_id": b, "seq": r.seq, "errors": dict(r.errors)} for b, r in v.boots.items()],
+                    "retired": dict(v.retired),
+                    "heartbeat_wall": v.heartbeat_wall,
+                    "restarts": v.restarts,
+                    "snapshot": v.snapshot.to_wire() if v.snapshot else None,
+                }
+                for v in self._vehicles.values()
+                if v.boots or v.retired
+            },
+        }
+
+    def restore(self, image: Mapping[str, Any], *, keep_unknown: bool) -> list[str]:
+        """Load a `to_dict` image; returns the ids skipped (not on the roster while unknowns are refused).
+
+        The whole image is checked before anything is applied: a structurally broken one raises
+        ValueError (or KeyError/TypeError) and leaves the state as it was.
+        """
+        if image.get("format") != STATE_FORMAT:
+            raise ValueError(f"state format {image.get('format')!r} is not {STATE_FORMAT}")
+        prepared = [(str(vid), _restored_vehicle(str(vid), saved)) for vid, saved in image["vehicles"].items()]
+        now_mono, now_wall = self.clock.monotonic(), self.clock.time()
+        skipped: list[str] = []
+        for vid, restored in prepared:
+            vehicle = self._vehicles.get(vid)
+            if vehicle is None:
+                if not keep_unknown or self._unknown_count >= self.max_unknown:
+                    skipped.append(vid)
+                    continue
+                self._unknown_count += 1
+            else:
+                restored.on_roster = True
+            if restored.heartbeat_wall is not None:
+                restored.heartbeat_monotonic = now_mono - max(0.0, now_wall - restored.heartbeat_wall)
+            self._vehicles[vid] = restored
+        return skipped
+
+
+def _restored_vehicle(vehicle_id: str, saved: Mapping[str, Any]) -> VehicleState:
+    vehicle = VehicleState(vehicle_id, on_roster=False)
+    vehicle.boots = OrderedDict(
+        (str(b["boot_id"]), BootRecord(int(b["seq"]), _counts(b["errors"]))) for b in saved["boots"]
+    )
+    vehicle.retired = _counts(saved["retired"])
+    vehicle.restarts = int(saved["restarts"])
+    if saved["heartbeat_wall"] is not None:
+        vehicle.heartbeat_wall = float(saved["heartbeat_wall"])
+    if saved["snapshot"] is not None:
+        vehicle.snapshot = parse_snapshot(saved["snapshot"], _TRUSTED_LIMITS)
+        if vehicle.snapshot.vehicle_id != vehicle_id:
+            raise ValueError(f"saved snapshot of {vehicle.snapshot.vehicle_id} filed under {vehicle_id}")
+    vehicle._recount()
+    vehicle.version = 1
+    return vehicle
+
+
+def _counts(raw: Mapping[str, Any]) -> dict[str, int]:
+    counts = {str(code): int(count) for code, count in raw.items()}
+    if any(count < 0 for count in counts.values()):
+        raise ValueError("negative error count in state image")
+    return counts

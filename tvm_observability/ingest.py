@@ -1,0 +1,189 @@
+"""Schema-v1 validation: decoded msgpack values -> VehicleSnapshot, or a typed error. Pure, no I/O.
+
+Unknown keys are ignored (newer vehicles may add fields); every known key is checked
+for type, range and finiteness, so nothing NaN, infinite or oversized reaches the fleet state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LimitExceeded, SchemaError, UnsupportedVersion
+from .model import (
+    MAX_MESSAGE_CHARS,
+    NAME_PATTERN,
+    SCHEMA_VERSION,
+    SENSOR_STATUSES,
+    VEHICLE_ID_PATTERN,
+    Battery,
+    Pose,
+    Position,
+    SensorReport,
+    VehicleSnapshot,
+)
+
+MAX_SEQ = 2**63 - 1
+MAX_ERROR_COUNT = 2**53
+"""Counts above this would lose precision as Prometheus floats."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """Per-snapshot cardinality guards."""
+
+    max_sensors: int = 32
+    max_error_codes: int = 64
+
+
+def parse_snapshot(raw: Any, limits: IngestLimits = IngestLimits()) -> VehicleSnapshot:
+    """Validate one decoded push body; raise SchemaError, UnsupportedVersion or LimitExceeded."""
+    top = _map(raw, "body")
+    version = top.get("v")
+    if type(version) is not int:
+        raise SchemaError("v: must be the integer schema version")
+    if version != SCHEMA_VERSION:
+        raise UnsupportedVersion(
+            f"v: schema version {version} is not supported (this aggregator speaks {SCHEMA_VERSION})"
+        )
+    sensors = _optional_map(top.get("sensors"), "sensors")
+    errors = _optional_map(top.get("errors"), "errors")
+    if len(sensors) > limits.max_sensors:
+        raise LimitExceeded(f"sensors: {len(sensors)} sensors, at most {limits.max_sensors}", reason="limit_sensors")
+    if len(errors) > limits.max_error_codes:
+        raise LimitExceeded(
+            f"errors: {len(errors)} error codes, at most {limits.max_error_codes}", reason="limit_error_codes"
+        )
+    return VehicleSnapshot(
+        vehicle_id=_pattern(top.get("vehicle_id"), "vehicle_id", VEHICLE_ID_PATTERN),
+        boot_id=_pattern(top.get("boot_id"), "boot_id", VEHICLE_ID_PATTERN),
+        seq=_int(top.get("seq"), "seq", 0, MAX_SEQ),
+        sent_at=_number(top.get("sent_at"), "sent_at", 0.0, 1e11),
+        status=_optional_status(top.get("status")),
+        battery=_optional(top.get("battery"), "battery", _battery),
+        position=_optional(top.get("position"), "position", _position),
+        pose=_optional(top.get("pose"), "pose", _pose),
+        sensors={
+            _pattern(name, "sensors key", NAME_PATTERN): _sensor(report, f"sensors.{name}")
+            for name, report in sensors.items()
+        },
+        errors={
+            _pattern(code, "errors key", NAME_PATTERN): _int(count, f"errors.{code}", 0, MAX_ERROR_COUNT)
+            for code, count in errors.items()
+        },
+    )
+
+
+def _battery(m: Mapping[str, Any], path: str) -> Battery:
+    charging = m.get("charging")
+    if charging is not None and type(charging) is not bool:
+        raise SchemaError(f"{path}.charging: must be a boolean or nil")
+    return Battery(
+        percentage=_optional_number(m.get("percentage"), f"{path}.percentage", 0.0, 100.0),
+        voltage=_optional_number(m.get("voltage"), f"{path}.voltage", 0.0, 1000.0),
+        charging=charging,
+        age_s=_age(m, path),
+    )
+
+
+def _position(m: Mapping[str, Any], path: str) -> Position:
+    fix = m.get("fix")
+    if type(fix) is not bool:
+        raise SchemaError(f"{path}.fix: must be a boolean")
+    latitude = _optional_number(m.get("latitude"), f"{path}.latitude", -90.0, 90.0)
+    longitude = _optional_number(m.get("longitude"), f"{path}.longitude", -180.0, 180.0)
+    if fix and (latitude is None or longitude is None):
+        raise SchemaError(f"{path}: a fix needs both latitude and longitude")
+    return Position(
+        latitude=latitude,
+        longitude=longitude,
+        altitude=_optional_number(m.get("altitude"), f"{path}.altitude", -1e5, 1e6),
+        fix=fix,
+        age_s=_age(m, path),
+    )
+
+
+def _pose(m: Mapping[str, Any], path: str) -> Pose:
+    frame_id = m.get("frame_id", "")
+    if not isinstance(frame_id, str) or len(frame_id) > 64:
+        raise SchemaError(f"{path}.frame_id: must be a string of at most 64 characters")
+    return Pose(
+        x=_number(m.get("x"), f"{path}.x", -1e9, 1e9),
+        y=_number(m.get("y"), f"{path}.y", -1e9, 1e9),
+        yaw=_number(m.get("yaw"), f"{path}.yaw", -1e3, 1e3),
+        speed=_number(m.get("speed"), f"{path}.speed", 0.0, 1e3),
+        frame_id=frame_id,
+        age_s=_age(m, path),
+    )
+
+
+def _sensor(raw: Any, path: str) -> SensorReport:
+    m = _map(raw, path)
+    status = m.get("status")
+    if status not in SENSOR_STATUSES:
+        raise SchemaError(f"{path}.status: must be one of {', '.join(SENSOR_STATUSES)}")
+    message = m.get("message", "")
+    if message is None:
+        message = ""
+    if not isinstance(message, str) or len(message) > MAX_MESSAGE_CHARS:
+        raise SchemaError(f"{path}.message: must be a string of at most {MAX_MESSAGE_CHARS} characters")
+    return SensorReport(
+        status=status,
+        rate_hz=_optional_number(m.get("rate_hz"), f"{path}.rate_hz", 0.0, 1e6),
+        message=message,
+    )
+
+
+def _optional_status(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    return _pattern(raw, "status", NAME_PATTERN)
+
+
+def _age(m: Mapping[str, Any], path: str) -> float:
+    return _number(m.get("age_s"), f"{path}.age_s", 0.0, 1e9)
+
+
+def _map(raw: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise SchemaError(f"{path}: must be a map")
+    return raw
+
+
+def _optional_map(raw: Any, path: str) -> Mapping[str, Any]:
+    return {} if raw is None else _map(raw, path)
+
+
+def _optional(raw: Any, path: str, parse: Any) -> Any:
+    return None if raw is None else parse(_map(raw, path), path)
+
+
+def _pattern(raw: Any, path: str, pattern: Any) -> str:
+    if not isinstance(raw, str) or pattern.fullmatch(raw) is None:
+        raise SchemaError(f"{path}: must match {pattern.pattern}")
+    return raw
+
+
+def _int(raw: Any, path: str, low: int, high: int) -> int:
+    if type(raw) is not int:
+        raise SchemaError(f"{path}: must be an integer")
+    if not low <= raw <= high:
+        raise SchemaError(f"{path}: {raw} is outside [{low}, {high}]", reason="out_of_range")
+    return raw
+
+
+def _number(raw: Any, path: str, low: float, high: float) -> float:
+    if type(raw) not in (int, float):
+        raise SchemaError(f"{path}: must be a number")
+    value = float(raw)
+    if not math.isfinite(value):
+        raise SchemaError(f"{path}: must be finite", reason="non_finite")
+    if not low <= value <= high:
+        raise SchemaError(f"{path}: {value} is outside [{low}, {high}]", reason="out_of_range")
+    return value
+
+
+def _optional_number(raw: Any, path: str, low: float, high: float) -> float | None:
+    return None if raw is None else _number(raw, path, low, high)

@@ -1,0 +1,134 @@
+"""The telemetry snapshot a vehicle sends once per period: plain frozen values, no ROS, no I/O.
+
+Field names and meanings are the wire schema v1 of docs/telemetry-protocol.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+VEHICLE_ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""Vehicle ids: what may appear in the vehicle_id label."""
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,64}")
+"""Sensor names and error codes: what may appear in the sensor and error_code labels."""
+
+SENSOR_STATUSES: tuple[str, ...] = ("ok", "warn", "error", "stale")
+"""Every status a sensor can have, best first."""
+
+DEFAULT_VEHICLE_STATUSES: tuple[str, ...] = (
+    "idle",
+    "on_mission",
+    "charging",
+    "docked",
+    "paused",
+    "emergency_stop",
+    "error",
+    "maintenance",
+)
+"""Statuses a vehicle may report by default (configurable on both ends)."""
+
+UNKNOWN_STATUS = "unknown"
+"""Exported when a vehicle reports no status or one outside the configured set."""
+
+OFFLINE_STATUS = "offline"
+"""Exported by the aggregator when a vehicle's heartbeat is older than offline_after_s."""
+
+MAX_MESSAGE_CHARS = 256
+"""Longest sensor message kept (longer ones are rejected on ingest, truncated by the bridge)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Battery:
+    """Battery state; None where the source does not know (ROS NaN)."""
+
+    percentage: float | None
+    voltage: float | None
+    charging: bool | None
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """GNSS position; without a fix the coordinates are None."""
+
+    latitude: float | None
+    longitude: float | None
+    altitude: float | None
+    fix: bool
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pose:
+    """Odometry pose in frame_id, yaw in radians, speed in m/s."""
+
+    x: float
+    y: float
+    yaw: float
+    speed: float
+    frame_id: str
+    age_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SensorReport:
+    """One sensor's combined status (diagnostics and message-rate liveness)."""
+
+    status: str
+    rate_hz: float | None = None
+    message: str = ""
+
+
+def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleSnapshot:
+    """Everything one push carries.
+
+    `errors` holds, per error code, the number of error events since this `boot_id`
+    started: cumulative, so a lost or repeated push never loses or doubles an event.
+    """
+
+    vehicle_id: str
+    boot_id: str
+    seq: int
+    sent_at: float
+    status: str | None = None
+    battery: Battery | None = None
+    position: Position | None = None
+    pose: Pose | None = None
+    sensors: Mapping[str, SensorReport] = field(default_factory=dict)
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sensors", _frozen(self.sensors))
+        object.__setattr__(self, "errors", _frozen(self.errors))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The schema-v1 map (plain dicts, lists and scalars) for the codec."""
+        return {
+            "v": SCHEMA_VERSION,
+            "vehicle_id": self.vehicle_id,
+            "boot_id": self.boot_id,
+            "seq": self.seq,
+            "sent_at": self.sent_at,
+            "status": self.status,
+            "battery": None if self.battery is None else _fields(self.battery),
+            "position": None if self.position is None else _fields(self.position),
+            "pose": None if self.pose is None else _fields(self.pose),
+            "sensors": {name: _fields(report) for name, report in self.sensors.items()},
+            "errors": dict(self.errors),
+        }
+
+
+def _fields(value: Battery | Position | Pose | SensorReport) -> dict[str, Any]:
+    return {name: getattr(value, name) for name in value.__slots__}
