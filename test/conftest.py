@@ -1,0 +1,46 @@
+"""Fixtures shared by every suite. Helpers live in support.py so test modules can import them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import ros_domain
+
+from tvm_observability.auth import generate_token, hash_token
+
+
+@pytest.fixture
+def ros_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """A private ROS_DOMAIN_ID (localhost-only discovery) for this test, in os.environ and as a dict."""
+    pytest.importorskip("rclpy", reason="rclpy is not installed (pip install -r requirements-ros-kilted.txt)")
+    with ros_domain() as env:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        yield {**os.environ, **env}
+
+
+@pytest.fixture
+def fleet_tokens() -> dict[str, str]:
+    """Fresh bearer tokens for a three-vehicle roster."""
+    return {vid: generate_token() for vid in ("V1", "V2", "V3")}
+
+
+@pytest.fixture
+def write_config(tmp_path: Path):  # noqa: ANN201 - returns a factory
+    """Write an aggregator YAML config (defaults suited to tests) and return its path."""
+
+    def write(tokens: dict[str, str] | None = None, **overrides: Any) -> Path:
+        data: dict[str, Any] = {"listen": "127.0.0.1:0", "offline_after_s": 15, "environment": "test"}
+        if tokens is not None:
+            data["vehicles"] = {vid: {"token_sha256": hash_token(tok)} for vid, tok in tokens.items()}
+        data.update(overrides)
+        path = tmp_path / "aggregator.yaml"
+        path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        return path
+
+    return write

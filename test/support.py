@@ -1,0 +1,210 @@
+"""Test helpers shared by the suites: real aggregator processes, real HTTP pushes, /metrics parsing,
+and ROS_DOMAIN_ID allocation so tests that start ROS nodes never hear each other."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tvm_observability import codec
+
+REPO = Path(__file__).resolve().parent.parent
+MSGPACK = {"Content-Type": "application/msgpack"}
+
+# ROS 2 domain ids usable with Fast DDS port arithmetic: 1..101 (0 is everyone's default).
+_DOMAIN_IDS = range(1, 102)
+_DOMAIN_LOCK_DIR = Path(tempfile.gettempdir()) / "tvm_observability_ros_domains"
+
+
+@contextlib.contextmanager
+def ros_domain() -> Iterator[dict[str, str]]:
+    """Hold a ROS_DOMAIN_ID no other test process on this machine holds; yield the env to run nodes with.
+
+    Discovery is limited to localhost, so nothing leaves the machine either.
+    """
+    _DOMAIN_LOCK_DIR.mkdir(exist_ok=True)
+    start = os.getpid() % len(_DOMAIN_IDS)
+    for offset in range(len(_DOMAIN_IDS)):
+        domain = _DOMAIN_IDS[(start + offset) % len(_DOMAIN_IDS)]
+        handle = open(_DOMAIN_LOCK_DIR / f"{domain}.lock", "w")  # noqa: SIM115 - held for the block
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        try:
+            yield {"ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        return
+    raise RuntimeError("no free ROS_DOMAIN_ID: too many ROS tests at once")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until predicate() is truthy and return its value; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (OSError, http.client.HTTPException) as exc:
+            last_error = exc
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last error: {last_error!r})")
+
+
+class Response:
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def request(
+    url: str,
+    method: str = "GET",
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Response:
+    """One real HTTP request on a fresh connection (no retries, no redirects)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn.request(method, path or "/", body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def push(base_url: str, wire: Mapping[str, Any], token: str | None = None, **headers: str) -> Response:
+    """POST one snapshot (a wire map) to the aggregator."""
+    all_headers = dict(MSGPACK)
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {token}"
+    all_headers.update(headers)
+    return request(base_url + "/api/v1/telemetry", "POST", codec.encode_wire(dict(wire)), all_headers)
+
+
+def wire_snapshot(vehicle_id: str = "V1", *, boot_id: str = "boot-a", seq: int = 1, **fields: Any) -> dict[str, Any]:
+    """A valid schema-v1 map with realistic values; keyword arguments replace fields."""
+    wire: dict[str, Any] = {
+        "v": 1,
+        "vehicle_id": vehicle_id,
+        "boot_id": boot_id,
+        "seq": seq,
+        "sent_at": time.time(),
+        "status": "idle",
+        "battery": {"percentage": 76.5, "voltage": 25.2, "charging": False, "age_s": 0.4},
+        "position": {"latitude": 52.5200, "longitude": 13.4050, "altitude": 34.0, "fix": True, "age_s": 0.2},
+        "pose": {"x": 12.5, "y": -3.0, "yaw": 1.57, "speed": 0.8, "frame_id": "odom", "age_s": 0.05},
+        "sensors": {
+            "lidar": {"status": "ok", "rate_hz": 10.0, "message": ""},
+            "camera": {"status": "ok", "rate_hz": 15.0, "message": ""},
+        },
+        "errors": {},
+    }
+    wire.update(fields)
+    return wire
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Every sample of a text exposition, keyed by (name, labels); fails on malformed output."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def scrape(base_url: str) -> Samples:
+    resp = request(base_url + "/metrics")
+    assert resp.status == 200, resp.body
+    return parse_metrics(resp.body.decode("utf-8"))
+
+
+class AggregatorProcess:
+    """A real `telemetry_aggregator` process on an ephemeral loopback port; JSON logs collected."""
+
+    def __init__(self, config: Path | None = None, *, listen: str = "127.0.0.1:0", env: Mapping[str, str] | None = None):
+        self.args = [sys.executable, "-m", "tvm_observability.aggregator.cli", "--listen", listen]
+        if config is not None:
+            self.args += ["--config", str(config)]
+        self.env = {**os.environ, **(env or {})}
+        self.logs: list[dict[str, Any]] = []
+        self.raw_stderr: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 20.0) -> AggregatorProcess:
+        self.logs.clear()
+        self.proc = subprocess.Popen(
+            self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        record = wait_for(lambda: self.find_log("listening") or self._exited(), timeout, what="aggregator to listen")
+        if not isinstance(record, dict):
+            raise AssertionError(f"aggregator exited with {self.proc.returncode}: {''.join(self.raw_stderr)}")
+        self.url = "http://" + record["context"]["addresses"][0]
+        return self
+
+    def _exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            self.raw_stderr.append(line)
+            with contextlib.suppress(json.JSONDecodeError):
+                self.logs.append(json.loads(line))
+
+    def find_log(self, message: str) -> dict[str, Any] | None:
+        return next((r for r in list(self.logs) if r.get("message") == message), None)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> int:
+        return self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> AggregatorProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
