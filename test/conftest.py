@@ -31,7 +31,7 @@ def fleet_tokens() -> dict[str, str]:
 
 
 @pytest.fixture
-def write_config(tmp_path: Path):  # noqa: ANN201 - returns a factory
+def write_config(tmp_path: Path):
     """Write an aggregator YAML config (defaults suited to tests) and return its path."""
 
     def write(tokens: dict[str, str] | None = None, **overrides: Any) -> Path:

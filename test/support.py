@@ -157,7 +157,9 @@ def scrape(base_url: str) -> Samples:
 class AggregatorProcess:
     """A real `telemetry_aggregator` process on an ephemeral loopback port; JSON logs collected."""
 
-    def __init__(self, config: Path | None = None, *, listen: str = "127.0.0.1:0", env: Mapping[str, str] | None = None):
+    def __init__(
+        self, config: Path | None = None, *, listen: str = "127.0.0.1:0", env: Mapping[str, str] | None = None
+    ):
         self.args = [sys.executable, "-m", "tvm_observability.aggregator.cli", "--listen", listen]
         if config is not None:
             self.args += ["--config", str(config)]
