@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from .. import codec
 from ..auth import bearer_token, hash_token, token_matches
@@ -32,7 +31,7 @@ from ..errors import (
 )
 from ..ingest import IngestLimits, parse_snapshot
 from ..model import VehicleSnapshot
-from .collector import FleetCollector, ServiceMetrics
+from .collector import Exposition, ServiceMetrics
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .persistence import StateFile
@@ -62,6 +61,9 @@ class Runtime:
     fleet: FleetState
     metrics: ServiceMetrics
     registry: CollectorRegistry
+    """Fleet and service metrics through prometheus_client's generic path (get_sample_value, tests)."""
+    exposition: Exposition
+    """What /metrics serves: the same bytes, rendered from per-vehicle caches."""
     limiter: RateLimiter
     ingest_limits: IngestLimits
     token_owner: dict[str, str]
@@ -78,7 +80,6 @@ RUNTIME = web.AppKey("runtime", Runtime)
 def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.Application:
     """Build the aggregator app. State is restored and persisted by the app's cleanup context."""
     clock = clock or SystemClock()
-    registry = CollectorRegistry(auto_describe=False)
     fleet = FleetState(
         config.vehicles,
         statuses=config.statuses,
@@ -87,12 +88,13 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         max_unknown_vehicles=config.limits.max_unknown_vehicles if config.allow_unknown_vehicles else 0,
         clock=clock,
     )
-    registry.register(FleetCollector(fleet))
+    exposition = Exposition(fleet)
     runtime = Runtime(
         config=config,
         fleet=fleet,
-        metrics=ServiceMetrics(registry),
-        registry=registry,
+        metrics=ServiceMetrics(exposition.service_registry),
+        registry=exposition.registry,
+        exposition=exposition,
         limiter=RateLimiter(config.limits.rate_limit_per_vehicle_hz, config.limits.rate_limit_burst, clock.monotonic),
         ingest_limits=IngestLimits(
             max_sensors=config.limits.max_sensors_per_vehicle,
@@ -260,8 +262,7 @@ def _request_id(request: web.Request) -> str:
 async def handle_metrics(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it."""
     rt = request.app[RUNTIME]
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(rt.registry)
+    body, content_type = rt.exposition.render(request.headers.get("Accept", ""))
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response

@@ -1,28 +1,204 @@
-"""Prometheus custom collector over the fleet state: fresh metric families on every scrape.
+"""Prometheus exposition of the fleet state: every roster vehicle, alive or not, on every scrape.
 
 Every roster vehicle appears from start-up (offline, heartbeat age +Inf until first contact),
 so a vehicle that never reports or dies stays visible. Unknown values are absent, never NaN.
 Last-known values of an offline vehicle stay exported (its last position is what an operator
 needs to find it); `vehicle_up`, `vehicle_status{status="offline"}` and the ages say they are old.
+
+Two renderings of the same samples (`_vehicle_samples` is their one source):
+- `FleetCollector.collect()` builds prometheus_client metric families (registries, tests, get_sample_value);
+- `FleetExposition.render()` serves /metrics: each vehicle's lines are formatted once per change of
+  the vehicle (`VehicleState.version`) and kept as text, so a scrape only formats what moves with the
+  clock (heartbeat age, up, status) and joins strings. For 10,000 vehicles that is the difference
+  between formatting ~300,000 samples per scrape and ~10,000. The bytes are those prometheus_client's
+  encoders write for `collect()` (test_exposition checks it), in text and OpenMetrics format alike.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..model import SENSOR_STATUSES
-from .fleet import FleetState
+from .fleet import FleetState, VehicleState
 
-_V = ["vehicle_id"]
+_V = ("vehicle_id",)
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    name: str
+    doc: str
+    labels: tuple[str, ...] = _V
+    counter: bool = False
+
+    def empty(self) -> GaugeMetricFamily | CounterMetricFamily:
+        family = CounterMetricFamily if self.counter else GaugeMetricFamily
+        return family(self.name, self.doc, labels=list(self.labels))
+
+
+_FAMILIES: tuple[_Family, ...] = (
+    _Family(
+        "vehicle_status",
+        "1 for the vehicle's current status (offline when its heartbeat is too old), else 0.",
+        ("vehicle_id", "status"),
+    ),
+    _Family("vehicle_up", "1 while the vehicle's heartbeat is younger than offline_after_s."),
+    _Family("vehicle_on_roster", "1 for vehicles of the configured roster, 0 for accepted unknowns."),
+    _Family(
+        "vehicle_last_heartbeat_seconds_ago",
+        "Seconds since the aggregator last accepted a snapshot from the vehicle (+Inf: never).",
+    ),
+    _Family("vehicle_last_heartbeat_timestamp_seconds", "Unix time the aggregator last accepted a snapshot."),
+    _Family("vehicle_clock_skew_seconds", "Vehicle clock minus aggregator clock at the last accepted snapshot."),
+    _Family("vehicle_battery_level", "Battery charge in percent (0-100)."),
+    _Family("vehicle_battery_voltage_volts", "Battery voltage."),
+    _Family("vehicle_battery_charging", "1 while the battery is charging."),
+    _Family("vehicle_gps_fix", "1 while the GNSS receiver has a fix."),
+    _Family("vehicle_latitude", "Latitude in degrees (WGS84), while the GNSS has a fix."),
+    _Family("vehicle_longitude", "Longitude in degrees (WGS84), while the GNSS has a fix."),
+    _Family("vehicle_altitude_meters", "Altitude in meters, while the GNSS has a fix."),
+    _Family("vehicle_pose_x_meters", "Odometry x position in the pose frame."),
+    _Family("vehicle_pose_y_meters", "Odometry y position in the pose frame."),
+    _Family("vehicle_pose_yaw_radians", "Odometry heading."),
+    _Family("vehicle_speed_meters_per_second", "Linear speed from odometry."),
+    _Family(
+        "vehicle_input_age_seconds",
+        "Age of each input (battery, position, pose) on the vehicle when it was sent: a frozen driver grows it.",
+        ("vehicle_id", "input"),
+    ),
+    _Family(
+        "vehicle_sensor_status", "1 for the current status of each sensor, else 0.", ("vehicle_id", "sensor", "status")
+    ),
+    _Family(
+        "vehicle_sensor_rate_hertz", "Measured message rate of each watched sensor topic.", ("vehicle_id", "sensor")
+    ),
+)
+_ONLINE = _Family("vehicles_online", "Vehicles whose heartbeat is younger than offline_after_s.", ())
+_TOTAL_DOC = (
+    "Roster vehicles plus accepted unknown vehicles (a gauge; untyped only because the name's _total "
+    "suffix is the fleet's contract and linters reserve it for counters)."
+)
+_TAIL: tuple[_Family, ...] = (
+    _Family(
+        "vehicle_errors",
+        "Error events reported by the vehicle, across bridge and aggregator restarts.",
+        ("vehicle_id", "error_code"),
+        counter=True,
+    ),
+    _Family(
+        "vehicle_bridge_restarts",
+        "Times the vehicle's bridge started a new boot_id after the first one seen.",
+        counter=True,
+    ),
+)
+_PER_VEHICLE = (*_FAMILIES, *_TAIL)
+"""Families with per-vehicle samples, in exposition order (vehicles_online and vehicles_total sit between)."""
+(
+    _STATUS,
+    _UP,
+    _ON_ROSTER,
+    _HB_AGE,
+    _HB_TS,
+    _SKEW,
+    _BATTERY,
+    _VOLTAGE,
+    _CHARGING,
+    _FIX,
+    _LAT,
+    _LON,
+    _ALT,
+    _X,
+    _Y,
+    _YAW,
+    _SPEED,
+    _INPUT_AGE,
+    _SENSOR,
+    _SENSOR_RATE,
+    _ERRORS,
+    _RESTARTS,
+) = range(len(_PER_VEHICLE))
+Sample = tuple[int, tuple[str, ...], float]
+"""(family index, label values after vehicle_id, value): vehicle_id is every family's first label."""
+
+
+def _live(fleet: FleetState, v: VehicleState, now: float) -> tuple[str, bool, float]:
+    """What moves with the clock alone: current status, up, heartbeat age."""
+    return fleet.status_of(v, now), fleet.is_online(v, now), v.heartbeat_age(now)
+
+
+def _live_samples(fleet: FleetState, v: VehicleState, now: float) -> Iterator[Sample]:
+    current, up, age = _live(fleet, v, now)
+    for status in fleet.all_statuses:
+        yield _STATUS, (status,), 1.0 if status == current else 0.0
+    yield _UP, (), 1.0 if up else 0.0
+    yield _HB_AGE, (), age
+
+
+def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
+    """Every sample of one vehicle that changes only when its state does (i.e. with `v.version`)."""
+    yield _ON_ROSTER, (), 1.0 if v.on_roster else 0.0
+    if v.heartbeat_wall is not None:
+        yield _HB_TS, (), v.heartbeat_wall
+    if v.clock_skew_s is not None:
+        yield _SKEW, (), v.clock_skew_s
+    for code, count in v.errors_total.items():
+        yield _ERRORS, (code,), float(count)
+    if v.boots:
+        yield _RESTARTS, (), float(v.restarts)
+    snap = v.snapshot
+    if snap is None:
+        return
+    if snap.battery is not None:
+        b = snap.battery
+        if b.percentage is not None:
+            yield _BATTERY, (), b.percentage
+        if b.voltage is not None:
+            yield _VOLTAGE, (), b.voltage
+        if b.charging is not None:
+            yield _CHARGING, (), float(b.charging)
+        yield _INPUT_AGE, ("battery",), b.age_s
+    if snap.position is not None:
+        p = snap.position
+        yield _FIX, (), 1.0 if p.fix else 0.0
+        if p.fix:
+            if p.latitude is not None:
+                yield _LAT, (), p.latitude
+            if p.longitude is not None:
+                yield _LON, (), p.longitude
+            if p.altitude is not None:
+                yield _ALT, (), p.altitude
+        yield _INPUT_AGE, ("position",), p.age_s
+    if snap.pose is not None:
+        q = snap.pose
+        yield _X, (), q.x
+        yield _Y, (), q.y
+        yield _YAW, (), q.yaw
+        yield _SPEED, (), q.speed
+        yield _INPUT_AGE, ("pose",), q.age_s
+    for name, report in snap.sensors.items():
+        for status in SENSOR_STATUSES:
+            yield _SENSOR, (name, status), 1.0 if status == report.status else 0.0
+        if report.rate_hz is not None:
+            yield _SENSOR_RATE, (name,), report.rate_hz
+
+
+def _fleet_wide(fleet: FleetState, online: int) -> list[Metric]:
+    """vehicles_online and vehicles_total, which sit between the per-vehicle families."""
+    family = _ONLINE.empty()
+    family.add_metric([], float(online))
+    return [family, UnknownMetricFamily("vehicles_total", _TOTAL_DOC, value=float(len(fleet)))]
 
 
 class FleetCollector(Collector):
-    """Renders `FleetState` as the vehicle_* metric families."""
+    """Renders `FleetState` as prometheus_client metric families (the reference rendering)."""
 
     def __init__(self, fleet: FleetState) -> None:
         self.fleet = fleet
@@ -33,133 +209,191 @@ class FleetCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         fleet = self.fleet
         now = fleet.clock.monotonic()
-        g = _families()
-        errors = CounterMetricFamily(
-            "vehicle_errors",
-            "Error events reported by the vehicle, across bridge and aggregator restarts.",
-            labels=["vehicle_id", "error_code"],
-        )
-        restarts = CounterMetricFamily(
-            "vehicle_bridge_restarts",
-            "Times the vehicle's bridge started a new boot_id after the first one seen.",
-            labels=_V,
-        )
+        families = [f.empty() for f in _PER_VEHICLE]
         online = 0
         for v in fleet:
-            vid = [v.vehicle_id]
-            age = v.heartbeat_age(now)
-            up = fleet.is_online(v, now)
+            online += fleet.is_online(v, now)
+            for samples in (_live_samples(fleet, v, now), _vehicle_samples(v)):
+                for index, labels, value in samples:
+                    families[index].add_metric((v.vehicle_id, *labels), value)
+        yield from families[: len(_FAMILIES)]
+        yield from _fleet_wide(fleet, online)
+        yield from families[len(_FAMILIES) :]
+
+
+# -- the /metrics fast path ----------------------------------------------------------------------
+
+
+def _escape(value: str) -> str:
+    if '"' in value or "\\" in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def _go(value: float) -> str:
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def _number(value: float) -> str:
+    """floatToGoString, with its common case (plain repr) first."""
+    value = float(value)
+    return repr(value) if -1e6 < value < 1e6 else _go(value)
+
+
+class _LineFormat:
+    """Sample lines of one family, formatted as prometheus_client's encoders do (labels sorted by name).
+
+    vehicle_id sorts after every other label name of ours, so a line is
+    `head % other_labels` + the vehicle's `vehicle_id="..."} ` + value.
+    """
+
+    def __init__(self, family: _Family) -> None:
+        name = family.name + "_total" if family.counter else family.name
+        others = family.labels[1:]
+        if family.labels[0] != "vehicle_id" or list(others) != sorted(others) or any(k > "vehicle_id" for k in others):
+            raise ValueError(f"{family.name}: labels must be vehicle_id then names sorting before it")
+        self.head = name + "{" + "".join(f'{k}="%s",' for k in others) + 'vehicle_id="'
+
+    def line(self, tail: str, labels: tuple[str, ...], value: float) -> str:
+        """`tail` is the escaped vehicle id followed by `"} `."""
+        head = self.head % tuple(map(_escape, labels)) if labels else self.head
+        return head + tail + _number(value) + "\n"
+
+
+_LINES = tuple(_LineFormat(f) for f in _PER_VEHICLE)
+_HEADS = tuple(f.head for f in _LINES)
+
+
+class _Rendered:
+    """One vehicle's exposition text, valid while `vehicle.version` has not moved.
+
+    What depends only on the vehicle id (and its current status) is carried over from the previous entry.
+    """
+
+    __slots__ = ("age_prefix", "columns", "status", "status_text", "tail", "up_text", "vehicle", "version")
+    tail: str
+    up_text: tuple[str, str]
+    age_prefix: str
+    status: str
+    status_text: str
+
+    def __init__(self, vehicle: VehicleState, previous: _Rendered | None) -> None:
+        self.vehicle = vehicle
+        self.version = vehicle.version
+        if previous is not None:
+            self.tail, self.up_text, self.age_prefix = previous.tail, previous.up_text, previous.age_prefix
+            self.status, self.status_text = previous.status, previous.status_text
+        else:
+            self.tail = tail = _escape(vehicle.vehicle_id) + '"} '
+            self.up_text = (_LINES[_UP].line(tail, (), 0.0), _LINES[_UP].line(tail, (), 1.0))
+            self.age_prefix = _LINES[_HB_AGE].head + tail
+            self.status = ""
+            self.status_text = ""
+        tail = self.tail
+        columns = [""] * len(_PER_VEHICLE)
+        for index, labels, value in _vehicle_samples(vehicle):  # _LineFormat.line, inlined: the cold-scrape hot loop
+            head = _HEADS[index] % tuple(map(_escape, labels)) if labels else _HEADS[index]
+            number = float(value)
+            text = repr(number) if -1e6 < number < 1e6 else _go(number)
+            columns[index] += f"{head}{tail}{text}\n"
+        self.columns = columns
+
+    def status_lines(self, statuses: tuple[str, ...], current: str) -> str:
+        if current != self.status:
+            line = _LINES[_STATUS].line
+            self.status_text = "".join([line(self.tail, (s,), 1.0 if s == current else 0.0) for s in statuses])
+            self.status = current
+        return self.status_text
+
+
+class _Registry(Collector):
+    """A fixed list of metric families, for handing to prometheus_client's encoders."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+class _Forward(Collector):
+    """Another registry's metrics, collected as one collector of this one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+
+
+_EOF = "# EOF\n"
+
+
+class Exposition:
+    """Everything /metrics serves: the fleet families, then the aggregator's own metrics.
+
+    `registry` holds both through prometheus_client's generic path (tests, get_sample_value);
+    `render()` writes the same bytes from per-vehicle text caches.
+    """
+
+    def __init__(self, fleet: FleetState) -> None:
+        self.fleet = fleet
+        self.service_registry = CollectorRegistry(auto_describe=False)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(FleetCollector(fleet))
+        self.registry.register(_Forward(self.service_registry))
+        self._cache: dict[str, _Rendered] = {}
+        self._statuses = fleet.all_statuses
+        self._headers: dict[str, tuple[str, ...]] = {}
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The /metrics body and its content type for this Accept header."""
+        encoder, content_type = choose_encoder(accept)
+        fleet = self.fleet
+        if fleet.all_statuses != self._statuses:
+            self._cache.clear()
+            self._statuses = fleet.all_statuses
+        now = fleet.clock.monotonic()
+        statuses = self._statuses
+        cache = self._cache
+        status_column: list[str] = []
+        up_column: list[str] = []
+        age_column: list[str] = []
+        rendered: list[_Rendered] = []
+        online = 0
+        for v in fleet:
+            entry = cache.get(v.vehicle_id)
+            if entry is None or entry.vehicle is not v or entry.version != v.version:
+                entry = cache[v.vehicle_id] = _Rendered(v, entry)
+            current, up, age = _live(fleet, v, now)
             online += up
-            current = fleet.status_of(v, now)
-            for status in fleet.all_statuses:
-                g["status"].add_metric([v.vehicle_id, status], 1.0 if status == current else 0.0)
-            g["up"].add_metric(vid, 1.0 if up else 0.0)
-            g["heartbeat_age"].add_metric(vid, age)
-            g["on_roster"].add_metric(vid, 1.0 if v.on_roster else 0.0)
-            if v.heartbeat_wall is not None:
-                g["heartbeat_ts"].add_metric(vid, v.heartbeat_wall)
-            if v.clock_skew_s is not None:
-                g["skew"].add_metric(vid, v.clock_skew_s)
-            for code, count in v.errors_total.items():
-                errors.add_metric([v.vehicle_id, code], float(count))
-            if v.boots:
-                restarts.add_metric(vid, float(v.restarts))
-            snap = v.snapshot
-            if snap is None:
-                continue
-            if snap.battery is not None:
-                b = snap.battery
-                _maybe(g["battery"], vid, b.percentage)
-                _maybe(g["voltage"], vid, b.voltage)
-                _maybe(g["charging"], vid, None if b.charging is None else float(b.charging))
-                g["input_age"].add_metric([v.vehicle_id, "battery"], b.age_s)
-            if snap.position is not None:
-                p = snap.position
-                g["fix"].add_metric(vid, 1.0 if p.fix else 0.0)
-                if p.fix:
-                    _maybe(g["latitude"], vid, p.latitude)
-                    _maybe(g["longitude"], vid, p.longitude)
-                    _maybe(g["altitude"], vid, p.altitude)
-                g["input_age"].add_metric([v.vehicle_id, "position"], p.age_s)
-            if snap.pose is not None:
-                q = snap.pose
-                g["x"].add_metric(vid, q.x)
-                g["y"].add_metric(vid, q.y)
-                g["yaw"].add_metric(vid, q.yaw)
-                g["speed"].add_metric(vid, q.speed)
-                g["input_age"].add_metric([v.vehicle_id, "pose"], q.age_s)
-            for name, report in snap.sensors.items():
-                for status in SENSOR_STATUSES:
-                    g["sensor"].add_metric([v.vehicle_id, name, status], 1.0 if status == report.status else 0.0)
-                _maybe(g["sensor_rate"], [v.vehicle_id, name], report.rate_hz)
-        g["online"].add_metric([], float(online))
-        total = UnknownMetricFamily(
-            "vehicles_total",
-            "Roster vehicles plus accepted unknown vehicles (a gauge; untyped only because the name's _total "
-            "suffix is the fleet's contract and linters reserve it for counters).",
-            value=float(len(fleet)),
-        )
-        yield from g.values()
-        yield total
-        yield errors
-        yield restarts
+            status_column.append(entry.status_lines(statuses, current))
+            up_column.append(entry.up_text[up])
+            age_column.append(entry.age_prefix + _number(age) + "\n")
+            rendered.append(entry)
+        live = {_STATUS: status_column, _UP: up_column, _HB_AGE: age_column}
+        headers = self._family_headers(encoder, content_type)
+        parts: list[str] = []
+        for index in range(len(_PER_VEHICLE)):
+            if index == len(_FAMILIES):
+                parts.append(_without_eof(encoder(_Registry(_fleet_wide(fleet, online))).decode()))
+            parts.append(headers[index])
+            column = live.get(index)
+            parts.append("".join(column if column is not None else [e.columns[index] for e in rendered]))
+        parts.append(encoder(self.service_registry).decode())
+        return "".join(parts).encode(), content_type
+
+    def _family_headers(self, encoder: Callable[[Collector], bytes], content_type: str) -> tuple[str, ...]:
+        """The HELP/TYPE lines of each per-vehicle family, as the chosen encoder writes them."""
+        headers = self._headers.get(content_type)
+        if headers is None:
+            headers = tuple(_without_eof(encoder(_Registry([f.empty()])).decode()) for f in _PER_VEHICLE)
+            self._headers[content_type] = headers
+        return headers
 
 
-def _maybe(family: GaugeMetricFamily, labels: list[str], value: float | None) -> None:
-    if value is not None:
-        family.add_metric(labels, value)
-
-
-def _families() -> dict[str, GaugeMetricFamily]:
-    def gauge(name: str, doc: str, labels: list[str] = _V) -> GaugeMetricFamily:
-        return GaugeMetricFamily(name, doc, labels=labels)
-
-    return {
-        "status": gauge(
-            "vehicle_status",
-            "1 for the vehicle's current status (offline when its heartbeat is too old), else 0.",
-            ["vehicle_id", "status"],
-        ),
-        "up": gauge("vehicle_up", "1 while the vehicle's heartbeat is younger than offline_after_s."),
-        "on_roster": gauge("vehicle_on_roster", "1 for vehicles of the configured roster, 0 for accepted unknowns."),
-        "heartbeat_age": gauge(
-            "vehicle_last_heartbeat_seconds_ago",
-            "Seconds since the aggregator last accepted a snapshot from the vehicle (+Inf: never).",
-        ),
-        "heartbeat_ts": gauge(
-            "vehicle_last_heartbeat_timestamp_seconds", "Unix time the aggregator last accepted a snapshot."
-        ),
-        "skew": gauge(
-            "vehicle_clock_skew_seconds", "Vehicle clock minus aggregator clock at the last accepted snapshot."
-        ),
-        "battery": gauge("vehicle_battery_level", "Battery charge in percent (0-100)."),
-        "voltage": gauge("vehicle_battery_voltage_volts", "Battery voltage."),
-        "charging": gauge("vehicle_battery_charging", "1 while the battery is charging."),
-        "fix": gauge("vehicle_gps_fix", "1 while the GNSS receiver has a fix."),
-        "latitude": gauge("vehicle_latitude", "Latitude in degrees (WGS84), while the GNSS has a fix."),
-        "longitude": gauge("vehicle_longitude", "Longitude in degrees (WGS84), while the GNSS has a fix."),
-        "altitude": gauge("vehicle_altitude_meters", "Altitude in meters, while the GNSS has a fix."),
-        "x": gauge("vehicle_pose_x_meters", "Odometry x position in the pose frame."),
-        "y": gauge("vehicle_pose_y_meters", "Odometry y position in the pose frame."),
-        "yaw": gauge("vehicle_pose_yaw_radians", "Odometry heading."),
-        "speed": gauge("vehicle_speed_meters_per_second", "Linear speed from odometry."),
-        "input_age": gauge(
-            "vehicle_input_age_seconds",
-            "Age of each input (battery, position, pose) on the vehicle when it was sent: a frozen driver grows it.",
-            ["vehicle_id", "input"],
-        ),
-        "sensor": gauge(
-            "vehicle_sensor_status",
-            "1 for the current status of each sensor, else 0.",
-            ["vehicle_id", "sensor", "status"],
-        ),
-        "sensor_rate": gauge(
-            "vehicle_sensor_rate_hertz",
-            "Measured message rate of each watched sensor topic.",
-            ["vehicle_id", "sensor"],
-        ),
-        "online": gauge("vehicles_online", "Vehicles whose heartbeat is younger than offline_after_s.", []),
-    }
+def _without_eof(text: str) -> str:
+    return text[: -len(_EOF)] if text.endswith(_EOF) else text
 
 
 REJECTION_REASONS: tuple[str, ...] = (
