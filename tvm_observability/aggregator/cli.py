@@ -8,7 +8,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -18,6 +20,11 @@ from ..model import VEHICLE_ID_PATTERN
 from .app import make_app
 from .config import AggregatorConfig, ConfigError, default_config, load_config
 from .logs import configure_logging
+
+try:
+    import uvloop as _uvloop
+except ImportError:  # optional dependency
+    _uvloop = None  # type: ignore[assignment]
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.service")
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -52,11 +59,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     configure_logging(config.log_level, config.environment)
     try:
-        asyncio.run(serve(config))
+        _run(serve(config))
     except OSError as exc:
         _LOGGER.error("cannot listen on %s: %s", config.listen, exc.strerror or exc)
         return 1
     return 0
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """On uvloop when it is installed (optional; ~25% less CPU per push, docs/benchmarks.md), else asyncio's."""
+    if _uvloop is None:
+        asyncio.run(main)
+    else:
+        _uvloop.run(main)
 
 
 async def serve(config: AggregatorConfig) -> None:

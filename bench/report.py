@@ -1,0 +1,257 @@
+"""docs/benchmarks.md from one run's results: machine, method, tables, every figure beside its baseline."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+README_BEGIN = "<!-- performance:begin (written by `make bench`, bench/report.py) -->"
+README_END = "<!-- performance:end -->"
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if not a or not b or math.isnan(a) or math.isnan(b):
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, baseline, met) for each target of issue 6 that this run measured."""
+    ingest, scrape = results.get("ingest", []), results.get("scrape", [])
+    top = max(results.get("levels", [0]))
+    rows: list[tuple[str, str, str, bool | None]] = []
+    agg = _find(ingest, target="aggregator", vehicles=top, mode="1 Hz")
+    bare = _find(ingest, target="bare", vehicles=top, mode="1 Hz")
+    if agg:
+        held = agg["failed"] == 0 and agg["rate_per_s"] >= 0.99 * top and agg["p99_ms"] < 20
+        rows.append(
+            (
+                f"{top:,} vehicles at 1 Hz on one core: p99 < 20 ms, zero failed pushes",
+                f"{agg['rate_per_s']:,.0f} pushes/s, p99 {_f(agg['p99_ms'])} ms, {agg['failed']} failed",
+                f"bare aiohttp: p99 {_f(bare['p99_ms'])} ms" if bare else "–",
+                held,
+            )
+        )
+        if bare:
+            ratio = agg["cpu_per_push_us"] / bare["cpu_per_push_us"]
+            rows.append(
+                (
+                    "server CPU per push ≤ 1.5× the bare aiohttp handler",
+                    f"{_f(agg['cpu_per_push_us'])} µs ({ratio:.2f}×)",
+                    f"bare aiohttp {_f(bare['cpu_per_push_us'])} µs",
+                    ratio <= 1.5,
+                )
+            )
+    a = _find(scrape, target="aggregator", vehicles=top, case="all changed")
+    w = _find(scrape, target="aggregator", vehicles=top, case="unchanged")
+    p = _find(scrape, target="pushgateway-nocheck", vehicles=top)
+    if a and p:
+        rows.append(
+            (
+                f"scrape of {top:,} vehicles ≤ 0.25× the Pushgateway's time",
+                f"{_f(a['wall_ms'], 0)} ms after every vehicle changed ({a['wall_ms'] / p['wall_ms']:.2f}×); "
+                f"{_f(w['wall_ms'], 0) if w else '–'} ms unchanged ({_ratio(w and w['wall_ms'], p['wall_ms'])})",
+                f"Pushgateway {_f(p['wall_ms'], 0)} ms",
+                a["wall_ms"] <= 0.25 * p["wall_ms"],
+            )
+        )
+        rows.append(
+            (
+                "aggregator RSS ≤ 0.5× the Pushgateway's, same series",
+                f"{_f(a['rss_mib'], 0)} MiB ({a['rss_mib'] / p['rss_mib']:.2f}×)",
+                f"Pushgateway {_f(p['rss_mib'], 0)} MiB",
+                a["rss_mib"] <= 0.5 * p["rss_mib"],
+            )
+        )
+    bridge = results.get("bridge")
+    if bridge:
+        ratio = bridge["bridge"]["cpu_util"] / bridge["floor"]["cpu_util"]
+        rows.append(
+            (
+                "vehicle_bridge CPU ≤ 1.3× a bare raw-subscribing node",
+                f"{bridge['bridge']['cpu_util']:.1%} of a core ({ratio:.2f}×)",
+                f"bare node {bridge['floor']['cpu_util']:.1%}",
+                ratio <= 1.3,
+            )
+        )
+    fresh = results.get("freshness")
+    if fresh:
+        rows.append(
+            (
+                "freshness (ROS publish → /metrics) p99 ≤ 1.2 s at a 1 s period",
+                f"p50 {_f(fresh['p50_s'], 2)} s, p99 {_f(fresh['p99_s'], 2)} s ({fresh['samples']} samples)",
+                "push period 1 s",
+                fresh["p99_s"] <= 1.2,
+            )
+        )
+    return rows
+
+
+def _verdict(met: bool | None) -> str:
+    return "–" if met is None else ("met" if met else "**not met**")
+
+
+def performance_section(results: dict[str, Any]) -> str:
+    lines = [README_BEGIN, "## Performance", ""]
+    env = results["environment"]
+    lines.append(
+        f"Measured by `make bench` ({env['date_utc']}, {env['cores']}-core {env['cpu']}; server pinned to one core, "
+        "load generator on the other; every figure against a baseline from the same run). "
+        "Details and method: [docs/benchmarks.md](docs/benchmarks.md)."
+    )
+    lines.append("")
+    lines += [
+        f"- {name}: {measured} (baseline: {base}) — {_verdict(met)}" for name, measured, base, met in targets(results)
+    ]
+    lines += ["", README_END]
+    return "\n".join(lines)
+
+
+def write(results: dict[str, Any], output: Path, readme: Path) -> None:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render(results), encoding="utf-8")
+    if readme.exists():
+        text = readme.read_text(encoding="utf-8")
+        pattern = re.compile(re.escape(README_BEGIN) + ".*?" + re.escape(README_END), re.S)
+        if pattern.search(text):
+            readme.write_text(pattern.sub(lambda _: performance_section(results), text), encoding="utf-8")
+
+
+def render(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    out: list[str] = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (bench/run.py) from one run; raw figures in bench/results/*.json (not committed).",
+        "Every figure stands beside its baseline from the same run, because absolute numbers on a shared 2-core",
+        "machine move with everything else it does; the ratios are what the targets of issue 6 are about.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| date | {env['date_utc']} |",
+        f"| CPU | {env['cpu']}, {env['cores']} cores, {env['memory_gib']} GiB |",
+        f"| kernel / Python | {env['kernel']} / {env['python']} |",
+        f"| libraries | aiohttp {env['aiohttp']}, prometheus_client {env['prometheus_client']}, "
+        f"msgpack {env['msgpack']}, uvloop {env['uvloop']} |",
+        f"| Pushgateway | {env['pushgateway']} (Debian package) |",
+        f"| load average at start / end | {' '.join(f'{x:.2f}' for x in env['loadavg_start'])} / "
+        f"{' '.join(f'{x:.2f}' for x in env.get('loadavg_end', ()))} |",
+        "",
+        _busy_note(env),
+        "",
+        "## Targets",
+        "",
+        "| target | measured | baseline (same run) | |",
+        "| --- | --- | --- | --- |",
+    ]
+    out += [f"| {name} | {measured} | {base} | {_verdict(met)} |" for name, measured, base, met in targets(results)]
+    out += ["", METHOD, "", "## Ingest at 1 Hz per vehicle", ""]
+    out += [
+        "| vehicles | server | pushes/s | p50 ms | p99 ms | max ms | failed | server CPU | CPU/push µs | × bare "
+        "| RSS MiB before → after |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    ingest = results.get("ingest", [])
+    for row in ingest:
+        bare = _find(ingest, target="bare", vehicles=row["vehicles"], mode=row["mode"])
+        out.append(
+            f"| {row['vehicles']:,} {'(closed loop)' if row['mode'] == 'saturation' else ''} | {row['target']} "
+            f"| {row['rate_per_s']:,.0f} | {_f(row['p50_ms'])} | {_f(row['p99_ms'])} | {_f(row['max_ms'])} "
+            f"| {row['failed']:,} | {row['server_cpu_util']:.0%} | {_f(row['cpu_per_push_us'])} "
+            f"| {_ratio(row['cpu_per_push_us'], bare and bare['cpu_per_push_us'])} "
+            f"| {_f(row['rss_before_mib'], 0)} → {_f(row['rss_after_mib'], 0)} |"
+        )
+    out += ["", "## Scrape (/metrics)", ""]
+    out += [
+        "| vehicles | server | case | wall ms | server CPU ms | × Pushgateway (wall) | MB | samples | RSS MiB "
+        "| × Pushgateway (RSS) |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    scrape = results.get("scrape", [])
+    for row in scrape:
+        p = _find(scrape, target="pushgateway-nocheck", vehicles=row["vehicles"])
+        out.append(
+            f"| {row['vehicles']:,} | {row['target']} | {row['case']} | {_f(row['wall_ms'])} | {_f(row['cpu_ms'])} "
+            f"| {_ratio(row['wall_ms'], p and p['wall_ms'])} | {row['bytes'] / 1e6:.1f} | {row['samples']:,} "
+            f"| {_f(row['rss_mib'], 0)} | {_ratio(row['rss_mib'], p and p['rss_mib'])} |"
+        )
+    bridge = results.get("bridge")
+    if bridge:
+        out += ["", "## vehicle_bridge under a standard robot topic load", "", bridge.get("load", ""), ""]
+        out += ["| process | CPU (share of a core) | × floor | RSS MiB |", "| --- | ---: | ---: | ---: |"]
+        for key, label in (("floor", "bare rclpy node, same raw subscriptions"), ("bridge", "vehicle_bridge")):
+            row = bridge[key]
+            out.append(
+                f"| {label} | {row['cpu_util']:.1%} | {_ratio(row['cpu_util'], bridge['floor']['cpu_util'])} "
+                f"| {_f(row['rss_mib'], 0)} |"
+            )
+        out.append(f"\nPublisher process (not counted): {bridge['publisher']['cpu_util']:.1%} of a core.")
+    fresh = results.get("freshness")
+    if fresh:
+        out += [
+            "",
+            "## Freshness: ROS publish → value in /metrics",
+            "",
+            f"{fresh['samples']} samples, push period {fresh['period_s']:g} s, /metrics polled every "
+            f"{fresh['poll_s'] * 1e3:.0f} ms: p50 {_f(fresh['p50_s'], 3)} s, p99 {_f(fresh['p99_s'], 3)} s, "
+            f"max {_f(fresh['max_s'], 3)} s.",
+        ]
+    if "ros_skipped" in results:
+        out += ["", f"Bridge and freshness benchmarks skipped: {results['ros_skipped']}"]
+    out += ["", NOTES, "", "## README section", "", "```markdown", performance_section(results), "```", ""]
+    return "\n".join(out)
+
+
+def _busy_note(env: dict[str, Any]) -> str:
+    load = max(env["loadavg_start"][0], *(env.get("loadavg_end") or (0.0,)))
+    if load > 1.5:
+        return (
+            f"**The machine was busy** (1-minute load average up to {load:.2f} on 2 cores: other work ran beside "
+            "the benchmark), so absolute figures are pessimistic and noisier than on an idle machine; each ratio "
+            "compares runs taken minutes apart under the same conditions."
+        )
+    return f"The machine was otherwise quiet (1-minute load average at most {load:.2f})."
+
+
+METHOD = """## Method
+
+- **Servers**, each a fresh process pinned to core 0 with `taskset`: the aggregator (`telemetry_aggregator`, its
+  real CLI, a roster of N vehicles each with its own token, state file on as deployed, uvloop when installed);
+  a bare aiohttp server whose one handler reads the body and answers 200 (same aiohttp, same event loop; the floor
+  any aiohttp service pays per request); the Debian `prometheus-pushgateway` with its consistency check off
+  (`--push.disable-consistency-check`) and, at the smallest level, with its default settings.
+- **Load** (bench/loadgen.py, pinned to core 1): N simulated vehicles, each with its own keep-alive connection,
+  pushing a realistic ~470-byte msgpack snapshot (status, battery, GNSS, pose, two sensors, errors on every tenth
+  vehicle) once per second, phases spread evenly over the second. Pushgateway gets the same series as Prometheus text
+  (`PUT /metrics/job/telemetry/vehicle_id/<id>`), the bare server the same msgpack body. Open loop: a push's latency
+  runs from its *scheduled* time to its response, so a server that falls behind shows it (no coordinated omission).
+  Connections ramp up over 2 s, 1 s of warm-up follows, then the measured window. A push fails on a non-2xx
+  answer, a connection error or no answer in 10 s.
+- **Server CPU per push**: utime+stime from /proc/<pid>/stat over the window ÷ pushes answered in it. RSS: VmRSS.
+- **Saturation**: 2,000 vehicles in closed loop (each pushes again as soon as answered) for 5 s: the most each
+  server takes on one core.
+- **Scrape**: the server holds N vehicles (one push each, the Pushgateway the same series), then `GET /metrics` from
+  the other core, median of 3: wall time to the last byte, and the server's CPU for it. For the aggregator twice:
+  right after every vehicle pushed again (what a 15 s scrape interval at 1 Hz sees: nothing cached is still valid)
+  and with nothing changed since the previous scrape."""
+
+NOTES = """## Notes
+
+- The aggregator renders each vehicle's exposition lines once per change of that vehicle (collector.py), so a
+  scrape formats only the heartbeat age, `vehicle_up` and the status lines and joins cached text; the bytes are
+  exactly prometheus_client's (test/test_exposition.py). With 1 Hz pushes and a 15 s scrape interval every vehicle
+  has changed between two scrapes, so the "all changed" row is the one that counts."""

@@ -1,0 +1,220 @@
+"""`make bench`: every benchmark of docs/benchmarks.md in one run, each figure beside its baseline.
+
+Servers run pinned to core 0 (taskset), this process (the load generator) to core 1; loopback only;
+every run is bounded in vehicles and seconds. Results go to bench/results/<time>.json and docs/benchmarks.md.
+
+    python -m bench.run [--levels 1000,5000,10000] [--window 8] [--skip-ros]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import loadgen, report, servers
+from .loadgen import Target, Vehicle
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+SATURATION_VEHICLES = 10_000
+"""Closed-loop vehicles in saturation mode: plenty of concurrency, and few enough pushes per vehicle per second
+(~2, below the default 10/s) that the aggregator's per-vehicle rate limit is not what is measured."""
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def start(kind: str, workdir: Path, vehicles: int) -> tuple[servers.Server, Target]:
+    if kind == "aggregator":
+        server, tokens = servers.start_aggregator(workdir, vehicles)
+        return server, Target("aggregator", server.host, server.port, tokens)
+    if kind == "bare":
+        server = servers.start_bare()
+        return server, Target("bare", server.host, server.port)
+    server = servers.start_pushgateway(workdir, consistency_check=kind == "pushgateway")
+    return server, Target("pushgateway", server.host, server.port)
+
+
+def ingest(kind: str, workdir: Path, vehicles: int, window: float, *, saturate: bool = False) -> dict[str, Any]:
+    """One open-loop (or closed-loop) run against a fresh server; CPU and RSS from /proc over the window."""
+    server, target = start(kind, workdir, vehicles)
+    try:
+        rss_before = server.rss_bytes()
+        marks: dict[bool, float] = {}
+
+        def on_window(opening: bool) -> None:
+            marks[opening] = server.cpu_seconds()
+
+        result = loadgen.run_sync(
+            loadgen.run(target, vehicles, duration_s=window, saturate=saturate, on_window=on_window)
+        )
+        rss_after = server.rss_bytes()
+    finally:
+        server.stop(grace_s=5.0)
+    cpu = marks[False] - marks[True]
+    row = {
+        "target": kind,
+        "mode": "saturation" if saturate else "1 Hz",
+        **result.summary(),
+        "server_cpu_util": cpu / window,
+        "cpu_per_push_us": cpu / result.answered_in_window * 1e6 if result.answered_in_window else math.nan,
+        "rss_before_mib": rss_before / 2**20,
+        "rss_after_mib": rss_after / 2**20,
+    }
+    log(
+        f"ingest {kind:20s} n={vehicles:6d} {row['mode']:10s} rate={row['rate_per_s']:8.0f}/s "
+        f"p99={row['p99_ms']:8.1f} ms failed={row['failed']} cpu/push={row['cpu_per_push_us']:6.1f} us "
+        f"cpu={row['server_cpu_util']:.0%} rss={row['rss_after_mib']:.0f} MiB"
+    )
+    return row
+
+
+def scrape_once(server: servers.Server) -> tuple[float, float, int, int]:
+    """GET /metrics: (wall seconds, server CPU seconds, bytes, sample lines)."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=120)
+    try:
+        cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+        conn.request("GET", "/metrics")
+        response = conn.getresponse()
+        body = response.read()
+        wall, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"/metrics answered {response.status}")
+    lines = sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
+    return wall, cpu, len(body), lines
+
+
+def fill(target: Target, fleet: list[Vehicle]) -> None:
+    failures = loadgen.run_sync(loadgen.fill(target, fleet))
+    if failures:
+        raise RuntimeError(f"{failures} pushes failed while filling {target.kind}")
+
+
+def scrape(kind: str, workdir: Path, vehicles: int, repeat: int = 3) -> list[dict[str, Any]]:
+    """/metrics with `vehicles` vehicles: after every vehicle changed (the 1 Hz case), and unchanged."""
+    server, target = start(kind, workdir, vehicles)
+    rows = []
+    try:
+        fleet = [Vehicle(i, "bench-boot") for i in range(vehicles)]
+        fill(target, fleet)
+        scrape_once(server)
+        cases: list[tuple[str, Callable[[], None]]] = [("unchanged", lambda: None)]
+        if kind == "aggregator":
+            cases.insert(0, ("all changed", lambda: fill(target, fleet)))
+        for case, before in cases:
+            runs = []
+            for _ in range(repeat):
+                before()
+                runs.append(scrape_once(server))
+            wall, cpu, size, lines = (statistics.median(r[i] for r in runs) for i in range(4))
+            rows.append(
+                {
+                    "target": kind,
+                    "vehicles": vehicles,
+                    "case": case,
+                    "wall_ms": wall * 1e3,
+                    "cpu_ms": cpu * 1e3,
+                    "bytes": int(size),
+                    "samples": int(lines),
+                    "rss_mib": server.rss_bytes() / 2**20,
+                }
+            )
+            log(
+                f"scrape {kind:20s} n={vehicles:6d} {case:12s} {wall * 1e3:8.1f} ms wall {cpu * 1e3:8.1f} ms cpu "
+                f"{size / 1e6:6.1f} MB {int(lines)} samples rss={rows[-1]['rss_mib']:.0f} MiB"
+            )
+    finally:
+        server.stop()
+    return rows
+
+
+def environment() -> dict[str, Any]:
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    pushgateway = "not installed"
+    if servers.pushgateway_available():
+        out = subprocess.run([servers.PUSHGATEWAY, "--version"], capture_output=True, text=True, check=False)
+        pushgateway = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else "unknown"
+    return {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": version("aiohttp"),
+        "prometheus_client": version("prometheus-client"),
+        "msgpack": version("msgpack"),
+        "uvloop": version("uvloop"),
+        "pushgateway": pushgateway,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", default="1000,5000,10000", help="vehicle counts for the 1 Hz runs")
+    parser.add_argument("--window", type=float, default=8.0, help="measured seconds per ingest run")
+    parser.add_argument("--skip-ros", action="store_true", help="skip the bridge and freshness benchmarks")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    options = parser.parse_args(argv)
+    levels = [int(x) for x in options.levels.split(",")]
+    os.sched_setaffinity(0, {servers.LOAD_CORE})
+    results: dict[str, Any] = {"environment": environment(), "levels": levels, "window_s": options.window}
+    with tempfile.TemporaryDirectory(prefix="tvm-bench-") as tmp:
+        workdir = Path(tmp)
+        kinds = ["bare", "aggregator"]
+        if servers.pushgateway_available():
+            kinds.append("pushgateway-nocheck")
+        else:
+            log("prometheus-pushgateway not installed: its columns stay empty (apt-get install prometheus-pushgateway)")
+        rows = [ingest(kind, workdir, n, options.window) for n in levels for kind in kinds]
+        if servers.pushgateway_available():
+            rows.append(ingest("pushgateway", workdir, min(levels), min(options.window, 5.0)))
+        rows += [ingest(kind, workdir, SATURATION_VEHICLES, 5.0, saturate=True) for kind in kinds]
+        results["ingest"] = rows
+        scrape_kinds = [k for k in kinds if k != "bare"]
+        results["scrape"] = [row for n in levels for kind in scrape_kinds for row in scrape(kind, workdir, n)]
+        if not options.skip_ros:
+            from . import ros_bench
+
+            results.update(ros_bench.run_all(workdir, log))
+    results["environment"]["loadavg_end"] = os.getloadavg()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(results, indent=2), encoding="utf-8")
+    report.write(results, options.output, REPO / "README.md")
+    log(f"wrote {options.output} and bench/results/bench-{stamp}.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

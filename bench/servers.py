@@ -1,0 +1,197 @@
+"""The servers under test, each started pinned to one core (taskset), on an ephemeral loopback port.
+
+- the aggregator (the real CLI, a roster of N vehicles with per-vehicle tokens, state file on as deployed);
+- the Debian prometheus-pushgateway, with its default settings or with the consistency check off;
+- a bare aiohttp server whose one handler reads the body and answers 200: the floor for any aiohttp service.
+
+CPU time and RSS come from /proc/<pid>.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tvm_observability.auth import hash_token
+
+from .loadgen import vehicle_id
+
+SERVER_CORE = 0
+LOAD_CORE = 1
+PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    host: str = "127.0.0.1"
+    port: int = 0
+    stderr: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+def pinned(argv: list[str], core: int) -> list[str]:
+    return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") else argv
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bench_tokens(vehicles: int) -> dict[str, str]:
+    """Deterministic per-vehicle bearer tokens (benchmark only; real ones come from `telemetry_aggregator token`)."""
+    return {vehicle_id(i): hashlib.sha256(f"bench-token-{i}".encode()).hexdigest() for i in range(vehicles)}
+
+
+def _drain(server: Server, stream: object) -> None:
+    for line in stream:  # type: ignore[attr-defined]
+        server.stderr.append(line.decode(errors="replace"))
+        del server.stderr[:-200]
+
+
+def _wait(server: Server, ready: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{server.name} exited: {''.join(server.stderr[-20:])}")
+        if ready():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    server.stop()
+    raise RuntimeError(f"{server.name} not ready after {timeout:g} s: {''.join(server.stderr[-20:])}")
+
+
+def _get(url: str, path: str, timeout: float = 5.0) -> int:
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+def start_aggregator(workdir: Path, vehicles: int, *, state_file: bool = True) -> tuple[Server, dict[str, str]]:
+    tokens = bench_tokens(vehicles)
+    config = {
+        "listen": f"127.0.0.1:{free_port()}",
+        "environment": "benchmark",
+        "offline_after_s": 15,
+        "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in tokens.items()},
+    }
+    if state_file:
+        state = workdir / "aggregator-state.json"
+        state.unlink(missing_ok=True)
+        config["state_file"] = str(state)
+    path = workdir / "aggregator.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    argv = [sys.executable, "-m", "tvm_observability.aggregator.cli", "--config", str(path)]
+    server = _spawn("aggregator", pinned(argv, SERVER_CORE))
+    listening: dict[str, str] = {}
+
+    def ready() -> bool:
+        for line in list(server.stderr):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("message") == "listening":
+                    listening["address"] = record["context"]["addresses"][0]
+        return bool(listening)
+
+    _wait(server, ready)
+    server.port = int(listening["address"].rpartition(":")[2])
+    return server, tokens
+
+
+def start_pushgateway(workdir: Path, *, consistency_check: bool) -> Server:
+    """Default settings (or the check off), except that its persistence file lives in `workdir`: the Debian build
+    defaults to /var/lib/prometheus/pushgateway.data, which a benchmark must neither read nor leave behind."""
+    port = free_port()
+    data = workdir / "pushgateway.data"
+    data.unlink(missing_ok=True)
+    argv = [
+        PUSHGATEWAY,
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--persistence.file={data}",
+        "--log.level=warn",
+    ]
+    if not consistency_check:
+        argv.append("--push.disable-consistency-check")
+    server = _spawn("pushgateway" if consistency_check else "pushgateway-nocheck", pinned(argv, SERVER_CORE))
+    server.port = port
+    _wait(server, lambda: _get(server.url, "/-/ready") == 200)
+    return server
+
+
+def start_bare() -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.bare_server", str(port)]
+    server = _spawn("bare-aiohttp", pinned(argv, SERVER_CORE))
+    server.port = port
+    _wait(server, lambda: _get(server.url, "/ready") == 200)
+    return server
+
+
+def _spawn(name: str, argv: list[str]) -> Server:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    server = Server(name, proc)
+    assert proc.stderr is not None
+    threading.Thread(target=_drain, args=(server, proc.stderr), daemon=True).start()
+    return server
+
+
+@contextlib.contextmanager
+def running(server: Server) -> Iterator[Server]:
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def pushgateway_available() -> bool:
+    return Path(PUSHGATEWAY).exists()
