@@ -67,7 +67,7 @@ async def metrics(client: Client) -> dict[Any, float]:
 
 
 def fleet_image(client: Client) -> dict[str, Any]:
-    image = client.app[RUNTIME].fleet.to_dict()  # type: ignore[union-attr]
+    image = client.app[RUNTIME].fleet.to_image()  # type: ignore[union-attr]
     image.pop("saved_at")
     return image
 

@@ -25,7 +25,7 @@ def test_full_config_parses(tmp_path: Path) -> None:
         f"""
 listen: 0.0.0.0:9200
 offline_after_s: 30
-state_file: /var/lib/tvm-observability/state.json
+state_file: /var/lib/tvm-observability/state.msgpack
 statuses: [idle, on_mission, charging]
 limits: {{max_body_bytes: 8192, max_sensors_per_vehicle: 8, rate_limit_per_vehicle_hz: 2}}
 vehicles:
@@ -38,7 +38,7 @@ environment: staging
     )
     config = load_config(path)
     assert (config.listen_host, config.listen_port) == ("0.0.0.0", 9200)
-    assert config.offline_after_s == 30.0 and config.state_file == "/var/lib/tvm-observability/state.json"
+    assert config.offline_after_s == 30.0 and config.state_file == "/var/lib/tvm-observability/state.msgpack"
     assert config.statuses == ("idle", "on_mission", "charging")
     assert config.limits.max_body_bytes == 8192 and config.limits.max_error_codes_per_vehicle == 64
     assert set(config.vehicles) == {"V1", "V-2.b"} and config.vehicles["V1"].token_sha256 == HASH

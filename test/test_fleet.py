@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from support import FakeClock, wire_snapshot
 
+from tvm_observability import codec
 from tvm_observability.aggregator.fleet import TRACKED_BOOTS, FleetState, Outcome
 from tvm_observability.errors import LimitExceeded
 from tvm_observability.ingest import parse_snapshot
@@ -148,13 +147,13 @@ def test_error_code_cap_counts_distinct_codes_across_boots(clock: FakeClock) -> 
     assert fleet.apply(snap(boot_id="b", errors={"E2": 4})) is Outcome.ACCEPTED
 
 
-def test_persistence_image_round_trips_through_json(clock: FakeClock) -> None:
+def test_persistence_image_round_trips_through_the_state_codec(clock: FakeClock) -> None:
     fleet = make_fleet(clock, max_unknown_vehicles=5)
     fleet.apply(snap("V1", boot_id="a", seq=9, errors={"E1": 3}))
     fleet.apply(snap("V1", boot_id="b", seq=2, errors={"E1": 1}))
     fleet.apply(snap("X7", seq=1))
     clock.advance(40)
-    image = json.loads(json.dumps(fleet.to_dict()))
+    image = codec.unpack_state(codec.pack_state(fleet.to_image()))
 
     later = FakeClock(wall=clock.time() + 5)  # restarted 5 s later; monotonic clock restarted too
     restored = make_fleet(later, max_unknown_vehicles=5)
@@ -173,7 +172,7 @@ def test_restore_skips_unknown_vehicles_when_they_are_refused(clock: FakeClock) 
     fleet = make_fleet(clock, max_unknown_vehicles=5)
     fleet.apply(snap("X7"))
     restored = make_fleet(FakeClock())
-    assert restored.restore(fleet.to_dict(), keep_unknown=False) == ["X7"]
+    assert restored.restore(fleet.to_image(), keep_unknown=False) == ["X7"]
     assert restored.get("X7") is None
 
 
@@ -181,7 +180,7 @@ def test_broken_image_is_refused_whole(clock: FakeClock) -> None:
     fleet = make_fleet(clock)
     fleet.apply(snap("V1", errors={"E1": 3}))
     fleet.apply(snap("V2", errors={"E1": 1}))
-    image = json.loads(json.dumps(fleet.to_dict()))
+    image = codec.unpack_state(codec.pack_state(fleet.to_image()))
     image["vehicles"]["V2"]["boots"][0]["errors"]["E1"] = -4
     target = make_fleet(FakeClock())
     with pytest.raises(ValueError):

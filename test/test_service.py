@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from support import AggregatorProcess, push, request, sample, scrape, wait_for, wire_snapshot
 
+from tvm_observability.aggregator.persistence import StateFile
 from tvm_observability.auth import hash_token
 
 CLI = [sys.executable, "-m", "tvm_observability.aggregator.cli"]
@@ -22,7 +23,7 @@ def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]
 
 
 def test_counters_and_state_survive_sigterm_and_kill_9(write_config, fleet_tokens, tmp_path: Path) -> None:
-    state = tmp_path / "state" / "fleet.json"
+    state = tmp_path / "state" / "fleet.state"
     config = write_config(fleet_tokens, state_file=str(state), state_flush_interval_s=0.2)
     with AggregatorProcess(config) as agg:
         assert (
@@ -44,7 +45,7 @@ def test_counters_and_state_survive_sigterm_and_kill_9(write_config, fleet_token
         # the bridge restarts (new boot) and reports one more event
         push(agg.url, wire_snapshot("V1", boot_id="b2", seq=1, errors={"E1": 1}), fleet_tokens["V1"])
         wait_for(
-            lambda: json.loads(state.read_text())["vehicles"]["V1"]["boots"][-1]["boot_id"] == "b2",
+            lambda: StateFile(state).load()["vehicles"]["V1"]["boots"][-1]["boot_id"] == "b2",
             10,
             what="state flush",
         )
@@ -56,16 +57,22 @@ def test_counters_and_state_survive_sigterm_and_kill_9(write_config, fleet_token
         assert sample(m, "vehicle_bridge_restarts_total", vehicle_id="V1") == 1
         ready = request(agg.url + "/readyz")
         assert ready.status == 200 and ready.json()["persistence"] == "ok"
+    dump = run_cli("state", str(state))
+    assert dump.returncode == 0, dump.stderr
+    image = json.loads(dump.stdout)
+    assert image["vehicles"]["V1"]["snapshot"]["boot_id"] == "b2"
+    assert [b["errors"] for b in image["vehicles"]["V1"]["boots"]] == [{"E1": 3}, {"E1": 1}]
+    assert run_cli("state", str(tmp_path / "nope")).returncode == 1
 
 
 def test_corrupt_state_file_is_moved_aside_and_service_starts(write_config, fleet_tokens, tmp_path: Path) -> None:
-    state = tmp_path / "fleet.json"
-    state.write_text("{not json", encoding="utf-8")
+    state = tmp_path / "fleet.state"
+    state.write_bytes(b"\xc1 not msgpack")
     with AggregatorProcess(write_config(fleet_tokens, state_file=str(state))) as agg:
         assert request(agg.url + "/readyz").status == 200
         record = next(r for r in agg.logs if r["message"].startswith("state file unusable"))
         assert record["level"] == "ERROR"
-        assert Path(record["context"]["moved_to"]).read_text(encoding="utf-8") == "{not json"
+        assert Path(record["context"]["moved_to"]).read_bytes() == b"\xc1 not msgpack"
 
 
 def test_vehicle_goes_offline_in_real_time(write_config, fleet_tokens) -> None:
