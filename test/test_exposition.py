@@ -102,7 +102,7 @@ def test_render_follows_a_restored_state():
     _, fleet, exposition, _ = make()
     apply(fleet, "V1", seq=1)
     assert_same(exposition)
-    image = fleet.to_dict()
+    image = fleet.to_image()
     apply(fleet, "V1", seq=2, status="on_mission")
     assert_same(exposition)
     fleet.restore(image, keep_unknown=True)

@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -182,6 +182,12 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit}")
 
+    if request.content.is_eof():  # the whole body is already here (the usual push): no timer task needed
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+        return body
+
     async def read() -> bytes:
         chunks: list[bytes] = []
         size = 0
@@ -253,7 +259,7 @@ def _log_unknown_status(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> 
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+    return given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
 
 
 # -- exposition and health ---------------------------------------------------------------------
