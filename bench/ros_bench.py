@@ -1,0 +1,186 @@
+"""Bridge and freshness benchmarks: real ROS 2 processes in a private, localhost-only ROS domain.
+
+Bridge: the publisher (bench/ros_nodes.py) sends the standard topic load; first the floor (a bare node with the
+same raw subscriptions), then `vehicle_bridge` with the shipped config/vehicle_bridge.yaml pushing to a real
+aggregator, each measured for WINDOW_S from /proc after WARMUP_S. Freshness, during the bridge window: the time from
+each battery publish (a new percentage every second) until /metrics shows it, /metrics polled every POLL_S.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import servers
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "test"))
+from support import ros_domain  # noqa: E402 - test/support.py owns the ROS domain locks
+
+WARMUP_S = 6.0
+WINDOW_S = 30.0
+POLL_S = 0.02
+VEHICLE = "veh-00000"
+
+
+def _start(argv: list[str], env: dict[str, str], core: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        servers.pinned(argv, core),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+@contextmanager
+def _process(argv: list[str], env: dict[str, str], core: int) -> Iterator[subprocess.Popen[str]]:
+    proc = _start(argv, env, core)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _usage(proc: subprocess.Popen[str], seconds: float, during: Callable[[], None] | None = None) -> dict[str, float]:
+    """CPU share of one core and RSS of `proc` over `seconds` (after the caller's warm-up)."""
+    server = servers.Server("ros", proc)  # type: ignore[arg-type]  # only its /proc readers are used
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    if during is None:
+        time.sleep(seconds)
+    else:
+        during()
+    elapsed = time.perf_counter() - t0
+    if proc.poll() is not None:
+        raise RuntimeError(f"{proc.args} exited with {proc.returncode} during the measurement")
+    return {"cpu_util": (server.cpu_seconds() - cpu0) / elapsed, "rss_mib": server.rss_bytes() / 2**20}
+
+
+class _Freshness:
+    """Battery publish times from the publisher's stdout, matched with the first scrape showing each value."""
+
+    def __init__(self, publisher: subprocess.Popen[str], url: str) -> None:
+        self.published: dict[int, float] = {}
+        self.delays: list[float] = []
+        self.url = url
+        threading.Thread(target=self._read, args=(publisher,), daemon=True).start()
+
+    def _read(self, publisher: subprocess.Popen[str]) -> None:
+        assert publisher.stdout is not None
+        for line in publisher.stdout:
+            event = json.loads(line)
+            self.published[int(event["percent"])] = float(event["t"])
+
+    def poll(self, seconds: float) -> None:
+        host, _, port = self.url.removeprefix("http://").rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        pattern = re.compile(rb'^vehicle_battery_level\{vehicle_id="' + VEHICLE.encode() + rb'"\} (\S+)$', re.M)
+        last: int | None = None
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                conn.request("GET", "/metrics")
+                body = conn.getresponse().read()
+                seen = time.time()
+                match = pattern.search(body)
+                if match:
+                    value = round(float(match.group(1)))
+                    if value != last and last is not None and value in self.published:
+                        self.delays.append(seen - self.published[value])
+                    last = value
+                time.sleep(POLL_S)
+        finally:
+            conn.close()
+
+
+def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    try:
+        import rclpy  # noqa: F401
+    except ImportError:
+        return {"ros_skipped": "rclpy is not installed (pip install -r requirements-ros-kilted.txt)"}
+    python = sys.executable
+    with ros_domain() as domain:
+        env = {**os.environ, **domain, "PYTHONPATH": str(REPO)}
+        aggregator, tokens = servers.start_aggregator(workdir, 1)
+        token_file = workdir / "vehicle.token"
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(tokens[VEHICLE] + "\n")
+        try:
+            with _process([python, "-m", "bench.ros_nodes", "publisher"], env, servers.SERVER_CORE) as publisher:
+                with _process([python, "-m", "bench.ros_nodes", "floor"], env, servers.LOAD_CORE) as floor:
+                    time.sleep(WARMUP_S)
+                    source = servers.Server("publisher", publisher)  # type: ignore[arg-type]
+                    cpu0 = source.cpu_seconds()
+                    floor_usage = _usage(floor, WINDOW_S)
+                    publisher_usage = {
+                        "cpu_util": (source.cpu_seconds() - cpu0) / WINDOW_S,
+                        "rss_mib": source.rss_bytes() / 2**20,
+                    }
+                log(
+                    f"bridge floor (bare raw node): {floor_usage['cpu_util']:.1%} cpu, {floor_usage['rss_mib']:.0f} MiB"
+                )
+                bridge_argv = [
+                    python,
+                    "-m",
+                    "tvm_observability.bridge.node",
+                    "--ros-args",
+                    "--params-file",
+                    str(REPO / "config" / "vehicle_bridge.yaml"),
+                    "-p",
+                    f"vehicle_id:={VEHICLE}",
+                    "-p",
+                    f"aggregator_url:={aggregator.url}",
+                    "-p",
+                    f"token_file:={token_file}",
+                ]
+                freshness = _Freshness(publisher, aggregator.url)
+                with _process(bridge_argv, env, servers.LOAD_CORE) as bridge:
+                    time.sleep(WARMUP_S)
+                    bridge_usage = _usage(bridge, WINDOW_S, lambda: freshness.poll(WINDOW_S))
+                log(
+                    f"bridge vehicle_bridge: {bridge_usage['cpu_util']:.1%} cpu, {bridge_usage['rss_mib']:.0f} MiB; "
+                    f"freshness {len(freshness.delays)} samples"
+                )
+        finally:
+            aggregator.stop()
+    from .ros_nodes import LOAD
+
+    delays = sorted(freshness.delays)
+    result: dict[str, Any] = {
+        "bridge": {"load": LOAD, "floor": floor_usage, "bridge": bridge_usage, "publisher": publisher_usage}
+    }
+    if delays:
+        result["freshness"] = {
+            "samples": len(delays),
+            "period_s": 1.0,
+            "poll_s": POLL_S,
+            "p50_s": statistics.median(delays),
+            "p99_s": delays[min(len(delays) - 1, int(0.99 * len(delays)))],
+            "max_s": delays[-1],
+        }
+    return result

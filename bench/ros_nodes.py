@@ -1,0 +1,123 @@
+"""ROS 2 processes of the bridge benchmark (run as `python -m bench.ros_nodes publisher|floor`).
+
+publisher: the standard robot topic load: odometry 50 Hz, NavSatFix 10 Hz, LaserScan (720 ranges) 10 Hz,
+  640x480 rgb8 Image 30 Hz, diagnostics 1 Hz, battery ~1 Hz (every 1.1 s).
+  Each battery message carries a new percentage; its value and publish time go to stdout as a JSON line
+  (for the freshness benchmark).
+floor: a bare rclpy node with the same subscriptions, raw (messages never deserialised), doing nothing:
+  the least any node listening to this load costs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from nav_msgs.msg import Odometry
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import BatteryState, Image, LaserScan, NavSatFix
+
+TOPICS = (
+    ("odom", Odometry, 50.0),
+    ("fix", NavSatFix, 10.0),
+    ("scan", LaserScan, 10.0),
+    ("camera/image_raw", Image, 30.0),
+    ("/diagnostics", DiagnosticArray, 1.0),
+    ("battery_state", BatteryState, 1 / 1.1),
+)
+"""(topic, type, rate Hz). Battery every 1.1 s rather than 1.0 s: its publish times then sweep across the
+bridge's 1 s push phase, so the freshness samples cover every phase instead of one."""
+LOAD = (
+    "Topic load: odometry 50 Hz, NavSatFix 10 Hz, LaserScan (720 ranges) 10 Hz, 640×480 rgb8 Image 30 Hz "
+    "(27.6 MB/s), diagnostics 1 Hz, battery every 1.1 s (sweeps the push phase), from one publisher process."
+)
+
+
+def _messages() -> dict[str, object]:
+    odom = Odometry()
+    odom.header.frame_id = "odom"
+    odom.pose.pose.orientation.w = 1.0
+    odom.twist.twist.linear.x = 0.8
+    fix = NavSatFix()
+    fix.status.status = 0
+    fix.latitude, fix.longitude, fix.altitude = 52.52, 13.405, 34.0
+    scan = LaserScan()
+    scan.angle_min, scan.angle_max, scan.angle_increment = -3.14, 3.14, 6.28 / 720
+    scan.range_max = 30.0
+    scan.ranges = [5.0] * 720
+    image = Image()
+    image.height, image.width, image.encoding, image.step = 480, 640, "rgb8", 640 * 3
+    image.data = bytes(640 * 480 * 3)
+    diagnostics = DiagnosticArray()
+    diagnostics.status = [
+        DiagnosticStatus(level=DiagnosticStatus.OK, name=f"{name}: driver", message="ok")
+        for name in ("lidar", "camera", "imu", "gps")
+    ]
+    battery = BatteryState()
+    battery.voltage = 25.2
+    battery.power_supply_status = BatteryState.POWER_SUPPLY_STATUS_DISCHARGING
+    return {
+        "odom": odom,
+        "fix": fix,
+        "scan": scan,
+        "camera/image_raw": image,
+        "/diagnostics": diagnostics,
+        "battery_state": battery,
+    }
+
+
+def publisher() -> None:
+    node = Node("bench_publisher")
+    messages = _messages()
+    clock = node.get_clock()
+    step = [0]
+
+    def publish(topic: str, pub: object) -> None:
+        msg = messages[topic]
+        stamp = clock.now().to_msg()
+        if hasattr(msg, "header"):
+            msg.header.stamp = stamp  # type: ignore[attr-defined]
+        if topic == "odom":
+            msg.pose.pose.position.x += 0.016  # type: ignore[attr-defined]
+        if topic == "battery_state":
+            step[0] += 1
+            percent = 10 + step[0] % 80  # a new whole percentage each second
+            msg.percentage = percent / 100.0  # type: ignore[attr-defined]
+            pub.publish(msg)  # type: ignore[attr-defined]
+            print(json.dumps({"percent": percent, "t": time.time()}), flush=True)
+            return
+        pub.publish(msg)  # type: ignore[attr-defined]
+
+    for topic, kind, rate in TOPICS:
+        pub = node.create_publisher(kind, topic, qos_profile_sensor_data if topic != "/diagnostics" else 50)
+        node.create_timer(1.0 / rate, lambda topic=topic, pub=pub: publish(topic, pub))
+    rclpy.spin(node)
+
+
+def floor() -> None:
+    node = Node("bench_floor")
+    for topic, kind, _ in TOPICS:
+        node.create_subscription(
+            kind, topic, lambda _raw: None, qos_profile_sensor_data if topic != "/diagnostics" else 50, raw=True
+        )
+    rclpy.spin(node)
+
+
+def main() -> int:
+    rclpy.init()
+    try:
+        {"publisher": publisher, "floor": floor}[sys.argv[1]]()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
