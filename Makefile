@@ -8,7 +8,7 @@ JAZZY_VENV := .venv-jazzy
 PIP_QUIET := --quiet --disable-pip-version-check
 DEPS := setup.py pyproject.toml requirements-dev.txt
 
-.PHONY: demo test lint typecheck unit test-jazzy venv venv-jazzy clean
+.PHONY: demo test lint typecheck unit test-jazzy venv venv-jazzy clean bench soak
 
 $(VENV)/.installed: $(DEPS) requirements-ros-kilted.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,18 @@ test-jazzy: venv-jazzy
 	$(JAZZY_VENV)/bin/pytest -m ros $(PYTEST_ARGS)
 
 test: lint typecheck unit test-jazzy
+
+# Benchmarks (docs/benchmarks.md) and the long load run (docs/reliability-load.md). Both pin the server under test
+# to core 0 and the load to core 1; both take minutes. BENCH_ARGS / SOAK_ARGS pass options (see --help).
+$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
+	$(VENV)/bin/pip install $(PIP_QUIET) -r requirements-bench.txt
+	@touch $@
+
+bench: $(VENV)/.bench-installed
+	$(VENV)/bin/python -m bench.run $(BENCH_ARGS)
+
+soak: $(VENV)/.bench-installed
+	$(VENV)/bin/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(JAZZY_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -39,6 +39,7 @@ setup(
         "prometheus-client>=0.16",
         "python-json-logger>=3.1",
     ],
+    extras_require={"uvloop": ["uvloop>=0.17"]},  # faster event loop for the aggregator (docs/benchmarks.md)
     zip_safe=True,
     maintainer="tvm_observability maintainers",
     maintainer_email="maintainers@tvm-observability.invalid",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgpack
@@ -53,6 +54,23 @@ def pack_state(image: dict[str, Any]) -> bytes:
     """The aggregator's state file image (trusted, written by this program) as msgpack."""
     packed: bytes = msgpack.packb(image, use_bin_type=True)
     return packed
+
+
+def pack_state_entry(key: str, value: Any) -> bytes:
+    """One key and value of a map, packed on their own (for `pack_state_map`)."""
+    packed: bytes = msgpack.packb(key, use_bin_type=True) + msgpack.packb(value, use_bin_type=True)
+    return packed
+
+
+def pack_state_map(header: Mapping[str, Any], key: str, entries: Sequence[bytes]) -> bytes:
+    """The same bytes as pack_state({**header, key: {...}}) when the inner map's entries were packed one at a
+    time by `pack_state_entry`: so a large image can be packed in slices."""
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(header) + 1)]
+    for name, value in header.items():
+        parts += [packer.pack(name), packer.pack(value)]
+    parts += [packer.pack(key), packer.pack_map_header(len(entries)), *entries]
+    return b"".join(parts)
 
 
 def unpack_state(data: bytes) -> Any:

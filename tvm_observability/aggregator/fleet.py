@@ -213,21 +213,27 @@ class FleetState:
         """A plain image of what must survive a restart (counters, boots, last snapshot as msgpack bytes).
 
         Built from copies, so it can be serialised in another thread while the state changes."""
-        return {
-            "format": STATE_FORMAT,
-            "saved_at": self.clock.time(),
-            "vehicles": {
-                v.vehicle_id: {
-                    "boots": [{"boot_id": b, "seq": r.seq, "errors": dict(r.errors)} for b, r in v.boots.items()],
-                    "retired": dict(v.retired),
-                    "heartbeat_wall": v.heartbeat_wall,
-                    "restarts": v.restarts,
-                    "snapshot": v.snapshot_body,
-                }
-                for v in self._vehicles.values()
-                if v.boots or v.retired
-            },
-        }
+        return {**self.image_header(), "vehicles": dict(self.vehicle_images())}
+
+    def image_header(self) -> dict[str, Any]:
+        """The image's entries other than "vehicles"."""
+        return {"format": STATE_FORMAT, "saved_at": self.clock.time()}
+
+    def vehicle_images(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The image's "vehicles" entries, one at a time, over a copy of the vehicle list: the caller may let the
+        state change between two (a vehicle changed after its entry was taken leaves the state dirty)."""
+        for v in list(self._vehicles.values()):
+            if v.boots or v.retired:
+                yield (
+                    v.vehicle_id,
+                    {
+                        "boots": [{"boot_id": b, "seq": r.seq, "errors": dict(r.errors)} for b, r in v.boots.items()],
+                        "retired": dict(v.retired),
+                        "heartbeat_wall": v.heartbeat_wall,
+                        "restarts": v.restarts,
+                        "snapshot": v.snapshot_body,
+                    },
+                )
 
     def restore(self, image: Mapping[str, Any], *, keep_unknown: bool) -> list[str]:
         """Load a `to_image` image; returns the ids skipped (not on the roster while unknowns are refused).

@@ -39,7 +39,10 @@ class StateFile:
 
     def save(self, image: dict[str, Any]) -> int:
         """Replace the file with `image`; returns the bytes written. Raises OSError (disk full, read-only)."""
-        data = codec.pack_state(image)
+        return self.write(codec.pack_state(image))
+
+    def write(self, data: bytes) -> int:
+        """Replace the file with an already packed image (codec.pack_state_map); as `save`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
