@@ -23,7 +23,7 @@ import random
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,6 +185,22 @@ class Target:
 # -- a minimal HTTP/1.1 client -------------------------------------------------------------------
 
 
+def _responses(buffer: bytearray) -> Iterator[int]:
+    """Statuses of the complete responses at the head of `buffer`, each removed from it as it is read."""
+    while (end := buffer.find(b"\r\n\r\n")) >= 0:
+        head = bytes(buffer[:end]).lower()
+        length = 0
+        at = head.find(b"\r\ncontent-length:")
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop >= 0 else None])
+        if len(buffer) < end + 4 + length:
+            return
+        status = int(buffer[9:12])
+        del buffer[: end + 4 + length]
+        yield status
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight; resolves `waiter` with the status."""
 
@@ -199,21 +215,9 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            return
-        head = bytes(self.buffer[:end]).lower()
-        length = 0
-        at = head.find(b"\r\ncontent-length:")
-        if at >= 0:
-            stop = head.find(b"\r\n", at + 2)
-            length = int(head[at + 17 : stop if stop >= 0 else None])
-        if len(self.buffer) < end + 4 + length:
-            return
-        status = int(self.buffer[9:12])
-        del self.buffer[: end + 4 + length]
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(status)
+        for status in _responses(self.buffer):
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result(status)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -297,17 +301,7 @@ class _Pusher(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
-        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            head = bytes(self.buffer[:end]).lower()
-            length = 0
-            at = head.find(b"\r\ncontent-length:")
-            if at >= 0:
-                stop = head.find(b"\r\n", at + 2)
-                length = int(head[at + 17 : stop if stop >= 0 else None])
-            if len(self.buffer) < end + 4 + length:
-                return
-            status = int(self.buffer[9:12])
-            del self.buffer[: end + 4 + length]
+        for status in _responses(self.buffer):
             self._answered(status)
 
     def _answered(self, status: int) -> None:
