@@ -24,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import loadgen, report, servers
+from . import handler_variants, loadgen, report, servers
 from .loadgen import Target, Vehicle
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,8 +39,9 @@ def log(message: str) -> None:
 
 
 def start(kind: str, workdir: Path, vehicles: int) -> tuple[servers.Server, Target]:
-    if kind == "aggregator":
-        server, tokens = servers.start_aggregator(workdir, vehicles)
+    if kind.startswith("aggregator"):
+        variant = kind.partition(":")[2] or None
+        server, tokens = servers.start_aggregator(workdir, vehicles, variant=variant)
         return server, Target("aggregator", server.host, server.port, tokens)
     if kind == "bare":
         server = servers.start_bare()
@@ -207,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(ingest("pushgateway", workdir, min(levels), min(options.window, 5.0)))
         rows += [ingest(kind, workdir, SATURATION_VEHICLES, 5.0, saturate=True) for kind in kinds]
         results["ingest"] = rows
+        results["breakdown"] = [
+            ingest(f"aggregator:{variant}", workdir, min(levels), options.window)
+            for variant in handler_variants.VARIANTS
+        ]
         scrape_kinds = [k for k in kinds if k != "bare"]
         results["scrape"] = [row for n in levels for kind in scrape_kinds for row in scrape(kind, workdir, n)]
         if not options.skip_ros:

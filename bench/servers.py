@@ -128,8 +128,9 @@ def _get(url: str, path: str, timeout: float = 5.0) -> int:
 
 
 def start_aggregator(
-    workdir: Path, vehicles: int, *, state_file: bool = True, **overrides: object
+    workdir: Path, vehicles: int, *, state_file: bool = True, variant: str | None = None, **overrides: object
 ) -> tuple[Server, dict[str, str]]:
+    """The real CLI (or, with `variant`, bench/handler_variants.py around it) with a roster of `vehicles`."""
     tokens = bench_tokens(vehicles)
     config: dict[str, object] = {
         "listen": f"127.0.0.1:{free_port()}",
@@ -144,7 +145,8 @@ def start_aggregator(
     config.update(overrides)
     path = workdir / "aggregator.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    argv = [sys.executable, "-m", "tvm_observability.aggregator.cli", "--config", str(path)]
+    entry = ["tvm_observability.aggregator.cli"] if variant is None else ["bench.handler_variants", variant]
+    argv = [sys.executable, "-m", *entry, "--config", str(path)]
     server = _spawn("aggregator", pinned(argv, SERVER_CORE))
     listening: dict[str, str] = {}
 
