@@ -27,6 +27,12 @@ def _find(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
+def _held(row: dict[str, Any]) -> bool:
+    """Delivered its schedule: no failures and at least 99% of the offered pushes per second."""
+    offered = row["vehicles"] * float(row["mode"].split()[0])
+    return row["failed"] == 0 and row["rate_per_s"] >= 0.99 * offered
+
+
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     """(target, measured, baseline, met) for each target of issue 6 that this run measured."""
     ingest, scrape = results.get("ingest", []), results.get("scrape", [])
@@ -35,25 +41,35 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     agg = _find(ingest, target="aggregator", vehicles=top, mode="1 Hz")
     bare = _find(ingest, target="bare", vehicles=top, mode="1 Hz")
     if agg:
-        held = agg["failed"] == 0 and agg["rate_per_s"] >= 0.99 * top and agg["p99_ms"] < 20
+        held = _held(agg) and agg["p99_ms"] < 20
         rows.append(
             (
                 f"{top:,} vehicles at 1 Hz on one core: p99 < 20 ms, zero failed pushes",
-                f"{agg['rate_per_s']:,.0f} pushes/s, p99 {_f(agg['p99_ms'])} ms, {agg['failed']} failed",
-                f"bare aiohttp: p99 {_f(bare['p99_ms'])} ms" if bare else "–",
+                f"{agg['rate_per_s']:,.0f} pushes/s delivered, p99 {_f(agg['p99_ms'])} ms, {agg['failed']} failed",
+                f"bare aiohttp: {bare['rate_per_s']:,.0f} pushes/s, p99 {_f(bare['p99_ms'])} ms" if bare else "–",
                 held,
             )
         )
-        if bare:
-            ratio = agg["cpu_per_push_us"] / bare["cpu_per_push_us"]
-            rows.append(
-                (
-                    "server CPU per push ≤ 1.5× the bare aiohttp handler",
-                    f"{_f(agg['cpu_per_push_us'])} µs ({ratio:.2f}×)",
-                    f"bare aiohttp {_f(bare['cpu_per_push_us'])} µs",
-                    ratio <= 1.5,
-                )
+    # CPU per push only compares where both servers kept up: an overloaded server batches and looks cheaper.
+    pairs = [
+        (a, b)
+        for a in ingest
+        if a["target"] == "aggregator" and a["mode"] != "saturation"
+        for b in [_find(ingest, target="bare", vehicles=a["vehicles"], mode=a["mode"])]
+        if b and _held(a) and _held(b)
+    ]
+    if pairs:
+        a, b = max(pairs, key=lambda pair: pair[0]["rate_per_s"])
+        ratio = a["cpu_per_push_us"] / b["cpu_per_push_us"]
+        rows.append(
+            (
+                "server CPU per push ≤ 1.5× the bare aiohttp handler (highest load both held: "
+                f"{a['vehicles']:,} vehicles at {a['mode']})",
+                f"{_f(a['cpu_per_push_us'])} µs ({ratio:.2f}×)",
+                f"bare aiohttp {_f(b['cpu_per_push_us'])} µs",
+                ratio <= 1.5,
             )
+        )
     a = _find(scrape, target="aggregator", vehicles=top, case="all changed")
     w = _find(scrape, target="aggregator", vehicles=top, case="unchanged")
     p = _find(scrape, target="pushgateway-nocheck", vehicles=top)
@@ -179,21 +195,19 @@ def render(results: dict[str, Any]) -> str:
     if breakdown:
         out += ["", "## Where the aggregator's CPU per push goes", ""]
         out += [
-            f"The aggregator process at {breakdown[0]['vehicles']:,} vehicles, 1 Hz, with parts of its push handler "
-            "swapped out (bench/handler_variants.py), same run:",
+            f"{breakdown[0]['vehicles']:,} vehicles at {breakdown[0]['mode']}: the bare aiohttp server, then the "
+            "aggregator process with parts of its push handler swapped out (bench/handler_variants.py):",
             "",
             "| variant | CPU/push µs | step cost µs |",
             "| --- | ---: | ---: |",
         ]
         labels = {
+            "bare": "bare aiohttp server (separate program)",
             "aggregator:read-only": "handler only reads the body; no request metrics",
             "aggregator:red-metrics": "+ request-counting middleware (RED metrics)",
             "aggregator:json-answer": "+ JSON acknowledgement with X-Request-Id",
             "aggregator:full": "+ decode, validation, token check, rate limit, fleet state, state file (the real one)",
         }
-        bare = _find(ingest, target="bare", vehicles=breakdown[0]["vehicles"], mode="1 Hz")
-        if bare:
-            out.append(f"| bare aiohttp server (separate program) | {_f(bare['cpu_per_push_us'])} | |")
         previous = None
         for row in breakdown:
             step = "" if previous is None else _f(row["cpu_per_push_us"] - previous)
@@ -278,9 +292,31 @@ METHOD = """## Method
   twice: right after every vehicle pushed again (what a 15 s scrape interval at 1 Hz sees: nothing cached is still
   valid) and with nothing changed since the previous scrape."""
 
-NOTES = """## Notes
+NOTES = """## Notes: what was optimised, what is out of reach and why
 
-- The aggregator renders each vehicle's exposition lines once per change of that vehicle (collector.py), so a
-  scrape formats only the heartbeat age, `vehicle_up` and the status lines and joins cached text; the bytes are
-  exactly prometheus_client's (test/test_exposition.py). With 1 Hz pushes and a 15 s scrape interval every vehicle
-  has changed between two scrapes, so the "all changed" row is the one that counts."""
+- **Scrape.** The aggregator formats each vehicle's exposition lines once per change of that vehicle
+  (`VehicleState.version`, collector.py) and keeps them as text; a scrape formats only what moves with the clock
+  (heartbeat age, `vehicle_up`, the status lines) and joins strings. The bytes are exactly prometheus_client's, in
+  text and OpenMetrics format (test/test_exposition.py). At 1 Hz with a 15 s scrape interval every vehicle has
+  changed between two scrapes, so "all changed" is the row that counts; before this change the same 10,000-vehicle
+  scrape went through prometheus_client's generic path, about 2.2 s on this machine (measured during development).
+- **Ingest, done:** uvloop when installed (optional extra, `pip install tvm_observability[uvloop]`); no timer task
+  when the push body has already arrived (the usual case); cheaper request ids; after start-up the objects that
+  exist are frozen out of the garbage collector and young collections run every 10,000 allocations instead of
+  700 (with the default, a 5,000-vehicle aggregator spent ~13% of its CPU in the collector); the state file is
+  packed 250 vehicles per event-loop turn instead of in one piece (in one piece a 10,000-vehicle save stalled
+  every request for 100-400 ms each flush interval: that stall was the p99). Figures in this list come from
+  development runs, not from this one.
+- **Ingest, out of reach on one core here: 10,000 pushes/s.** The floor is aiohttp itself: the bare handler needs
+  the CPU per push in the tables (more with 10,000 open connections than with 2,500, compare the 4 Hz rows), so
+  10,000 pushes/s take most of a core before any work is done; on this busy machine the bare server did not hold
+  10,000 vehicles at 1 Hz either. The breakdown above shows where the aggregator's own cost goes: the request
+  metrics and the JSON acknowledgement (both part of the protocol and of the service's own monitoring) and the
+  real work (msgpack decode, schema validation in Python, token hash, rate limit, fleet state, state file), each a
+  few tens of µs. Getting under 1.5× the bare handler would mean moving validation out of Python or spreading
+  ingest over several processes (SO_REUSEPORT workers with shared state); neither is done. What one core holds
+  is in the tables (and `make soak` runs 10,000 vehicles at 0.4 Hz for 10 minutes without losing a push).
+- **Bridge.** vehicle_bridge deserialises what it reports (odometry at 50 Hz, NavSatFix, battery, diagnostics),
+  counts the sensor topics raw, subscribes to `fix` twice (values and GNSS liveness, as the shipped config asks)
+  and runs its push thread; the floor only receives raw messages. Each deserialised message costs a Python
+  callback in rclpy's executor; at this load that is the difference to the floor."""
