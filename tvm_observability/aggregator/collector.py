@@ -7,11 +7,12 @@ needs to find it); `vehicle_up`, `vehicle_status{status="offline"}` and the ages
 
 Two renderings of the same samples (`_vehicle_samples` is their one source):
 - `FleetCollector.collect()` builds prometheus_client metric families (registries, tests, get_sample_value);
-- `FleetExposition.render()` serves /metrics: each vehicle's lines are formatted once per change of
-  the vehicle (`VehicleState.version`) and kept as text, so a scrape only formats what moves with the
-  clock (heartbeat age, up, status) and joins strings. For 10,000 vehicles that is the difference
-  between formatting ~300,000 samples per scrape and ~10,000. The bytes are those prometheus_client's
-  encoders write for `collect()` (test_exposition checks it), in text and OpenMetrics format alike.
+- `Exposition.render()` serves /metrics: a vehicle's lines are formatted at most once per change of the
+  vehicle (`VehicleState.version`, lazily at the next scrape) and kept as text, so a scrape formats what
+  moves with the clock (heartbeat age, up, status), the lines of vehicles that changed since the last
+  scrape, and joins strings; for 10,000 vehicles prometheus_client's generic path formats ~400,000 samples
+  every time. The bytes are those prometheus_client's encoders write for `collect()` (test_exposition
+  checks it), in text and OpenMetrics format alike.
 """
 
 from __future__ import annotations
