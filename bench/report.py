@@ -131,6 +131,7 @@ def performance_section(results: dict[str, Any]) -> str:
     lines += [
         f"- {name}: {measured} (baseline: {base}) — {_verdict(met)}" for name, measured, base, met in targets(results)
     ]
+    lines += _pushgateway_lines(results)
     lines += ["", README_END]
     return "\n".join(lines)
 
