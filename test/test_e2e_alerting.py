@@ -31,6 +31,8 @@ SCRAPE_S = EVAL_S = 15.0
 OFFLINE_AFTER_S = 15.0
 """The aggregator's default offline_after_s."""
 PUSH_PERIOD_S = 1.0
+BACKGROUND_ERRORS = {"GNSS_DROPOUT": 1}
+"""Every vehicle has seen one error (below VehicleErrorsIncreasing's 3), so error panels have data."""
 FOR_CAP_S = 15
 ROSTER = [f"V{i}" for i in range(1, 8)]
 """V1-V3 die, V4 drains its battery, V5 has a sensor fault and errors, V6 stays healthy, V7 never reports."""
@@ -47,7 +49,7 @@ class PushVehicle(threading.Thread):
     def __init__(self, url: str, vehicle_id: str, token: str) -> None:
         super().__init__(daemon=True, name=f"vehicle-{vehicle_id}")
         self.url, self.vehicle_id, self.token = url, vehicle_id, token
-        self.fields: dict[str, Any] = {}
+        self.fields: dict[str, Any] = {"errors": dict(BACKGROUND_ERRORS)}
         self.seq = 0
         self.accepted = 0
         self.dead = threading.Event()
@@ -151,7 +153,7 @@ def test_dead_vehicle_detected_within_a_minute_and_faults_alert(stack):
     vehicles["V4"].fields = {"battery": low}
     faulty = wire_snapshot()["sensors"]
     faulty["lidar"] = {"status": "error", "rate_hz": 0.0, "message": "no scan for 3 s"}
-    vehicles["V5"].fields = {"sensors": faulty, "errors": {"MOTOR_OVERCURRENT": 4}}
+    vehicles["V5"].fields = {"sensors": faulty, "errors": {**BACKGROUND_ERRORS, "MOTOR_OVERCURRENT": 4}}
     for i, vid in enumerate(KILLED):
         if i:
             time.sleep(KILL_STAGGER_S)
@@ -175,7 +177,9 @@ def test_dead_vehicle_detected_within_a_minute_and_faults_alert(stack):
 
     wait_for(all_firing, 2 * MTTD_BOUND_S + 30, interval=0.25, what=f"alerts {sorted(expected - seen.keys())}")
     unexpected = {
-        k for k in seen.keys() - expected if k[1] in {"V6", "V7"} or k[0] in {"HighErrorRate", "TelemetryAggregatorDown"}
+        k
+        for k in seen.keys() - expected
+        if k[1] in {"V6", "V7"} or k[0] in {"HighErrorRate", "TelemetryAggregatorDown"}
     }
     assert unexpected == set(), f"alerts for healthy vehicles or a healthy aggregator: {unexpected}"
     assert ("VehicleHeartbeatLost", "V7") not in seen, "a never-heard-from vehicle is VehicleOffline, not lost"
@@ -265,7 +269,9 @@ def test_e2e_derives_from_the_shipped_files(tmp_path: Path):
     shipped = yaml.safe_load((REPO / "config" / "prometheus" / "alerts.yml").read_text())
     copied = yaml.safe_load((tmp_path / "alerts.yml").read_text())
     for ours, theirs in zip(
-        (r for g in copied["groups"] for r in g["rules"]), (r for g in shipped["groups"] for r in g["rules"])
+        (r for g in copied["groups"] for r in g["rules"]),
+        (r for g in shipped["groups"] for r in g["rules"]),
+        strict=True,
     ):
         assert ours["expr"] == theirs["expr"] and ours["labels"] == theirs["labels"]
         assert ours.get("keep_firing_for") == theirs.get("keep_firing_for")
