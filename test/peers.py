@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import threading
 import urllib.parse
@@ -23,6 +24,17 @@ def require_binary(name: str) -> str:
         package = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}.get(name, name)
         pytest.skip(f"{name} not found on PATH (apt-get install {package})")
     return path
+
+
+def stop_gracefully(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
+    """Send `sig`, wait, and SIGKILL what does not exit in time; return the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait(10)
 
 
 class PrometheusProcess:
@@ -48,13 +60,8 @@ class PrometheusProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_gracefully(self.proc, signal.SIGTERM)
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None

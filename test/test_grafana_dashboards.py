@@ -70,3 +70,12 @@ def test_provisioning_files():
     assert source["datasources"][0]["jsonData"]["timeInterval"] == "15s"
     provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "tvm_observability.yml").read_text())
     assert provider["providers"][0]["type"] == "file"
+
+
+def test_dashboards_exist_for_every_view():
+    assert {p.stem for p in (GRAFANA / "dashboards").glob("*.json")} == {
+        "executive",
+        "operations",
+        "vehicle",
+        "engineering",
+    }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from peers import require_binary
-from support import REPO, AggregatorProcess, push, request, wait_for, wire_snapshot
+from support import REPO, AggregatorProcess, FakeClock, push, request, wait_for, wire_snapshot
 
 from tvm_observability.aggregator.fleet import FleetState
 from tvm_observability.aggregator.fleet_view import build_view
@@ -18,22 +18,6 @@ from tvm_observability.model import DEFAULT_VEHICLE_STATUSES
 
 ARTIFACTS = REPO / "test-artifacts"
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>&amp;'
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.mono = 1000.0
-        self.wall = 1_790_000_000.0
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def time(self) -> float:
-        return self.wall
-
-    def advance(self, seconds: float) -> None:
-        self.mono += seconds
-        self.wall += seconds
 
 
 def _sensors(**statuses: str) -> dict:
