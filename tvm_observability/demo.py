@@ -35,6 +35,7 @@ from typing import IO, Any
 
 import yaml
 
+from . import prometheus_setup
 from .auth import generate_token, hash_token
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "vehicle_bridge.yaml"
@@ -138,6 +139,25 @@ def start_aggregator(demo: Demo) -> None:
     raise RuntimeError(f"the aggregator did not start; see {demo.workdir / 'aggregator.log'}")
 
 
+def start_prometheus(demo: Demo) -> str | None:
+    """Prometheus with the shipped config and rules scraping the demo's aggregator; its URL, or None
+    when the `prometheus` binary is not installed."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        return None
+    workdir = demo.workdir / "prometheus"
+    config = prometheus_setup.write_setup(workdir / "config", target=demo.url.removeprefix("http://"))
+    child = _spawn(demo, "prometheus", prometheus_setup.command(binary, config, workdir / "data"), dict(os.environ))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and child.proc.poll() is None:
+        log = (demo.workdir / "prometheus.log").read_text(errors="replace")
+        address = next(filter(None, map(prometheus_setup.listening_address, log.splitlines())), None)
+        if address:
+            return f"http://{address}"
+        time.sleep(0.1)
+    raise RuntimeError(f"prometheus did not start; see {demo.workdir / 'prometheus.log'}")
+
+
 def faulty_index(count: int) -> int:
     """The vehicle with injected faults: V2, or V1 in a one-vehicle fleet."""
     return min(1, count - 1)
@@ -235,11 +255,11 @@ def stop(demo: Demo) -> list[tuple[str, int | None]]:
     """Stop bridges, then simulators, then the aggregator; kill whatever ignores SIGINT/SIGTERM."""
     order = sorted(demo.children, key=lambda c: ("-bridge" not in c.name, "-simulator" not in c.name))
     codes: list[tuple[str, int | None]] = []
-    for group in ("-bridge", "-simulator", "aggregator"):
+    for group in ("prometheus", "-bridge", "-simulator", "aggregator"):
         members = [c for c in order if group in c.name]
         for child in members:
             if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM if group == "aggregator" else signal.SIGINT)
+                child.proc.send_signal(signal.SIGINT if group in ("-bridge", "-simulator") else signal.SIGTERM)
         for child in members:
             try:
                 child.proc.wait(15)
@@ -271,8 +291,15 @@ def main(argv: list[str] | None = None) -> int:
         start_aggregator(demo)
         for index, vid in enumerate(demo.vehicles):
             start_vehicle(demo, index, vid)
+        prometheus = start_prometheus(demo)
         print(
-            f"aggregator: {demo.url}/metrics  (also /healthz, /readyz)\n"
+            f"prometheus: {prometheus}/alerts  (shipped rules from config/prometheus)"
+            if prometheus
+            else "prometheus: not installed (apt-get install prometheus) - alerting not shown",
+            flush=True,
+        )
+        print(
+            f"aggregator: {demo.url}/metrics  (also /healthz, /readyz; fleet status page: {demo.url}/)\n"
             f"{len(demo.vehicles)} vehicles, each a vehicle_simulator + vehicle_bridge in its own ROS domain; "
             f"{demo.vehicles[faulty_index(len(demo.vehicles))]} has injected faults "
             f"(lidar stops, camera errors {_FAULTY['fault_error_code']}). Logs: {workdir}\n",
