@@ -115,3 +115,33 @@ def test_alertmanager_inhibits_vehicle_alerts_while_the_aggregator_is_down():
     assert down["target_matchers"] == ['scope="vehicle"']
     vehicle_alerts = {rule["alert"] for rule in _alert_rules() if rule["labels"].get("scope") == "vehicle"}
     assert {a for a in vehicle_alerts if a.startswith("Vehicle")} == vehicle_alerts
+
+
+def test_rules_and_dashboards_only_use_metrics_the_aggregator_exports():
+    """Guards the metric-name contract: a renamed metric would silently turn an alert or panel into 'no data'."""
+    import re
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from support import parse_metrics
+    from test_collector import fixture_fleet
+
+    from tvm_observability.aggregator.collector import ServiceMetrics
+
+    _, fleet_registry, _ = fixture_fleet()
+    service_registry = CollectorRegistry()
+    service = ServiceMetrics(service_registry)
+    service.requests.labels("GET", "/metrics", "200").inc()  # labelled families appear on first use
+    service.duration.labels("/metrics").observe(0.01)
+    exported = {
+        name
+        for registry in (fleet_registry, service_registry)
+        for name, _ in parse_metrics(generate_latest(registry).decode())
+    }
+    texts = [(PROM / name).read_text(encoding="utf-8") for name in ("alerts.yml", "recording.yml")]
+    texts += [p.read_text(encoding="utf-8") for p in (REPO / "config" / "grafana" / "dashboards").glob("*.json")]
+    # Metric names, not parts of recorded names (a:b:c); minus the label name and the job name.
+    names = re.compile(r"(?<![:\w])((?:vehicles?|http|telemetry)_[a-z_]+)(?![:\w])")
+    used = {m for text in texts for m in names.findall(text)} - {"vehicle_id", "telemetry_aggregator"}
+    assert len(used) >= 25, sorted(used)
+    assert used, "no metric names found"
+    assert sorted(used - exported) == []
