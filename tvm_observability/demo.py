@@ -69,6 +69,7 @@ class Demo:
     children: list[Child] = field(default_factory=list)
     locks: list[IO[str]] = field(default_factory=list)
     url: str = ""
+    prometheus_url: str = ""
 
 
 def _die_with_parent() -> None:
@@ -153,7 +154,8 @@ def start_prometheus(demo: Demo) -> str | None:
         log = (demo.workdir / "prometheus.log").read_text(errors="replace")
         address = next(filter(None, map(prometheus_setup.listening_address, log.splitlines())), None)
         if address:
-            return f"http://{address}"
+            demo.prometheus_url = f"http://{address}"
+            return demo.prometheus_url
         time.sleep(0.1)
     raise RuntimeError(f"prometheus did not start; see {demo.workdir / 'prometheus.log'}")
 
@@ -244,7 +246,9 @@ def show(demo: Demo, started: float) -> None:
     except OSError as exc:
         print(f"(cannot read {demo.url}/metrics: {exc})")
         return
-    header = f"fleet at +{time.monotonic() - started:4.0f} s   ({demo.url}/metrics)"
+    header = f"fleet at +{time.monotonic() - started:4.0f} s   ({demo.url}/ and /metrics)"
+    if demo.prometheus_url:
+        header += f"   alerts: {demo.prometheus_url}/alerts"
     block = render(fleet_rows(text), header)
     if sys.stdout.isatty():
         block = "\x1b[H\x1b[2J" + block + "\n\nCtrl-C stops the demo."
@@ -293,16 +297,16 @@ def main(argv: list[str] | None = None) -> int:
             start_vehicle(demo, index, vid)
         prometheus = start_prometheus(demo)
         print(
-            f"prometheus: {prometheus}/alerts  (shipped rules from config/prometheus)"
-            if prometheus
-            else "prometheus: not installed (apt-get install prometheus) - alerting not shown",
-            flush=True,
-        )
-        print(
             f"aggregator: {demo.url}/metrics  (also /healthz, /readyz; fleet status page: {demo.url}/)\n"
             f"{len(demo.vehicles)} vehicles, each a vehicle_simulator + vehicle_bridge in its own ROS domain; "
             f"{demo.vehicles[faulty_index(len(demo.vehicles))]} has injected faults "
             f"(lidar stops, camera errors {_FAULTY['fault_error_code']}). Logs: {workdir}\n",
+            flush=True,
+        )
+        print(
+            f"prometheus: {prometheus}/alerts  (shipped rules from config/prometheus)\n"
+            if prometheus
+            else "prometheus: not installed (apt-get install prometheus), so no alerts in this demo\n",
             flush=True,
         )
         while not stopping.wait(REFRESH_S):
