@@ -1,8 +1,8 @@
 """A runnable Prometheus setup derived from the shipped config/prometheus files (demo and end-to-end tests).
 
 The shipped prometheus.yml and rule files are the source: this module only points the scrape job at a
-given aggregator, optionally shortens intervals, and writes the result into a private directory. No
-Alertmanager is configured (alerts are read from Prometheus's own /api/v1/alerts).
+given aggregator (and the alerting section at given Alertmanagers, or none), optionally shortens intervals,
+and writes the result into a private directory.
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ def derive_config(
     rule_files: list[str],
     scrape_interval: str | None = None,
     evaluation_interval: str | None = None,
+    alertmanagers: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The shipped config with the aggregator job scraping `target`, the given rule files, no Alertmanager."""
+    """The shipped config with the aggregator job scraping `target`, the given rule files, and alerts sent to
+    `alertmanagers` (host:port each; none: alerts stay in Prometheus's /api/v1/alerts)."""
     config = copy.deepcopy(shipped)
     glob = config.setdefault("global", {})
     if scrape_interval is not None:
@@ -51,6 +53,8 @@ def derive_config(
         glob["evaluation_interval"] = evaluation_interval
     config["rule_files"] = list(rule_files)
     config.pop("alerting", None)
+    if alertmanagers:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == AGGREGATOR_JOB]
     if len(jobs) != 1:
         raise ValueError(f"the shipped config must have exactly one {AGGREGATOR_JOB!r} scrape job")
@@ -65,6 +69,7 @@ def write_setup(
     scrape_interval: str | None = None,
     evaluation_interval: str | None = None,
     rules_transform: RulesTransform | None = None,
+    alertmanagers: list[str] | None = None,
     source: Path | None = None,
 ) -> Path:
     """Write prometheus.yml and its rule files (through `rules_transform` if given) into workdir; return the config."""
@@ -85,6 +90,7 @@ def write_setup(
         rule_files=rule_paths,
         scrape_interval=scrape_interval,
         evaluation_interval=evaluation_interval,
+        alertmanagers=alertmanagers,
     )
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
