@@ -131,3 +131,8 @@ def test_shipped_config_documents_every_parameter_and_is_valid():
     flat["vehicle_id"] = "V5"
     parsed = parse_params(flat)
     assert [s.name for s in parsed.builder.sensors] == ["lidar", "camera", "imu", "gps"]
+
+
+def test_token_file_that_is_a_directory(tmp_path):
+    with pytest.raises(ParamError, match="token_file: cannot read"):
+        read_token(str(tmp_path))
