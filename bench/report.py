@@ -341,8 +341,8 @@ NOTES = """## Notes: what was optimised, what is out of reach and why
   same pushes over 2,500 connections instead of 10,000). The breakdown above shows where the aggregator's own cost
   goes: the request metrics and the JSON acknowledgement (part of the protocol and of the service's own
   monitoring) take about 10 µs each, and the real work (msgpack decode, schema validation in Python, token hash,
-  rate limit, fleet state, state file) about 50 µs; in all some 1.7-3× the bare handler's CPU per push (more at higher load), which at
-  10,000 pushes/s is more than one core. Getting under 1.5× would mean moving validation out of Python or
+  rate limit, fleet state, state file) about 50 µs; in all some 1.7-3× the bare handler's CPU per push (more
+  at higher load), which at 10,000 pushes/s is more than one core. Getting under 1.5× would mean moving validation out of Python or
   spreading ingest over several processes (SO_REUSEPORT workers with shared state); neither is done. What one
   core holds is in the tables; `make soak` runs 10,000 vehicles at 0.4 Hz for 10 minutes without losing a push.
 - **Bridge.** vehicle_bridge deserialises what it reports (odometry at 50 Hz, NavSatFix, battery, diagnostics),
