@@ -336,15 +336,16 @@ NOTES = """## Notes: what was optimised, what is out of reach and why
   packed 250 vehicles per event-loop turn instead of in one piece (in one piece a 10,000-vehicle save stalled
   every request for 100-400 ms each flush interval: that stall was the p99). Figures in this list come from
   development runs, not from this one.
-- **Ingest, out of reach on one core here: 10,000 pushes/s.** The floor is aiohttp itself: at 10,000 pushes/s
-  the bare handler alone takes about half a core (its CPU per push is in the tables; the 4 Hz rows send the
-  same pushes over 2,500 connections instead of 10,000). The breakdown above shows where the aggregator's own cost
+- **Ingest, out of reach on one core here: 10,000 pushes/s.** The floor is aiohttp itself: at 10,000 pushes/s the
+  bare handler alone takes about half a core (its CPU per push is in the tables; the 4 Hz rows send the same
+  pushes over 2,500 connections instead of 10,000). The breakdown above shows where the aggregator's own cost
   goes: the request metrics and the JSON acknowledgement (part of the protocol and of the service's own
   monitoring) take about 10 µs each, and the real work (msgpack decode, schema validation in Python, token hash,
-  rate limit, fleet state, state file) about 50 µs; in all some 1.7-3× the bare handler's CPU per push (more
-  at higher load), which at 10,000 pushes/s is more than one core. Getting under 1.5× would mean moving validation out of Python or
-  spreading ingest over several processes (SO_REUSEPORT workers with shared state); neither is done. What one
-  core holds is in the tables; `make soak` runs 10,000 vehicles at 0.4 Hz for 10 minutes without losing a push.
+  rate limit, fleet state, state file) about 50 µs; in all some 1.7-3× the bare handler's CPU per push (more at
+  higher load), which at 10,000 pushes/s is more than one core. Getting under 1.5× would mean moving validation
+  out of Python or spreading ingest over several processes (SO_REUSEPORT workers with shared state); neither is
+  done. What one core holds is in the tables; `make soak` runs 10,000 vehicles at 0.4 Hz for 10 minutes without
+  losing a push.
 - **Bridge.** vehicle_bridge deserialises what it reports (odometry at 50 Hz, NavSatFix, battery, diagnostics),
   counts the sensor topics raw, subscribes to `fix` twice (values and GNSS liveness, as the shipped config asks)
   and runs its push thread; the floor only receives raw messages, with no Python work per message. The bridge
