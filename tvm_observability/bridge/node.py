@@ -99,32 +99,31 @@ class VehicleBridge(Node):
         b = self.builder
         sensor_qos = qos_profile_sensor_data  # best effort: matches reliable and best-effort publishers
         stamp = converters.stamp_of
-        self.create_subscription(
-            BatteryState,
-            topics.battery,
-            lambda m: b.on_battery(converters.battery_from_msg(m), _now(), stamp(m)),
-            sensor_qos,
-        )
-        self.create_subscription(
-            NavSatFix,
-            topics.fix,
-            lambda m: b.on_position(converters.position_from_msg(m), _now(), stamp(m)),
-            sensor_qos,
-        )
-        self.create_subscription(
-            Odometry, topics.odom, lambda m: b.on_pose(converters.pose_from_msg(m), _now(), stamp(m)), sensor_qos
-        )
+        inputs: dict[str, tuple[Any, Any]] = {
+            topics.battery: (BatteryState, lambda m, t: b.on_battery(converters.battery_from_msg(m), t, stamp(m))),
+            topics.fix: (NavSatFix, lambda m, t: b.on_position(converters.position_from_msg(m), t, stamp(m))),
+            topics.odom: (Odometry, lambda m, t: b.on_pose(converters.pose_from_msg(m), t, stamp(m))),
+        }
+        # A liveness sensor on an input topic (e.g. gps on `fix`) is counted by that input's subscription
+        # instead of a second one: one subscription per topic, every message delivered once.
+        shared: dict[str, list[str]] = {topic: [] for topic in inputs}
+        for spec in self.params.builder.sensors:
+            if not spec.topic:
+                continue
+            if spec.topic in inputs and sensor_types[spec.name] is inputs[spec.topic][0]:
+                shared[spec.topic].append(spec.name)
+                continue
+            self.create_subscription(
+                sensor_types[spec.name],
+                spec.topic,
+                lambda _raw, name=spec.name: b.on_sensor_message(name, _now()),
+                sensor_qos,
+                raw=True,  # count messages only: never deserialise a camera image
+            )
+        for topic, (msg_type, handle) in inputs.items():
+            self.create_subscription(msg_type, topic, _counting(handle, shared[topic], b), sensor_qos)
         self.create_subscription(String, topics.status, self._on_status, 10)
         self.create_subscription(DiagnosticArray, topics.diagnostics, self._on_diagnostics, 50)
-        for spec in self.params.builder.sensors:
-            if spec.topic:
-                self.create_subscription(
-                    sensor_types[spec.name],
-                    spec.topic,
-                    lambda _raw, name=spec.name: b.on_sensor_message(name, _now()),
-                    sensor_qos,
-                    raw=True,  # count messages only: never deserialise a camera image
-                )
 
     def _on_status(self, msg: String) -> None:
         text = converters.status_from_msg(msg)
@@ -192,6 +191,18 @@ class VehicleBridge(Node):
 
 def _now() -> float:
     return time.monotonic()
+
+
+def _counting(handle: Any, sensors: list[str], builder: SnapshotBuilder) -> Any:
+    """A subscription callback that feeds an input and counts the liveness sensors sharing its topic."""
+
+    def callback(msg: Any) -> None:
+        now = _now()
+        handle(msg, now)
+        for name in sensors:
+            builder.on_sensor_message(name, now)
+
+    return callback
 
 
 def _message_type(sensor: str, name: str) -> Any:
