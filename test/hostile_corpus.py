@@ -95,7 +95,8 @@ class Case:
     headers: dict[str, str] = field(default_factory=dict)
     transport: str = "http"
     """http: one ordinary request; chunked: body sent with chunked encoding; stall: headers and a part of the
-    body, then silence (slowloris); drip: the body one byte at a time, slower than the body timeout allows."""
+    body, then silence (slowloris); drip: the body one byte at a time, slower than the body timeout allows;
+    slow_headers: a header line that never ends (the idle timeout closes the connection: status 0)."""
 
     def payload(self) -> bytes:
         return self.body() if callable(self.body) else self.body
@@ -263,6 +264,7 @@ CORPUS: list[Case] = [
         "slowloris: part of the body, then silence", "slow bodies", _valid_body, 408, "body_timeout", transport="stall"
     ),
     Case("body dripped one byte at a time", "slow bodies", _valid_body, 408, "body_timeout", transport="drip"),
+    Case("headers dripped one byte at a time (closed, no answer)", "slow bodies", b"", 0, transport="slow_headers"),
     # -- wrong methods, paths and content types ----------------------------------------------------
     Case(
         "Content-Type application/json",

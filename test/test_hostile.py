@@ -21,6 +21,7 @@ from support import AggregatorProcess, Samples, parse_metrics, push, request, wa
 from tvm_observability.auth import generate_token, hash_token
 
 BODY_TIMEOUT_S = 1.0
+IDLE_TIMEOUT_S = 2.0
 PROMTOOL = shutil.which("promtool")
 _VOLATILE = {"vehicle_last_heartbeat_seconds_ago"}
 """Fleet samples that change with time alone, not with state."""
@@ -60,7 +61,12 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
         "state_file": str(tmp / "state.json"),
         "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in tokens.items()},
         # The per-vehicle rate limit has its own test; here it must not answer before validation does.
-        "limits": {"rate_limit_per_vehicle_hz": 10_000, "rate_limit_burst": 10_000, "body_timeout_s": BODY_TIMEOUT_S},
+        "limits": {
+            "rate_limit_per_vehicle_hz": 10_000,
+            "rate_limit_burst": 10_000,
+            "body_timeout_s": BODY_TIMEOUT_S,
+            "idle_timeout_s": IDLE_TIMEOUT_S,
+        },
     }
     path = tmp / "aggregator.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -114,6 +120,8 @@ def _raw_exchange(url: str, case: Case, headers: dict[str, str], body: bytes) ->
     head = f"{case.method} {case.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        if case.transport == "slow_headers":
+            return _drip_headers(sock, head.encode("latin-1"))
         sock.sendall(head.encode("latin-1"))
         started = time.monotonic()
         try:
@@ -139,6 +147,22 @@ def _raw_exchange(url: str, case: Case, headers: dict[str, str], body: bytes) ->
             answer += chunk
     assert answer, f"no answer after {time.monotonic() - started:.1f} s"
     return int(answer.split(b" ", 2)[1])
+
+
+def _drip_headers(sock: socket.socket, head: bytes) -> int:
+    """Send the head one byte every 0.25 s, never its end; 0 when the server closes without answering."""
+    deadline = time.monotonic() + 10 * IDLE_TIMEOUT_S
+    for byte in head[:-2] * 100:
+        if time.monotonic() > deadline:
+            break
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return 0
+        if select.select([sock], [], [], 0.25)[0]:
+            answer = sock.recv(4096)
+            return int(answer.split(b" ", 2)[1]) if answer else 0
+    raise AssertionError(f"a client dripping headers was still connected after {10 * IDLE_TIMEOUT_S:g} s")
 
 
 def promtool_check(text: str) -> None:

@@ -32,11 +32,13 @@ from ..errors import (
 )
 from ..ingest import IngestLimits, parse_snapshot
 from ..model import VehicleSnapshot
+from .access import read_auth_middleware
 from .collector import FleetCollector, ServiceMetrics
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .persistence import StateFile
 from .ratelimit import RateLimiter
+from .reload import ingest_limits, token_owners
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.ingest")
 _STATE_LOGGER = logging.getLogger("tvm_observability.aggregator.state")
@@ -94,14 +96,14 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         metrics=ServiceMetrics(registry),
         registry=registry,
         limiter=RateLimiter(config.limits.rate_limit_per_vehicle_hz, config.limits.rate_limit_burst, clock.monotonic),
-        ingest_limits=IngestLimits(
-            max_sensors=config.limits.max_sensors_per_vehicle,
-            max_error_codes=config.limits.max_error_codes_per_vehicle,
-        ),
-        token_owner={e.token_sha256: vid for vid, e in config.vehicles.items() if e.token_sha256},
+        ingest_limits=ingest_limits(config),
+        token_owner=token_owners(config),
         state_file=StateFile(config.state_file) if config.state_file else None,
     )
-    app = web.Application(middlewares=[_red_metrics], client_max_size=config.limits.max_body_bytes)
+    app = web.Application(
+        middlewares=[_red_metrics, read_auth_middleware(lambda: runtime.config.read_auth)],
+        client_max_size=config.limits.max_body_bytes,
+    )
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_persistence)
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)

@@ -40,6 +40,8 @@ class Limits:
     rate_limit_burst: int = 20
     body_timeout_s: float = 10.0
     """A push body must arrive within this time; slow-body (slowloris) clients are cut off with 408."""
+    idle_timeout_s: float = 75.0
+    """A connection that completes no request within this time is closed (slow or idle headers included)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +332,7 @@ class _Reader:
                 value, "rate_limit_burst", defaults.rate_limit_burst, low=1, prefix="limits.", integer=True
             ),
             body_timeout_s=self.number(value, "body_timeout_s", defaults.body_timeout_s, low=0.1, prefix="limits."),
+            idle_timeout_s=self.number(value, "idle_timeout_s", defaults.idle_timeout_s, low=0.5, prefix="limits."),
         )
 
     def _section(self, value: Any, name: str, keys: tuple[str, ...]) -> Mapping[str, Any] | None:
