@@ -210,3 +210,21 @@ class AggregatorProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class FakeClock:
+    """A hand-driven clock for FleetState and make_app: monotonic and wall time advance together."""
+
+    def __init__(self, wall: float = 1_800_000_000.0) -> None:
+        self._mono = 1000.0
+        self._wall = wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def time(self) -> float:
+        return self._wall
+
+    def advance(self, seconds: float) -> None:
+        self._mono += seconds
+        self._wall += seconds

@@ -4,7 +4,6 @@ disk under the state file, clock skew. Ground truth comes from the pushers, neve
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import resource
 import shutil
@@ -17,6 +16,7 @@ import pytest
 from pushers import VehiclePusher, start_fleet
 from support import AggregatorProcess, Samples, push, request, sample, scrape, wait_for, wire_snapshot
 
+from tvm_observability.aggregator.persistence import StateFile
 from tvm_observability.auth import generate_token
 
 
@@ -36,7 +36,7 @@ def roster() -> dict[str, str]:
 def test_kill_9_under_a_pushing_fleet_loses_and_doubles_nothing(tmp_path, write_config, roster) -> None:
     config = write_config(
         roster,
-        state_file=str(tmp_path / "state.json"),
+        state_file=str(tmp_path / "state.msgpack"),
         state_flush_interval_s=0.2,
         offline_after_s=3,
         limits={"rate_limit_per_vehicle_hz": 100, "rate_limit_burst": 100},
@@ -46,7 +46,7 @@ def test_kill_9_under_a_pushing_fleet_loses_and_doubles_nothing(tmp_path, write_
         fleet = start_fleet(roster, lambda: agg.url, period_s=0.1)
         wait_for(lambda: all(p.accepted >= 10 for p in fleet.values()), 30, what="every vehicle to push")
         fleet["V5"].stop()  # V5 dies before the crash: it must come back offline, with its counts
-        wait_for(lambda: json.loads((tmp_path / "state.json").read_text())["vehicles"]["V5"], 10)
+        wait_for(lambda: "V5" in (StateFile(tmp_path / "state.msgpack").load() or {"vehicles": {}})["vehicles"], 10)
         time.sleep(0.5)
         for _ in range(2):  # two crashes, the second soon after the first restart
             assert agg.kill() == -9
@@ -84,7 +84,7 @@ def test_vehicle_reboot_mid_run_keeps_every_count(tmp_path, write_config, roster
     tokens = {"V1": roster["V1"]}
     config = write_config(
         tokens,
-        state_file=str(tmp_path / "state.json"),
+        state_file=str(tmp_path / "state.msgpack"),
         state_flush_interval_s=0.2,
         limits={"rate_limit_per_vehicle_hz": 1000, "rate_limit_burst": 1000},
     )
@@ -213,7 +213,7 @@ def disk_fault(request, tmp_path) -> Iterator[DiskFault]:
 
 def test_state_disk_failure_keeps_serving_reports_and_recovers(tmp_path, write_config, roster, disk_fault) -> None:
     tokens = {"V1": roster["V1"]}
-    state_file = disk_fault.state_dir / "state.json"
+    state_file = disk_fault.state_dir / "state.msgpack"
     config = write_config(tokens, state_file=str(state_file), state_flush_interval_s=0.1)
     with AggregatorProcess(config) as agg:
         vehicle = VehiclePusher("V1", tokens["V1"], lambda: agg.url)
@@ -243,7 +243,7 @@ def test_state_disk_failure_keeps_serving_reports_and_recovers(tmp_path, write_c
         wait_for(lambda: request(agg.url + "/readyz").status == 200, 10, what="/readyz to recover")
         assert sample(scrape(agg.url), "telemetry_state_persistence_healthy") == 1
         assert agg.find_log("state file writable again") is not None
-        saved = json.loads(state_file.read_text())["vehicles"]["V1"]["boots"][-1]["errors"]
+        saved = StateFile(state_file).load()["vehicles"]["V1"]["boots"][-1]["errors"]
         assert saved == vehicle.boot_counts
     with AggregatorProcess(config) as agg:  # what was pushed during the fault survived a restart
         assert errors_of(scrape(agg.url), "V1") == vehicle.truth

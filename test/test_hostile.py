@@ -3,7 +3,6 @@ no change to the fleet state, the service still up, and a /metrics exposition th
 
 from __future__ import annotations
 
-import json
 import select
 import shutil
 import socket
@@ -18,6 +17,7 @@ import yaml
 from hostile_corpus import BASE_SEQ, CORPUS, Case, baseline_wire
 from support import AggregatorProcess, Samples, parse_metrics, push, request, wait_for
 
+from tvm_observability.aggregator.persistence import StateFile
 from tvm_observability.auth import generate_token, hash_token
 
 BODY_TIMEOUT_S = 1.0
@@ -58,7 +58,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
         "listen": "127.0.0.1:0",
         "environment": "test",
         "offline_after_s": 3600,
-        "state_file": str(tmp / "state.json"),
+        "state_file": str(tmp / "state.msgpack"),
         "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in tokens.items()},
         # The per-vehicle rate limit has its own test; here it must not answer before validation does.
         "limits": {
@@ -74,7 +74,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hostile]:
         for vid in ("V1", "V2"):
             resp = push(agg.url, baseline_wire(vid), tokens[vid])
             assert resp.status == 200 and resp.json()["status"] == "accepted", resp.body
-        yield Hostile(agg, tokens, tmp / "state.json")
+        yield Hostile(agg, tokens, tmp / "state.msgpack")
         # No token, no matter which request carried it, ever reaches a log line.
         logged = "".join(agg.raw_stderr)
         for token in tokens.values():
@@ -215,7 +215,7 @@ def test_only_the_baseline_is_left_after_the_corpus(hostile: Hostile) -> None:
         assert samples[("vehicle_status", frozenset({("vehicle_id", vid), ("status", "idle")}))] == 1
     assert ("vehicle_errors_total", frozenset({("vehicle_id", "V1"), ("error_code", "estop")})) not in samples
     assert samples[("vehicles_total", frozenset())] == 3
-    image = wait_for(lambda: hostile.state_file.exists() and json.loads(hostile.state_file.read_text()), 10)
+    image = wait_for(lambda: hostile.state_file.exists() and StateFile(hostile.state_file).load(), 10)
     assert sorted(image["vehicles"]) == ["V1", "V2"]
     for saved in image["vehicles"].values():
         assert saved["boots"] == [{"boot_id": "boot-a", "seq": BASE_SEQ, "errors": {"motor_stall": 3}}]

@@ -47,3 +47,17 @@ def decode(body: bytes) -> Any:
         )
     except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ExtraData, ...
         raise MalformedBody(f"body is not a valid msgpack document: {type(exc).__name__}") from None
+
+
+def pack_state(image: dict[str, Any]) -> bytes:
+    """The aggregator's state file image (trusted, written by this program) as msgpack."""
+    packed: bytes = msgpack.packb(image, use_bin_type=True)
+    return packed
+
+
+def unpack_state(data: bytes) -> Any:
+    """Read a state file image; raise ValueError if it is not one msgpack document."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise ValueError(f"not a msgpack state image: {type(exc).__name__}: {exc}") from None

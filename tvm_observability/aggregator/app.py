@@ -159,7 +159,7 @@ async def handle_telemetry(request: web.Request) -> web.Response:
             raise RateLimited(
                 f"more than {rt.config.limits.rate_limit_per_vehicle_hz:g} pushes/s from {snap.vehicle_id}"
             )
-        outcome = rt.fleet.apply(snap)
+        outcome = rt.fleet.apply(snap, body)
     except TelemetryError as exc:
         return _reject(rt, exc, request, request_id, snap.vehicle_id if snap else None)
     rt.metrics.received.inc()
@@ -334,7 +334,7 @@ def restore_state(rt: Runtime, state_file: StateFile) -> None:
 
 async def save_state(rt: Runtime, state_file: StateFile) -> bool:
     """Write the fleet image now (the file I/O runs in a thread); report and keep serving on failure."""
-    image = rt.fleet.to_dict()
+    image = rt.fleet.to_image()
     rt.fleet.dirty = False
     try:
         await asyncio.to_thread(state_file.save, image)

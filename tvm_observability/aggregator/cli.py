@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -13,12 +14,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import __version__
+from .. import __version__, codec
 from ..auth import generate_token, hash_token
+from ..errors import TelemetryError
 from ..model import VEHICLE_ID_PATTERN
 from .app import RUNTIME, make_app
 from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is_loopback, load_config
 from .logs import configure_logging
+from .persistence import StateFile
 from .reload import apply_config
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.service")
@@ -30,10 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         return _token_command(args[1:])
+    if args[:1] == ["state"]:
+        return _state_command(args[1:])
     parser = argparse.ArgumentParser(
         prog="telemetry_aggregator",
         description="Receive vehicle telemetry pushes and expose the fleet to Prometheus on /metrics. "
-        "Subcommand: `telemetry_aggregator token VEHICLE_ID` makes a vehicle credential.",
+        "Subcommands: `telemetry_aggregator token VEHICLE_ID` makes a vehicle credential; "
+        "`telemetry_aggregator state FILE` prints a state file as JSON.",
     )
     parser.add_argument("--config", type=Path, help="YAML config file (default: embedded loopback-only default)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on; beats the config file")
@@ -197,6 +203,29 @@ def _token_command(args: list[str]) -> int:
         print(token)
     print("# roster line for the aggregator config, under `vehicles:`")
     print(f'  {options.vehicle_id}: {{token_sha256: "{hash_token(token)}"}}')
+    return 0
+
+
+def _state_command(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="telemetry_aggregator state",
+        description="Print a state file (msgpack) as JSON, each vehicle's last snapshot decoded.",
+    )
+    parser.add_argument("state_file", type=Path)
+    options = parser.parse_args(args)
+    try:
+        image = StateFile(options.state_file).load()
+        if image is None:
+            print(f"telemetry_aggregator state: {options.state_file} does not exist", file=sys.stderr)
+            return 1
+        for saved in image["vehicles"].values():
+            if saved.get("snapshot") is not None:
+                saved["snapshot"] = codec.decode(saved["snapshot"])
+    except (ValueError, KeyError, TypeError, AttributeError, TelemetryError) as exc:
+        print(f"telemetry_aggregator state: {options.state_file} is not a state file: {exc}", file=sys.stderr)
+        return 1
+    json.dump(image, sys.stdout, indent=2, sort_keys=True)
+    print()
     return 0
 
 

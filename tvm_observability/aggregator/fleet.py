@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
+from .. import codec
 from ..errors import LimitExceeded
 from ..ingest import IngestLimits, parse_snapshot
 from ..model import OFFLINE_STATUS, UNKNOWN_STATUS, VehicleSnapshot
@@ -26,7 +27,10 @@ from ..model import OFFLINE_STATUS, UNKNOWN_STATUS, VehicleSnapshot
 TRACKED_BOOTS = 4
 """Boots whose counts stay separately updatable (a late push from a previous boot still counts)."""
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+STORED_BODY_MAX = 4096
+"""Pushes up to this size are kept as received for the state file; larger ones (padded with unknown
+fields) are re-encoded, so memory per vehicle stays bounded."""
 _TRUSTED_LIMITS = IngestLimits(max_sensors=2**31, max_error_codes=2**31)
 """Saved snapshots passed the configured limits when they arrived; limits may have shrunk since."""
 
@@ -70,6 +74,8 @@ class VehicleState:
     vehicle_id: str
     on_roster: bool
     snapshot: VehicleSnapshot | None = None
+    snapshot_body: bytes | None = None
+    """The msgpack form of `snapshot`, kept for the state file."""
     boots: OrderedDict[str, BootRecord] = field(default_factory=OrderedDict)
     retired: dict[str, int] = field(default_factory=dict)
     errors_total: dict[str, int] = field(default_factory=dict)
@@ -132,8 +138,8 @@ class FleetState:
     def get(self, vehicle_id: str) -> VehicleState | None:
         return self._vehicles.get(vehicle_id)
 
-    def apply(self, snap: VehicleSnapshot) -> Outcome:
-        """Fold one validated, authorised snapshot into the state.
+    def apply(self, snap: VehicleSnapshot, body: bytes | None = None) -> Outcome:
+        """Fold one validated, authorised snapshot (and the body it was decoded from) into the state.
 
         Raises LimitExceeded, leaving the state untouched, when the vehicle would be one unknown
         vehicle too many or would carry more distinct error codes than allowed.
@@ -179,6 +185,7 @@ class FleetState:
         if vehicle.boot_id != snap.boot_id:
             return Outcome.PREVIOUS_BOOT
         vehicle.snapshot = snap
+        vehicle.snapshot_body = body if body is not None and len(body) <= STORED_BODY_MAX else codec.encode(snap)
         vehicle.heartbeat_monotonic = self.clock.monotonic()
         vehicle.heartbeat_wall = self.clock.time()
         vehicle.clock_skew_s = snap.sent_at - vehicle.heartbeat_wall
@@ -243,8 +250,10 @@ class FleetState:
 
     # -- persistence -------------------------------------------------------------------------
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready image of what must survive a restart (counters, boots, last values)."""
+    def to_image(self) -> dict[str, Any]:
+        """A plain image of what must survive a restart (counters, boots, last snapshot as msgpack bytes).
+
+        Built from copies, so it can be serialised in another thread while the state changes."""
         return {
             "format": STATE_FORMAT,
             "saved_at": self.clock.time(),
@@ -254,7 +263,7 @@ class FleetState:
                     "retired": dict(v.retired),
                     "heartbeat_wall": v.heartbeat_wall,
                     "restarts": v.restarts,
-                    "snapshot": v.snapshot.to_wire() if v.snapshot else None,
+                    "snapshot": v.snapshot_body,
                 }
                 for v in self._vehicles.values()
                 if v.boots or v.retired
@@ -262,7 +271,7 @@ class FleetState:
         }
 
     def restore(self, image: Mapping[str, Any], *, keep_unknown: bool) -> list[str]:
-        """Load a `to_dict` image; returns the ids skipped (not on the roster while unknowns are refused).
+        """Load a `to_image` image; returns the ids skipped (not on the roster while unknowns are refused).
 
         The whole image is checked before anything is applied: a structurally broken one raises
         ValueError (or KeyError/TypeError) and leaves the state as it was.
@@ -297,7 +306,8 @@ def _restored_vehicle(vehicle_id: str, saved: Mapping[str, Any]) -> VehicleState
     if saved["heartbeat_wall"] is not None:
         vehicle.heartbeat_wall = float(saved["heartbeat_wall"])
     if saved["snapshot"] is not None:
-        vehicle.snapshot = parse_snapshot(saved["snapshot"], _TRUSTED_LIMITS)
+        vehicle.snapshot_body = bytes(saved["snapshot"])
+        vehicle.snapshot = parse_snapshot(codec.decode(vehicle.snapshot_body), _TRUSTED_LIMITS)
         if vehicle.snapshot.vehicle_id != vehicle_id:
             raise ValueError(f"saved snapshot of {vehicle.snapshot.vehicle_id} filed under {vehicle_id}")
     vehicle._recount()

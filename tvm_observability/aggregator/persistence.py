@@ -1,4 +1,8 @@
-"""The state file: an atomic, fsynced JSON image of the fleet state, so counters survive restarts.
+"""The state file: an atomic, fsynced msgpack image of the fleet state, so counters survive restarts.
+
+msgpack, not JSON: the last snapshot of each vehicle is kept as the bytes it arrived in, so a save
+of 10,000 vehicles packs in milliseconds instead of re-encoding every snapshot.
+`telemetry_aggregator state FILE` prints a file as JSON for humans.
 
 A save writes a temporary file beside the target, fsyncs it, renames it over the target and
 fsyncs the directory: after `kill -9` or power loss the file is either the old or the new image,
@@ -7,10 +11,11 @@ never a torn one.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from .. import codec
 
 
 class StateFile:
@@ -22,22 +27,19 @@ class StateFile:
     def load(self) -> dict[str, Any] | None:
         """The saved image, or None if there is no file yet. Raises ValueError if it is unreadable."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise ValueError(f"cannot read {self.path}: {exc.strerror or exc}") from None
-        try:
-            image = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.path} is not valid JSON: {exc}") from None
+        image = codec.unpack_state(data)
         if not isinstance(image, dict):
             raise ValueError(f"{self.path} does not hold a state image")
         return image
 
     def save(self, image: dict[str, Any]) -> int:
         """Replace the file with `image`; returns the bytes written. Raises OSError (disk full, read-only)."""
-        data = json.dumps(image, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        data = codec.pack_state(image)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

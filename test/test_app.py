@@ -1,0 +1,226 @@
+"""The aggregator app on a real server (ephemeral loopback port) with a real aiohttp client.
+
+The clock is injected so heartbeat ages and offline transitions are exact, not slept for.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+from support import FakeClock, parse_metrics, sample, wire_snapshot
+
+from tvm_observability import codec
+from tvm_observability.aggregator.app import RUNTIME, make_app
+from tvm_observability.aggregator.config import parse_config
+from tvm_observability.auth import hash_token
+
+TOKENS = {"V1": "token-one-" + "a" * 30, "V2": "token-two-" + "b" * 30}
+Client = TestClient  # type: ignore[type-arg]
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def client(aiohttp_client: MakeClient, clock: FakeClock) -> Client:
+    config = parse_config(
+        {
+            "offline_after_s": 15,
+            "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in TOKENS.items()},
+            "limits": {"max_body_bytes": 4096, "max_error_codes_per_vehicle": 3, "rate_limit_burst": 5},
+        }
+    )
+    return await aiohttp_client(make_app(config, clock=clock))
+
+
+async def post(
+    client: Client,
+    wire: Any,
+    token: str | None = "V1",
+    *,
+    raw: bytes | None = None,
+    content_type: str = "application/msgpack",
+    **headers: str,
+) -> ClientResponse:
+    all_headers = {"Content-Type": content_type, **headers}
+    if token is not None:
+        all_headers["Authorization"] = f"Bearer {TOKENS.get(token, token)}"
+    body = raw if raw is not None else codec.encode_wire(wire)
+    return await client.post("/api/v1/telemetry", data=body, headers=all_headers)
+
+
+async def metrics(client: Client) -> dict[Any, float]:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    return parse_metrics(await resp.text())
+
+
+def fleet_image(client: Client) -> dict[str, Any]:
+    image = client.app[RUNTIME].fleet.to_image()  # type: ignore[union-attr]
+    image.pop("saved_at")
+    return image
+
+
+async def test_push_shows_in_metrics(client: Client) -> None:
+    resp = await post(client, wire_snapshot("V1", errors={"E1": 2}))
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "accepted"
+    m = await metrics(client)
+    assert sample(m, "vehicle_battery_level", vehicle_id="V1") == 76.5
+    assert sample(m, "vehicle_latitude", vehicle_id="V1") == 52.52
+    assert sample(m, "vehicle_longitude", vehicle_id="V1") == 13.405
+    assert sample(m, "vehicle_status", vehicle_id="V1", status="idle") == 1
+    assert sample(m, "vehicle_sensor_status", vehicle_id="V1", sensor="lidar", status="ok") == 1
+    assert sample(m, "vehicle_errors_total", vehicle_id="V1", error_code="E1") == 2
+    assert sample(m, "vehicles_online") == 1 and sample(m, "vehicles_total") == 2
+    assert sample(m, "telemetry_snapshots_received_total") == 1
+    assert sample(m, "http_requests_total", method="POST", endpoint="/api/v1/telemetry", status="200") == 1
+
+
+async def test_roster_vehicle_present_before_first_contact(client: Client) -> None:
+    m = await metrics(client)
+    assert sample(m, "vehicle_status", vehicle_id="V2", status="offline") == 1
+    assert sample(m, "vehicle_last_heartbeat_seconds_ago", vehicle_id="V2") == float("inf")
+    assert sample(m, "vehicle_up", vehicle_id="V2") == 0
+
+
+async def test_heartbeat_age_grows_and_vehicle_goes_offline(client: Client, clock: FakeClock) -> None:
+    await post(client, wire_snapshot("V1"))
+    clock.advance(7.0)
+    m = await metrics(client)
+    assert sample(m, "vehicle_last_heartbeat_seconds_ago", vehicle_id="V1") == pytest.approx(7.0)
+    assert sample(m, "vehicle_up", vehicle_id="V1") == 1
+    clock.advance(8.5)
+    m = await metrics(client)
+    assert sample(m, "vehicle_status", vehicle_id="V1", status="offline") == 1
+    assert sample(m, "vehicle_status", vehicle_id="V1", status="idle") == 0
+    assert sample(m, "vehicles_online") == 0
+    # last known values stay visible for the operator looking for the vehicle
+    assert sample(m, "vehicle_latitude", vehicle_id="V1") == 52.52
+
+
+async def test_retries_are_idempotent(client: Client) -> None:
+    wire = wire_snapshot("V1", seq=4, errors={"E1": 1})
+    assert (await (await post(client, wire)).json())["status"] == "accepted"
+    for _ in range(3):
+        resp = await post(client, wire)
+        assert resp.status == 200 and (await resp.json())["status"] == "duplicate"
+    older = await post(client, wire_snapshot("V1", seq=3, errors={"E1": 1}, status="charging"))
+    assert (await older.json())["status"] == "duplicate"
+    m = await metrics(client)
+    assert sample(m, "vehicle_errors_total", vehicle_id="V1", error_code="E1") == 1
+    assert sample(m, "vehicle_status", vehicle_id="V1", status="idle") == 1
+    assert sample(m, "telemetry_snapshots_duplicate_total") == 4
+
+
+async def test_new_boot_keeps_counters_monotonic(client: Client) -> None:
+    await post(client, wire_snapshot("V1", boot_id="first", seq=10, errors={"E1": 4}))
+    await post(client, wire_snapshot("V1", boot_id="second", seq=1, errors={"E1": 1}))
+    m = await metrics(client)
+    assert sample(m, "vehicle_errors_total", vehicle_id="V1", error_code="E1") == 5
+    assert sample(m, "vehicle_bridge_restarts_total", vehicle_id="V1") == 1
+
+
+LONG = "x" * 5000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "reason"),
+    [
+        ({"raw": b"\xc1\x00garbage"}, 400, "malformed"),
+        ({"raw": codec.encode_wire({"v": 1, "vehicle_id": "V1"})[:-2]}, 400, "malformed"),
+        ({"wire": wire_snapshot("V1", seq="1")}, 422, "schema"),
+        ({"wire": wire_snapshot("V1", battery={"percentage": float("nan"), "age_s": 0})}, 422, "non_finite"),
+        ({"wire": wire_snapshot("V1", sent_at=float("inf"))}, 422, "non_finite"),
+        ({"wire": wire_snapshot("V1", battery={"percentage": 250, "age_s": 0})}, 422, "out_of_range"),
+        ({"wire": wire_snapshot("V1", v=2)}, 422, "unsupported_version"),
+        ({"wire": wire_snapshot("V1", errors={f"E{i}": 1 for i in range(4)})}, 422, "limit_error_codes"),
+        ({"wire": wire_snapshot("V1", sensors={f"s{i}": {"status": "ok"} for i in range(40)})}, 422, "limit_sensors"),
+        ({"wire": wire_snapshot("V9")}, 403, "unknown_vehicle"),
+        ({"wire": wire_snapshot("V1"), "token": None}, 401, "unauthenticated"),
+        ({"wire": wire_snapshot("V1"), "token": "guessed-token"}, 401, "unauthenticated"),
+        ({"wire": wire_snapshot("V1"), "token": "V2"}, 403, "forbidden"),
+        ({"wire": wire_snapshot("V1", status=LONG[:100])}, 422, "schema"),
+        ({"raw": b"\x00" * 5000}, 413, "too_large"),
+        ({"wire": wire_snapshot("V1"), "content_type": "application/json"}, 415, "content_type"),
+    ],
+)
+async def test_bad_input_is_refused_counted_and_changes_nothing(
+    client: Client, kwargs: dict[str, Any], status: int, reason: str
+) -> None:
+    await post(client, wire_snapshot("V1", seq=1, errors={"E1": 1}))
+    before = fleet_image(client)
+    wire = kwargs.pop("wire", None)
+    resp = await post(client, wire, **kwargs)
+    assert resp.status == status
+    body = await resp.json()
+    assert body["error"] == reason and body["detail"]
+    assert fleet_image(client) == before
+    m = await metrics(client)
+    assert sample(m, "telemetry_snapshots_rejected_total", reason=reason) == 1
+    assert sample(m, "telemetry_snapshots_received_total") == 1
+    if status == 401:
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_rejections_are_logged_without_the_token(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    await post(client, wire_snapshot("V1"), token="V2")
+    await post(client, wire_snapshot("V1"), token="wrong-" + "z" * 20)
+    records = [r for r in caplog.records if r.name.endswith("ingest")]
+    assert len(records) == 2
+    assert records[0].reason == "forbidden" and records[0].vehicle_id == "V1"  # type: ignore[attr-defined]
+    text = caplog.text + json.dumps([r.__dict__ for r in records], default=str)
+    assert TOKENS["V2"] not in text and "z" * 20 not in text and TOKENS["V1"] not in text
+
+
+async def test_rate_limit_per_vehicle_does_not_touch_others(client: Client) -> None:
+    statuses = [(await post(client, wire_snapshot("V1", seq=i))).status for i in range(1, 9)]
+    assert statuses[:5] == [200] * 5 and set(statuses[5:]) == {429}
+    assert (await post(client, wire_snapshot("V2", seq=1), token="V2")).status == 200
+
+
+async def test_unknown_routes_share_one_label(client: Client) -> None:
+    for path in ("/nope", "/wp-admin", "/a/b/c"):
+        assert (await client.get(path)).status == 404
+    m = await metrics(client)
+    assert sample(m, "http_requests_total", method="GET", endpoint="other", status="404") == 3
+
+
+async def test_openmetrics_when_asked(client: Client) -> None:
+    resp = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    text = await resp.text()
+    assert text.endswith("# EOF\n") and "# TYPE vehicle_errors counter" in text
+    plain = await client.get("/metrics")
+    assert plain.headers["Content-Type"].startswith("text/plain")
+
+
+async def test_health_endpoints(client: Client) -> None:
+    assert (await (await client.get("/healthz")).json()) == {"alive": True}
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["persistence"] == "off"
+
+
+@pytest.mark.peer
+async def test_promtool_accepts_live_output(client: Client) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian package prometheus)")
+    await post(client, wire_snapshot("V1", errors={"E1": 1}))
+    await post(client, b"", raw=b"\xc1")
+    body = await (await client.get("/metrics")).read()
+    result = subprocess.run([promtool, "check", "metrics"], check=False, input=body, capture_output=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == b"" and result.stderr == b"", result

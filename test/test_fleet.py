@@ -1,0 +1,190 @@
+"""Fleet state: liveness, idempotency and the cumulative per-boot error counting model. No I/O."""
+
+from __future__ import annotations
+
+import pytest
+from support import FakeClock, wire_snapshot
+
+from tvm_observability import codec
+from tvm_observability.aggregator.fleet import TRACKED_BOOTS, FleetState, Outcome
+from tvm_observability.errors import LimitExceeded
+from tvm_observability.ingest import parse_snapshot
+from tvm_observability.model import DEFAULT_VEHICLE_STATUSES, VehicleSnapshot
+
+
+def snap(
+    vehicle_id: str = "V1", boot_id: str = "a", seq: int = 1, errors: dict[str, int] | None = None, **fields: object
+) -> VehicleSnapshot:
+    return parse_snapshot(wire_snapshot(vehicle_id, boot_id=boot_id, seq=seq, errors=errors or {}, **fields))
+
+
+def make_fleet(clock: FakeClock, roster: tuple[str, ...] = ("V1", "V2"), **kwargs: int) -> FleetState:
+    return FleetState(roster, statuses=DEFAULT_VEHICLE_STATUSES, offline_after_s=15, clock=clock, **kwargs)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_roster_vehicles_exist_before_first_contact(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    v2 = fleet.get("V2")
+    assert v2 is not None and v2.on_roster and v2.snapshot is None
+    assert v2.heartbeat_age(clock.monotonic()) == float("inf")
+    assert fleet.status_of(v2, clock.monotonic()) == "offline"
+    assert fleet.online_count(clock.monotonic()) == 0 and len(fleet) == 2
+
+
+def test_heartbeat_age_and_offline_after_threshold(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    assert fleet.apply(snap()) is Outcome.ACCEPTED
+    v1 = fleet.get("V1")
+    assert v1 is not None
+    clock.advance(15.0)
+    assert v1.heartbeat_age(clock.monotonic()) == pytest.approx(15.0)
+    assert fleet.status_of(v1, clock.monotonic()) == "idle"
+    clock.advance(0.01)
+    assert fleet.status_of(v1, clock.monotonic()) == "offline"
+    assert fleet.online_count(clock.monotonic()) == 0
+    fleet.apply(snap(seq=2, status="on_mission"))
+    assert fleet.status_of(v1, clock.monotonic()) == "on_mission"
+
+
+def test_unconfigured_or_missing_status_is_unknown(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    fleet.apply(snap(status="teleporting"))
+    v1 = fleet.get("V1")
+    assert v1 is not None
+    assert fleet.status_of(v1, clock.monotonic()) == "unknown"
+    fleet.apply(snap(seq=2, status=None))
+    assert fleet.status_of(v1, clock.monotonic()) == "unknown"
+    assert not fleet.is_known_status("teleporting") and fleet.is_known_status(None)
+
+
+def test_retries_and_reordered_pushes_are_ignored(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    assert fleet.apply(snap(seq=5, errors={"E1": 2})) is Outcome.ACCEPTED
+    clock.advance(1)
+    heartbeat = fleet.get("V1").heartbeat_monotonic  # type: ignore[union-attr]
+    assert fleet.apply(snap(seq=5, errors={"E1": 2})) is Outcome.DUPLICATE
+    assert fleet.apply(snap(seq=4, errors={"E1": 1}, status="charging")) is Outcome.DUPLICATE
+    v1 = fleet.get("V1")
+    assert v1 is not None
+    assert v1.errors_total == {"E1": 2}
+    assert v1.snapshot is not None and v1.snapshot.status == "idle"
+    assert v1.heartbeat_monotonic == heartbeat
+
+
+def test_cumulative_counts_survive_lost_pushes(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    fleet.apply(snap(seq=1, errors={"E1": 1}))
+    # pushes 2..9 lost on the way; the next one still carries every event
+    fleet.apply(snap(seq=10, errors={"E1": 4, "E2": 1}))
+    assert fleet.get("V1").errors_total == {"E1": 4, "E2": 1}  # type: ignore[union-attr]
+
+
+def test_new_boot_adds_to_previous_boots(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    fleet.apply(snap(boot_id="a", seq=3, errors={"E1": 5}))
+    assert fleet.apply(snap(boot_id="b", seq=1, errors={"E1": 1, "E3": 2})) is Outcome.ACCEPTED
+    v1 = fleet.get("V1")
+    assert v1 is not None
+    assert v1.errors_total == {"E1": 6, "E3": 2}
+    assert v1.restarts == 1 and v1.boot_id == "b"
+
+
+def test_late_push_of_previous_boot_counts_but_does_not_rewind_state(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    fleet.apply(snap(boot_id="a", seq=3, errors={"E1": 5}))
+    fleet.apply(snap(boot_id="b", seq=1, status="charging"))
+    # a retry from boot a, sent before the reboot, arrives late with two more events
+    assert fleet.apply(snap(boot_id="a", seq=4, errors={"E1": 7}, status="idle")) is Outcome.PREVIOUS_BOOT
+    v1 = fleet.get("V1")
+    assert v1 is not None
+    assert v1.errors_total == {"E1": 7}
+    assert v1.snapshot is not None and v1.snapshot.boot_id == "b" and v1.snapshot.status == "charging"
+
+
+def test_counts_never_decrease_within_a_boot(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    fleet.apply(snap(seq=1, errors={"E1": 5}))
+    fleet.apply(snap(seq=2, errors={"E1": 2}))
+    assert fleet.get("V1").errors_total == {"E1": 5}  # type: ignore[union-attr]
+
+
+def test_old_boots_are_retired_without_losing_counts(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    for boot in range(TRACKED_BOOTS + 3):
+        fleet.apply(snap(boot_id=f"boot{boot}", seq=1, errors={"E1": 2}))
+    v1 = fleet.get("V1")
+    assert v1 is not None
+    assert len(v1.boots) == TRACKED_BOOTS
+    assert v1.errors_total == {"E1": 2 * (TRACKED_BOOTS + 3)}
+    assert v1.restarts == TRACKED_BOOTS + 2
+
+
+def test_unknown_vehicle_cap_leaves_state_unchanged(clock: FakeClock) -> None:
+    fleet = make_fleet(clock, max_unknown_vehicles=1)
+    fleet.apply(snap("X1"))
+    with pytest.raises(LimitExceeded) as info:
+        fleet.apply(snap("X2"))
+    assert info.value.reason == "limit_vehicles"
+    assert fleet.get("X2") is None and len(fleet) == 3
+    assert fleet.get("X1").on_roster is False  # type: ignore[union-attr]
+
+
+def test_error_code_cap_counts_distinct_codes_across_boots(clock: FakeClock) -> None:
+    fleet = make_fleet(clock, max_error_codes_per_vehicle=2)
+    fleet.apply(snap(boot_id="a", errors={"E1": 1, "E2": 1}))
+    before = dict(fleet.get("V1").errors_total)  # type: ignore[union-attr]
+    fleet.dirty = False
+    with pytest.raises(LimitExceeded) as info:
+        fleet.apply(snap(boot_id="b", errors={"E3": 1}))
+    assert info.value.reason == "limit_error_codes"
+    v1 = fleet.get("V1")
+    assert v1 is not None and v1.errors_total == before and v1.boot_id == "a" and not fleet.dirty
+    assert fleet.apply(snap(boot_id="b", errors={"E2": 4})) is Outcome.ACCEPTED
+
+
+def test_persistence_image_round_trips_through_the_state_codec(clock: FakeClock) -> None:
+    fleet = make_fleet(clock, max_unknown_vehicles=5)
+    fleet.apply(snap("V1", boot_id="a", seq=9, errors={"E1": 3}))
+    fleet.apply(snap("V1", boot_id="b", seq=2, errors={"E1": 1}))
+    fleet.apply(snap("X7", seq=1))
+    clock.advance(40)
+    image = codec.unpack_state(codec.pack_state(fleet.to_image()))
+
+    later = FakeClock(wall=clock.time() + 5)  # restarted 5 s later; monotonic clock restarted too
+    restored = make_fleet(later, max_unknown_vehicles=5)
+    assert restored.restore(image, keep_unknown=True) == []
+    v1 = restored.get("V1")
+    assert v1 is not None and v1.on_roster
+    assert v1.errors_total == {"E1": 4} and v1.restarts == 1 and v1.boot_id == "b"
+    assert v1.heartbeat_age(later.monotonic()) == pytest.approx(45.0)
+    assert restored.status_of(v1, later.monotonic()) == "offline"
+    # the same push again is still a duplicate after the restart, so nothing is double-counted
+    assert restored.apply(snap("V1", boot_id="b", seq=2, errors={"E1": 1})) is Outcome.DUPLICATE
+    assert restored.get("X7") is not None and not restored.get("X7").on_roster  # type: ignore[union-attr]
+
+
+def test_restore_skips_unknown_vehicles_when_they_are_refused(clock: FakeClock) -> None:
+    fleet = make_fleet(clock, max_unknown_vehicles=5)
+    fleet.apply(snap("X7"))
+    restored = make_fleet(FakeClock())
+    assert restored.restore(fleet.to_image(), keep_unknown=False) == ["X7"]
+    assert restored.get("X7") is None
+
+
+def test_broken_image_is_refused_whole(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    fleet.apply(snap("V1", errors={"E1": 3}))
+    fleet.apply(snap("V2", errors={"E1": 1}))
+    image = codec.unpack_state(codec.pack_state(fleet.to_image()))
+    image["vehicles"]["V2"]["boots"][0]["errors"]["E1"] = -4
+    target = make_fleet(FakeClock())
+    with pytest.raises(ValueError):
+        target.restore(image, keep_unknown=False)
+    assert target.get("V1").errors_total == {}  # type: ignore[union-attr]
+    with pytest.raises(ValueError):
+        target.restore({"format": 99, "vehicles": {}}, keep_unknown=False)
