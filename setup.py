@@ -47,6 +47,8 @@ setup(
     entry_points={
         "console_scripts": [
             "telemetry_aggregator = tvm_observability.aggregator.cli:main",
+            "vehicle_bridge = tvm_observability.bridge.node:main",
+            "vehicle_simulator = tvm_observability.sim.simulator:main",
         ],
     },
 )

@@ -1,0 +1,262 @@
+"""Helpers for the vehicle_bridge tests: a real bridge process and an in-process publisher node."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SENSORS = {
+    "lidar": {"topic": "scan", "type": "sensor_msgs/msg/LaserScan", "min_rate_hz": 2.0, "diagnostic_prefix": "lidar"},
+    "camera": {
+        "topic": "camera/image_raw",
+        "type": "sensor_msgs/msg/Image",
+        "min_rate_hz": 2.0,
+        "diagnostic_prefix": "camera",
+    },
+}
+
+
+def write_token(path: Path, token: str) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return path
+
+
+def write_bridge_params(path: Path, **overrides: Any) -> Path:
+    """A params file for a fast test bridge (0.5 s period, short timeouts and backoff)."""
+    params: dict[str, Any] = {
+        "publish_period_s": 0.5,
+        "request_timeout_s": 1.0,
+        "backoff_initial_s": 0.2,
+        "backoff_max_s": 1.0,
+        "link_error_after_s": 3.0,
+        "sensors": list(SENSORS),
+        "sensor": SENSORS,
+    }
+    params.update(overrides)
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}), encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for a server started later on a known port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BridgeProcess:
+    """A real `vehicle_bridge` process; stderr (its ROS log) collected."""
+
+    def __init__(self, env: Mapping[str, str], params_file: Path | None = None, *ros_args: str) -> None:
+        self.args = [sys.executable, "-m", "tvm_observability.bridge.node", "--ros-args"]
+        if params_file is not None:
+            self.args += ["--params-file", str(params_file)]
+        for arg in ros_args:
+            self.args += ["-p", arg] if ":=" in arg and not arg.startswith("__") else ["-r", arg]
+        self.env = dict(env)
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> BridgeProcess:
+        self.proc = subprocess.Popen(
+            self.args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+        )
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def boot_id(self) -> str | None:
+        match = re.search(r"boot ([0-9a-f]{32})", self.output)
+        return match.group(1) if match else None
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+)", text).group(1))  # type: ignore[union-attr]
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def __enter__(self) -> BridgeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class HangingServer:
+    """Accepts TCP connections on loopback and never answers (a wedged aggregator)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.accepted: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = self.sock.accept()
+                self.accepted.append(conn)  # held open, never read, never answered
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+class FakeVehicle:
+    """An in-process rclpy node publishing a vehicle's topics like real drivers would.
+
+    It publishes the current values at 10 Hz from its own executor thread; tests change
+    `battery`, `fix`, `status` and `diagnostics` (name -> (level, error_code)) between polls.
+    """
+
+    def __init__(self, namespace: str = "") -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.battery = 0.765
+        self.fix = (52.5200, 13.4050)
+        self.status = "on_mission"
+        self.diagnostics: dict[str, tuple[int, str | None]] = {}
+        self.publish_camera = False
+        self.bridge_health: list[tuple[float, dict[str, str], int]] = []
+        self.published = 0
+        self._context = rclpy.Context()
+        rclpy.init(context=self._context)
+        self.node = rclpy.create_node("fake_vehicle", namespace=namespace, context=self._context)
+        self._make_publishers()
+        self.executor = SingleThreadedExecutor(context=self._context)
+        self.executor.add_node(self.node)
+        self.node.create_timer(0.1, self._publish)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _make_publishers(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import Odometry
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import BatteryState, Image, LaserScan, NavSatFix
+        from std_msgs.msg import String
+
+        n = self.node
+        self.pubs = {
+            "battery": n.create_publisher(BatteryState, "battery_state", 10),
+            "fix": n.create_publisher(NavSatFix, "fix", 10),
+            "odom": n.create_publisher(Odometry, "odom", 10),
+            "status": n.create_publisher(String, "vehicle_status", 10),
+            "diagnostics": n.create_publisher(DiagnosticArray, "/diagnostics", 50),
+            "scan": n.create_publisher(LaserScan, "scan", qos_profile_sensor_data),
+            "camera": n.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data),
+        }
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+
+    def _spin(self) -> None:
+        with contextlib.suppress(Exception):
+            self.executor.spin()
+
+    def _publish(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+        from nav_msgs.msg import Odometry
+        from sensor_msgs.msg import BatteryState, Image, LaserScan, NavSatFix
+        from std_msgs.msg import String
+
+        battery = BatteryState(percentage=self.battery, voltage=25.2)
+        battery.power_supply_status = BatteryState.POWER_SUPPLY_STATUS_DISCHARGING
+        self.pubs["battery"].publish(battery)
+        fix = NavSatFix(latitude=self.fix[0], longitude=self.fix[1], altitude=34.0)
+        fix.status.status = 0
+        self.pubs["fix"].publish(fix)
+        odom = Odometry()
+        odom.header.frame_id = "odom"
+        odom.pose.pose.position.x = 12.5
+        odom.pose.pose.orientation.w = 1.0
+        odom.twist.twist.linear.x = 0.8
+        self.pubs["odom"].publish(odom)
+        self.pubs["status"].publish(String(data=self.status))
+        self.pubs["scan"].publish(LaserScan(ranges=[1.0] * 10))
+        if self.publish_camera:
+            self.pubs["camera"].publish(Image(height=2, width=2, encoding="mono8", step=2, data=bytes(4)))
+        array = DiagnosticArray()
+        for name, (level, code) in list(self.diagnostics.items()):
+            values = [KeyValue(key="error_code", value=code)] if code else []
+            array.status.append(DiagnosticStatus(name=name, level=bytes([level]), message="test", values=values))
+        if array.status:
+            self.pubs["diagnostics"].publish(array)
+        self.published += 1
+
+    def set_diagnostic(self, name: str, level: int, code: str | None = None) -> None:
+        """Change a diagnostic status and return once it has gone out a few times (reliable, in order)."""
+        self.diagnostics[name] = (level, code)
+        target = self.published + 3
+        deadline = time.monotonic() + 30
+        while self.published < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.published >= target, "fake vehicle stopped publishing"
+
+    def error_event(self, name: str, code: str | None = None) -> None:
+        """One ERROR rising edge: OK, then ERROR, each published in order."""
+        self.set_diagnostic(name, 0)
+        self.set_diagnostic(name, 2, code)
+        self.set_diagnostic(name, 0)
+
+    def latest_health(self) -> dict[str, str]:
+        return self.bridge_health[-1][1] if self.bridge_health else {}
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.name.endswith(": aggregator link"):
+                level = status.level[0] if isinstance(status.level, bytes) else int(status.level)
+                values = {kv.key: kv.value for kv in status.values}
+                self.bridge_health.append((time.monotonic(), values, level))
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        self._context.try_shutdown()
+        self._thread.join(5)

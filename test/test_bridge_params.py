@@ -1,0 +1,108 @@
+"""Bridge parameter validation (pure: the node hands the declared values to parse_params)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tvm_observability.bridge.params import PARAMETERS, ParamError, parse_params, read_token
+
+
+def values(**overrides):
+    base = {spec.name: spec.default for spec in PARAMETERS}
+    base["vehicle_id"] = "V5"
+    base.update(overrides)
+    return base
+
+
+def test_defaults_with_a_vehicle_id_are_valid():
+    params = parse_params(values())
+    assert params.telemetry_url == "http://127.0.0.1:9100/api/v1/telemetry"
+    assert params.topics.battery == "battery_state" and params.topics.diagnostics == "/diagnostics"
+    assert params.publish_period_s == 1.0
+    assert params.builder.sensors == ()
+
+
+def test_every_problem_is_reported_together():
+    with pytest.raises(ParamError) as info:
+        parse_params(values(vehicle_id="", aggregator_url="ftp://x", publish_period_s=0.0, backoff_max_s=0.1))
+    text = str(info.value)
+    for fragment in ("vehicle_id: required", "aggregator_url:", "publish_period_s:", "backoff_max_s:"):
+        assert fragment in text
+
+
+@pytest.mark.parametrize(
+    "url", ["http://", "https://user:pw@host", "http://host:99999", "http://host/?q=1", "host:9100", 5]
+)
+def test_bad_urls(url):
+    with pytest.raises(ParamError, match="aggregator_url"):
+        parse_params(values(aggregator_url=url))
+
+
+def test_base_path_and_https():
+    assert parse_params(values(aggregator_url="https://fleet.example/telemetry/")).telemetry_url == (
+        "https://fleet.example/telemetry/api/v1/telemetry"
+    )
+
+
+def test_sensors_from_flat_parameters():
+    params = parse_params(
+        values(
+            sensors=["lidar", "imu"],
+            **{
+                "sensor.lidar.topic": "scan",
+                "sensor.lidar.type": "sensor_msgs/msg/LaserScan",
+                "sensor.lidar.min_rate_hz": 5.0,
+                "sensor.lidar.diagnostic_prefix": "lidar",
+                "sensor.imu.topic": "",
+                "sensor.imu.type": "",
+                "sensor.imu.min_rate_hz": 1.0,
+                "sensor.imu.diagnostic_prefix": "imu",
+            },
+        )
+    )
+    lidar, imu = params.builder.sensors
+    assert (lidar.name, lidar.topic, lidar.message_type, lidar.min_rate_hz) == (
+        "lidar",
+        "scan",
+        "sensor_msgs/msg/LaserScan",
+        5.0,
+    )
+    assert (imu.topic, imu.diagnostic_prefix, imu.min_rate_hz) == ("", "imu", 0.0)
+
+
+def test_sensor_problems():
+    with pytest.raises(ParamError) as info:
+        parse_params(
+            values(
+                sensors=["a", "a", "b.c", "d"],
+                **{"sensor.a.topic": "x", "sensor.a.type": "LaserScan", "sensor.a.min_rate_hz": 1.0},
+            )
+        )
+    text = str(info.value)
+    assert "sensor.a.type: must be a type like" in text
+    assert "'a' is listed twice" in text
+    assert "'b.c' is not a valid sensor name" in text
+    assert "sensor.d: needs a topic or a diagnostic_prefix" in text
+
+
+def test_ca_file_needs_https(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    with pytest.raises(ParamError, match="ca_file: set, but aggregator_url is not https"):
+        parse_params(values(ca_file=str(ca)))
+
+
+def test_token_file_permissions_warn(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("abc\n")
+    os.chmod(token, 0o644)
+    value, warning = read_token(str(token))
+    assert value == "abc"
+    assert warning is not None and "chmod 600" in warning and "abc" not in warning
+    os.chmod(token, 0o600)
+    assert read_token(str(token)) == ("abc", None)
+    token.write_text("two words\n")
+    with pytest.raises(ParamError, match="exactly one token"):
+        read_token(str(token))

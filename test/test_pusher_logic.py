@@ -1,0 +1,33 @@
+"""Pusher backoff and link-level logic (pure parts; the network path is covered end to end)."""
+
+from __future__ import annotations
+
+from tvm_observability.bridge.pusher import Backoff, PushStatus, link_level
+
+
+def test_backoff_doubles_caps_and_jitters():
+    top = Backoff(1.0, 5.0, rng=lambda: 1.0)
+    assert [top.next_delay() for _ in range(6)] == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    bottom = Backoff(1.0, 5.0, rng=lambda: 0.0)
+    assert [bottom.next_delay() for _ in range(4)] == [0.5, 1.0, 2.0, 2.5]
+    bottom.reset()
+    assert bottom.next_delay() == 0.5
+
+
+def test_backoff_survives_long_outages():
+    b = Backoff(1.0, 5.0, rng=lambda: 1.0)
+    for _ in range(10_000):
+        delay = b.next_delay()
+    assert delay == 5.0
+
+
+def test_link_levels():
+    assert link_level(PushStatus(), now=1.0, started=0.0, error_after_s=10)[0] == "WARN"
+    assert link_level(PushStatus(), now=11.0, started=0.0, error_after_s=10)[0] == "ERROR"
+    ok = PushStatus(attempts=1, accepted=1, last_success=5.0)
+    assert link_level(ok, now=6.0, started=0.0, error_after_s=10) == ("OK", "pushing")
+    failing = PushStatus(accepted=1, consecutive_failures=2, last_success=5.0, last_error="timed out")
+    assert link_level(failing, now=8.0, started=0.0, error_after_s=10) == ("WARN", "retrying: timed out")
+    assert link_level(failing, now=16.0, started=0.0, error_after_s=10)[0] == "ERROR"
+    rejected = PushStatus(consecutive_failures=1, rejected=True, last_error="HTTP 401 unauthorized")
+    assert link_level(rejected, now=1.0, started=0.0, error_after_s=10)[0] == "ERROR"

@@ -1,0 +1,221 @@
+"""vehicle_bridge node: rclpy wiring only. Converters read messages, the builder keeps state,
+the pusher talks HTTP; this module connects them to topics, a timer and /diagnostics."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import BatteryState, NavSatFix
+from std_msgs.msg import String
+
+from .. import codec, converters
+from ..snapshot import SnapshotBuilder
+from .params import (
+    PARAMETERS,
+    SENSOR_FIELDS,
+    BridgeParams,
+    ParamError,
+    parse_params,
+    read_token,
+    sensor_param,
+)
+from .pusher import Pusher, link_level
+
+NODE_NAME = "vehicle_bridge"
+_LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN, "ERROR": DiagnosticStatus.ERROR}
+_LATENESS_WINDOW = 10
+
+
+class VehicleBridge(Node):
+    """Subscribes to the vehicle's topics and pushes one snapshot per publish_period_s."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        self.params = self._declare_parameters()
+        token = None
+        if self.params.token_file:
+            token, warning = read_token(self.params.token_file)
+            if warning:
+                self.get_logger().warning(warning)
+        else:
+            self.get_logger().warning("no token_file: pushing without credentials (only a dev aggregator accepts)")
+        sensor_types = {s.name: _message_type(s.name, s.message_type) for s in self.params.builder.sensors if s.topic}
+        self._started = time.monotonic()
+        self.builder = SnapshotBuilder(self.params.builder, started=self._started)
+        self.pusher = Pusher(
+            self.params.telemetry_url,
+            token,
+            ca_file=self.params.ca_file,
+            request_timeout_s=self.params.request_timeout_s,
+            backoff_initial_s=self.params.backoff_initial_s,
+            backoff_max_s=self.params.backoff_max_s,
+        )
+        self._health_name = f"{self.get_name()}: aggregator link"
+        self._link_level = ""
+        self._lateness: list[float] = []
+        self._next_tick = self._started + self.params.publish_period_s
+        self._subscribe(sensor_types)
+        self._diag_pub = self.create_publisher(DiagnosticArray, self.params.topics.diagnostics, 10)
+        self.pusher.start()
+        self._timer = self.create_timer(self.params.publish_period_s, self._tick)
+        self.get_logger().info(
+            f"vehicle {self.params.builder.vehicle_id} boot {self.builder.boot_id}: pushing to "
+            f"{self.params.telemetry_url} every {self.params.publish_period_s:g} s, "
+            f"watching {', '.join(s.name for s in self.params.builder.sensors) or 'no sensors'}"
+        )
+
+    def _declare_parameters(self) -> BridgeParams:
+        values: dict[str, Any] = {}
+        for spec in PARAMETERS:
+            values[spec.name] = self._declare(spec.name, spec.default, spec.description)
+        if isinstance(values["vehicle_id"], int):
+            values["vehicle_id"] = str(values["vehicle_id"])  # -p vehicle_id:=5 arrives as an integer
+        names = values["sensors"]
+        for name in names if isinstance(names, list) else []:
+            if isinstance(name, str):
+                for spec in SENSOR_FIELDS:
+                    key = sensor_param(name, spec.name)
+                    values[key] = self._declare(key, spec.default, spec.description)
+        return parse_params(values)
+
+    def _declare(self, name: str, default: Any, description: str) -> Any:
+        # dynamic_typing: `-p publish_period_s:=2` (an int) must reach validation, not crash declaration.
+        descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
+        value = self.declare_parameter(name, default, descriptor).value
+        return list(value) if isinstance(value, list | tuple) or type(value).__name__ == "array" else value
+
+    def _subscribe(self, sensor_types: dict[str, Any]) -> None:
+        topics = self.params.topics
+        b = self.builder
+        sensor_qos = qos_profile_sensor_data  # best effort: matches reliable and best-effort publishers
+        self.create_subscription(
+            BatteryState, topics.battery, lambda m: b.on_battery(converters.battery_from_msg(m), _now()), sensor_qos
+        )
+        self.create_subscription(
+            NavSatFix, topics.fix, lambda m: b.on_position(converters.position_from_msg(m), _now()), sensor_qos
+        )
+        self.create_subscription(
+            Odometry, topics.odom, lambda m: b.on_pose(converters.pose_from_msg(m), _now()), sensor_qos
+        )
+        self.create_subscription(String, topics.status, self._on_status, 10)
+        self.create_subscription(DiagnosticArray, topics.diagnostics, self._on_diagnostics, 50)
+        for spec in self.params.builder.sensors:
+            if spec.topic:
+                self.create_subscription(
+                    sensor_types[spec.name],
+                    spec.topic,
+                    lambda _raw, name=spec.name: b.on_sensor_message(name, _now()),
+                    sensor_qos,
+                    raw=True,  # count messages only: never deserialise a camera image
+                )
+
+    def _on_status(self, msg: String) -> None:
+        text = converters.status_from_msg(msg)
+        if self.builder.on_status(text, _now()):
+            self.get_logger().warning(
+                f"status {text[:64]!r} is not in the configured statuses; reported as unknown (logged once)"
+            )
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        entries = [e for e in converters.diagnostics_from_msg(msg) if e.name != self._health_name]
+        self.builder.on_diagnostics(entries, _now())
+
+    def _tick(self) -> None:
+        now = _now()
+        self._lateness = [*self._lateness[-(_LATENESS_WINDOW - 1) :], max(0.0, now - self._next_tick)]
+        self._next_tick = max(self._next_tick + self.params.publish_period_s, now)
+        snapshot = self.builder.build(now, time.time())
+        self.pusher.offer(codec.encode(snapshot))
+        self._publish_health(now, snapshot.seq)
+
+    def _publish_health(self, now: float, seq: int) -> None:
+        status = self.pusher.status()
+        level, message = link_level(status, now, self._started, self.params.link_error_after_s)
+        if level != self._link_level:
+            text = f"aggregator link {level}: {message}"
+            # One call site per severity: rclpy's logger refuses a severity change at the same call site.
+            if level == "OK":
+                self.get_logger().info(text)
+            elif level == "WARN":
+                self.get_logger().warning(text)
+            else:
+                self.get_logger().error(text)
+            self._link_level = level
+        age = "never" if status.last_success is None else f"{now - status.last_success:.1f}"
+        stale = self.builder.stale_inputs(now)
+        values = {
+            "vehicle_id": self.params.builder.vehicle_id,
+            "boot_id": self.builder.boot_id,
+            "aggregator_url": self.params.telemetry_url,
+            "last_push_age_s": age,
+            "pushes_accepted": str(status.accepted),
+            "pushes_failed": str(status.failures),
+            "retry_in_s": f"{status.retry_in_s:.2f}",
+            "snapshots_built": str(seq),
+            "max_tick_lateness_s": f"{max(self._lateness):.4f}",
+            "stale_inputs": ",".join(stale),
+            "error_events": str(sum(self.builder.errors.values())),
+        }
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [
+            DiagnosticStatus(
+                level=_LEVELS[level],
+                name=self._health_name,
+                message=message[:256],
+                hardware_id=self.params.builder.vehicle_id,
+                values=[KeyValue(key=k, value=v) for k, v in values.items()],
+            )
+        ]
+        self._diag_pub.publish(array)
+
+    def close(self) -> None:
+        self.pusher.close(self.params.request_timeout_s + 2.0)
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def _message_type(sensor: str, name: str) -> Any:
+    """The message class for 'pkg/msg/Type'; ParamError when it does not exist here."""
+    package, _, type_name = name.partition("/msg/")
+    try:
+        return getattr(importlib.import_module(f"{package}.msg"), type_name)
+    except (ImportError, AttributeError):
+        raise ParamError([f"{sensor_param(sensor, 'type')}: unknown message type {name!r}"]) from None
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script `vehicle_bridge`: 0 after a clean shutdown, 2 on bad parameters."""
+    rclpy.init(args=args)
+    bridge: VehicleBridge | None = None
+    code = 0
+    try:
+        bridge = VehicleBridge()
+        rclpy.spin(bridge)
+    except ParamError as exc:
+        rclpy.logging.get_logger(NODE_NAME).error(str(exc))
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if bridge is not None:
+            bridge.close()
+            bridge.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""vehicle_bridge parameters: declared once here (name, default, meaning), validated together.
+
+The node declares every entry of PARAMETERS on itself, reads the values back and hands them to
+`parse_params`, which returns a frozen BridgeParams or raises ParamError listing every problem.
+No rclpy import: this module is tested without ROS.
+
+Sensors are configured as a list of names plus, per name, `sensor.<name>.<field>` parameters
+(SENSOR_FIELDS), the flat form ROS parameters allow:
+
+    sensors: [lidar, camera]
+    sensor:
+      lidar: {topic: scan, type: sensor_msgs/msg/LaserScan, min_rate_hz: 5.0, diagnostic_prefix: "lidar"}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..model import DEFAULT_VEHICLE_STATUSES, NAME_PATTERN, VEHICLE_ID_PATTERN
+from ..snapshot import BuilderSettings, SensorSpec
+
+TELEMETRY_PATH = "/api/v1/telemetry"
+MESSAGE_TYPE_PATTERN = re.compile(r"([A-Za-z][A-Za-z0-9_]*)/msg/([A-Z][A-Za-z0-9]*)")
+_TOPIC_PATTERN = re.compile(r"~?/?[A-Za-z_{][A-Za-z0-9_/{}~]*")
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    dynamic_typing: bool = False
+    """For list parameters whose default is empty (ROS cannot infer their type)."""
+
+
+PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("vehicle_id", "", "Required. This vehicle's id, the vehicle_id label ([A-Za-z0-9_.-]{1,64})."),
+    ParamSpec("aggregator_url", "http://127.0.0.1:9100", "Base URL of the telemetry_aggregator (http or https)."),
+    ParamSpec("token_file", "", "File holding this vehicle's bearer token (mode 0600). Empty: no credentials."),
+    ParamSpec("ca_file", "", "PEM CA bundle to verify an https aggregator. Empty: the system trust store."),
+    ParamSpec("publish_period_s", 1.0, "Seconds between snapshots."),
+    ParamSpec("request_timeout_s", 2.0, "Timeout of one push (connect + response)."),
+    ParamSpec("backoff_initial_s", 1.0, "First retry delay while the aggregator is unreachable."),
+    ParamSpec("backoff_max_s", 5.0, "Cap of the exponential retry delay (jittered to 50-100%)."),
+    ParamSpec("link_error_after_s", 10.0, "Own diagnostics go ERROR after this long without an accepted push."),
+    ParamSpec("battery_topic", "battery_state", "sensor_msgs/BatteryState topic."),
+    ParamSpec("fix_topic", "fix", "sensor_msgs/NavSatFix topic."),
+    ParamSpec("odom_topic", "odom", "nav_msgs/Odometry topic."),
+    ParamSpec("status_topic", "vehicle_status", "std_msgs/String topic with the vehicle status."),
+    ParamSpec("diagnostics_topic", "/diagnostics", "diagnostic_msgs/DiagnosticArray topic (absolute by default)."),
+    ParamSpec("battery_stale_s", 30.0, "Battery older than this is reported unknown (0: never)."),
+    ParamSpec("position_stale_s", 10.0, "Position older than this is reported unknown (0: never)."),
+    ParamSpec("pose_stale_s", 5.0, "Pose older than this is reported unknown (0: never)."),
+    ParamSpec(
+        "status_stale_s", 0.0, "Status older than this is reported unknown (0: never; often published on change)."
+    ),
+    ParamSpec("diagnostics_stale_s", 10.0, "A diagnostic status older than this no longer counts for its sensor."),
+    ParamSpec("liveness_window_s", 2.0, "Window over which sensor message rates are measured."),
+    ParamSpec("statuses", list(DEFAULT_VEHICLE_STATUSES), "Known vehicle statuses; others are reported unknown."),
+    ParamSpec("max_error_codes", 32, "Distinct error codes per boot; further codes count under 'other'."),
+    ParamSpec("sensors", [], "Names of the sensors to watch (see sensor.<name>.* parameters).", dynamic_typing=True),
+)
+
+SENSOR_FIELDS: tuple[ParamSpec, ...] = (
+    ParamSpec("topic", "", "Topic whose message rate shows liveness (relative by default). Empty: diagnostics only."),
+    ParamSpec("type", "", "Message type of the topic, e.g. sensor_msgs/msg/LaserScan."),
+    ParamSpec("min_rate_hz", 1.0, "Below this rate over liveness_window_s the sensor is stale."),
+    ParamSpec("diagnostic_prefix", "", "Diagnostic statuses whose name starts with this belong to the sensor."),
+)
+
+
+class ParamError(Exception):
+    """Unusable parameters; `problems` names each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid vehicle_bridge parameters:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    battery: str
+    fix: str
+    odom: str
+    status: str
+    diagnostics: str
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeParams:
+    builder: BuilderSettings
+    telemetry_url: str
+    token_file: str
+    ca_file: str
+    publish_period_s: float
+    request_timeout_s: float
+    backoff_initial_s: float
+    backoff_max_s: float
+    link_error_after_s: float
+    topics: Topics
+
+
+def sensor_param(sensor: str, field: str) -> str:
+    return f"sensor.{sensor}.{field}"
+
+
+class _Reader:
+    def __init__(self, values: Mapping[str, Any], problems: list[str]) -> None:
+        self.values = values
+        self.problems = problems
+
+    def number(self, name: str, low: float, high: float, *, integer: bool = False) -> float:
+        value = self.values[name]
+        ok = type(value) is int if integer else type(value) in (int, float)
+        if not ok or not math.isfinite(value) or not low <= value <= high:
+            kind = "an integer" if integer else "a number"
+            self.problems.append(f"{name}: must be {kind} in [{low:g}, {high:g}], got {value!r}")
+            return low
+        return float(value)
+
+    def topic(self, name: str) -> str:
+        value = self.values[name]
+        if not isinstance(value, str) or _TOPIC_PATTERN.fullmatch(value) is None:
+            self.problems.append(f"{name}: not a valid topic name: {value!r}")
+            return "invalid"
+        return value
+
+
+def parse_params(values: Mapping[str, Any]) -> BridgeParams:
+    """Validate the declared values (PARAMETERS plus sensor.<name>.* for each listed sensor)."""
+    problems: list[str] = []
+    r = _Reader(values, problems)
+    vehicle_id = values["vehicle_id"]
+    if not isinstance(vehicle_id, str) or VEHICLE_ID_PATTERN.fullmatch(vehicle_id) is None:
+        problems.append(
+            "vehicle_id: required, must match [A-Za-z0-9_.-]{1,64} "
+            f"(got {vehicle_id!r}; set it with -p vehicle_id:=V5 or the launch argument)"
+        )
+    telemetry_url = _telemetry_url(values["aggregator_url"], problems)
+    token_file = _readable(values["token_file"], "token_file", problems)
+    ca_file = _readable(values["ca_file"], "ca_file", problems)
+    if ca_file and telemetry_url.startswith("http:"):
+        problems.append("ca_file: set, but aggregator_url is not https")
+    period = r.number("publish_period_s", 0.05, 3600.0)
+    stale = {name: r.number(name, 0.0, 86400.0) for name in _STALE_PARAMS}
+    backoff_initial = r.number("backoff_initial_s", 0.01, 3600.0)
+    backoff_max = r.number("backoff_max_s", 0.01, 3600.0)
+    if backoff_max < backoff_initial:
+        problems.append("backoff_max_s: must be at least backoff_initial_s")
+    statuses = values["statuses"]
+    if not _strings(statuses) or not statuses or any(NAME_PATTERN.fullmatch(s) is None for s in statuses):
+        problems.append(f"statuses: must be a non-empty list of names matching {NAME_PATTERN.pattern}")
+        statuses = list(DEFAULT_VEHICLE_STATUSES)
+    builder = BuilderSettings(
+        vehicle_id=str(vehicle_id),
+        statuses=tuple(statuses),
+        sensors=_sensors(values, r),
+        battery_stale_s=stale["battery_stale_s"],
+        position_stale_s=stale["position_stale_s"],
+        pose_stale_s=stale["pose_stale_s"],
+        status_stale_s=stale["status_stale_s"],
+        diagnostics_stale_s=r.number("diagnostics_stale_s", 0.1, 86400.0),
+        liveness_window_s=r.number("liveness_window_s", 0.1, 600.0),
+        max_error_codes=int(r.number("max_error_codes", 2, 64, integer=True)),
+    )
+    params = BridgeParams(
+        builder=builder,
+        telemetry_url=telemetry_url,
+        token_file=token_file,
+        ca_file=ca_file,
+        publish_period_s=period,
+        request_timeout_s=r.number("request_timeout_s", 0.05, 600.0),
+        backoff_initial_s=backoff_initial,
+        backoff_max_s=backoff_max,
+        link_error_after_s=r.number("link_error_after_s", 0.1, 86400.0),
+        topics=Topics(
+            battery=r.topic("battery_topic"),
+            fix=r.topic("fix_topic"),
+            odom=r.topic("odom_topic"),
+            status=r.topic("status_topic"),
+            diagnostics=r.topic("diagnostics_topic"),
+        ),
+    )
+    if problems:
+        raise ParamError(problems)
+    return params
+
+
+_STALE_PARAMS = ("battery_stale_s", "position_stale_s", "pose_stale_s", "status_stale_s")
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+
+
+def _sensors(values: Mapping[str, Any], r: _Reader) -> tuple[SensorSpec, ...]:
+    names = values["sensors"]
+    if not _strings(names):
+        r.problems.append(f"sensors: must be a list of sensor names, got {names!r}")
+        return ()
+    specs: list[SensorSpec] = []
+    for name in names:
+        if NAME_PATTERN.fullmatch(name) is None or "." in name:
+            r.problems.append(f"sensors: {name!r} is not a valid sensor name ([A-Za-z0-9_:/-], no dots)")
+            continue
+        if name in (s.name for s in specs):
+            r.problems.append(f"sensors: {name!r} is listed twice")
+            continue
+        topic_key, type_key = sensor_param(name, "topic"), sensor_param(name, "type")
+        topic, message_type = values.get(topic_key, ""), values.get(type_key, "")
+        prefix = values.get(sensor_param(name, "diagnostic_prefix"), "")
+        if topic:
+            r.topic(topic_key)
+            if not isinstance(message_type, str) or MESSAGE_TYPE_PATTERN.fullmatch(message_type) is None:
+                r.problems.append(f"{type_key}: must be a type like sensor_msgs/msg/LaserScan, got {message_type!r}")
+        elif not prefix:
+            r.problems.append(f"sensor.{name}: needs a topic or a diagnostic_prefix (or both)")
+        rate = r.number(sensor_param(name, "min_rate_hz"), 0.0, 10000.0) if topic else 0.0
+        specs.append(SensorSpec(name, str(topic), str(message_type), rate, str(prefix)))
+    return tuple(specs)
+
+
+def _telemetry_url(raw: Any, problems: list[str]) -> str:
+    problem = f"aggregator_url: must be an http:// or https:// URL with a host, got {raw!r}"
+    if not isinstance(raw, str):
+        problems.append(problem)
+        return ""
+    try:
+        parts = urlsplit(raw)
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+        parts = urlsplit("")
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.query or parts.fragment:
+        problems.append(problem)
+        return ""
+    if parts.username or parts.password:
+        problems.append("aggregator_url: must not carry credentials (use token_file)")
+        return ""
+    return raw.rstrip("/") + TELEMETRY_PATH
+
+
+def _readable(raw: Any, name: str, problems: list[str]) -> str:
+    if not isinstance(raw, str):
+        problems.append(f"{name}: must be a file path")
+        return ""
+    if raw and not os.access(raw, os.R_OK):
+        problems.append(f"{name}: cannot read {raw!r} (missing or no permission)")
+        return ""
+    return raw
+
+
+def read_token(path: str) -> tuple[str, str | None]:
+    """The bearer token in `path` and a warning if the file is readable by group or others."""
+    file = Path(path)
+    token = file.read_text(encoding="utf-8").strip()
+    if not token or any(c.isspace() for c in token):
+        raise ParamError([f"token_file: {path!r} must hold exactly one token"])
+    mode = stat.S_IMODE(file.stat().st_mode)
+    warning = None
+    if mode & 0o077:
+        warning = f"token_file {path} is readable by group or others (mode {mode:04o}); chmod 600 it"
+    return token, warning

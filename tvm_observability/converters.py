@@ -1,0 +1,141 @@
+"""ROS messages -> plain model values. The only module that reads ROS message fields.
+
+Every function is pure: it takes a message object (or any object with the same fields) and
+returns values of `model`, with None wherever ROS says "unknown" (NaN, no fix, out of range).
+No rclpy import: message classes are duck-typed, so these functions run wherever the
+message packages import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .model import MAX_MESSAGE_CHARS, Battery, Pose, Position
+
+# sensor_msgs/BatteryState power_supply_status values.
+POWER_SUPPLY_STATUS_CHARGING = 1
+POWER_SUPPLY_STATUS_DISCHARGING = 2
+POWER_SUPPLY_STATUS_NOT_CHARGING = 3
+POWER_SUPPLY_STATUS_FULL = 4
+
+# diagnostic_msgs/DiagnosticStatus levels (bytes in ROS 2 Python messages).
+DIAG_OK = 0
+DIAG_WARN = 1
+DIAG_ERROR = 2
+DIAG_STALE = 3
+
+_DIAG_LEVEL_NAMES = {DIAG_OK: "ok", DIAG_WARN: "warn", DIAG_ERROR: "error", DIAG_STALE: "stale"}
+FRAME_ID_MAX = 64
+ERROR_CODE_KEY = "error_code"
+
+
+def _finite(value: Any, low: float = -math.inf, high: float = math.inf) -> float | None:
+    """A float inside [low, high], or None for NaN, infinities and anything out of range."""
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
+        return None
+    return number
+
+
+def battery_from_msg(msg: Any, age_s: float = 0.0) -> Battery:
+    """sensor_msgs/BatteryState -> Battery (percentage 0-100, None when unknown).
+
+    ROS gives `percentage` as 0-1; a NaN or out-of-range value falls back to charge/capacity
+    (both in Ah), and with neither the percentage is unknown.
+    """
+    fraction = _finite(msg.percentage, 0.0, 1.0)
+    if fraction is None:
+        charge = _finite(msg.charge, 0.0)
+        capacity = _finite(msg.capacity, 0.0)
+        if charge is not None and capacity:
+            fraction = min(charge / capacity, 1.0)
+    status = int(msg.power_supply_status)
+    charging: bool | None = None
+    if status == POWER_SUPPLY_STATUS_CHARGING:
+        charging = True
+    elif status in (POWER_SUPPLY_STATUS_DISCHARGING, POWER_SUPPLY_STATUS_NOT_CHARGING, POWER_SUPPLY_STATUS_FULL):
+        charging = False
+    return Battery(
+        percentage=None if fraction is None else fraction * 100.0,
+        voltage=_finite(msg.voltage, 0.0, 1000.0),
+        charging=charging,
+        age_s=age_s,
+    )
+
+
+def position_from_msg(msg: Any, age_s: float = 0.0) -> Position:
+    """sensor_msgs/NavSatFix -> Position; `status.status < 0` (no fix) or NaN coordinates -> unknown."""
+    latitude = _finite(msg.latitude, -90.0, 90.0)
+    longitude = _finite(msg.longitude, -180.0, 180.0)
+    if int(msg.status.status) < 0 or latitude is None or longitude is None:
+        return Position(latitude=None, longitude=None, altitude=None, fix=False, age_s=age_s)
+    return Position(
+        latitude=latitude,
+        longitude=longitude,
+        altitude=_finite(msg.altitude, -1e5, 1e6),
+        fix=True,
+        age_s=age_s,
+    )
+
+
+def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:
+    """Heading (rotation about z) in radians, in [-pi, pi]."""
+    return math.atan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def pose_from_msg(msg: Any, age_s: float = 0.0) -> Pose | None:
+    """nav_msgs/Odometry -> Pose (x, y, yaw, planar+vertical speed, frame); None if any value is not finite."""
+    position = msg.pose.pose.position
+    q = msg.pose.pose.orientation
+    linear = msg.twist.twist.linear
+    values = [_finite(v, -1e9, 1e9) for v in (position.x, position.y, q.x, q.y, q.z, q.w, linear.x, linear.y, linear.z)]
+    if any(v is None for v in values):
+        return None
+    x, y, qx, qy, qz, qw, vx, vy, vz = (float(v) for v in values)  # type: ignore[arg-type]
+    speed = math.sqrt(vx * vx + vy * vy + vz * vz)
+    if speed > 1e3:
+        return None
+    return Pose(
+        x=x,
+        y=y,
+        yaw=yaw_from_quaternion(qx, qy, qz, qw),
+        speed=speed,
+        frame_id=str(msg.header.frame_id)[:FRAME_ID_MAX],
+        age_s=age_s,
+    )
+
+
+def status_from_msg(msg: Any) -> str:
+    """std_msgs/String -> the raw status text, whitespace stripped (checked against the set by the caller)."""
+    return str(msg.data).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosticEntry:
+    """One diagnostic_msgs/DiagnosticStatus, reduced to what the bridge uses."""
+
+    name: str
+    level: str
+    """ok, warn, error or stale (unknown levels read as error: a driver that invents levels is broken)."""
+    message: str
+    error_code: str | None
+
+
+def diagnostics_from_msg(msg: Any) -> list[DiagnosticEntry]:
+    """diagnostic_msgs/DiagnosticArray -> one entry per status."""
+    entries: list[DiagnosticEntry] = []
+    for status in msg.status:
+        level = status.level
+        level_int = level[0] if isinstance(level, bytes | bytearray) else int(level)
+        code = next((str(kv.value) for kv in status.values if kv.key == ERROR_CODE_KEY and str(kv.value)), None)
+        entries.append(
+            DiagnosticEntry(
+                name=str(status.name),
+                level=_DIAG_LEVEL_NAMES.get(level_int, "error"),
+                message=str(status.message)[:MAX_MESSAGE_CHARS],
+                error_code=code,
+            )
+        )
+    return entries
