@@ -156,6 +156,7 @@ def reload_config(app: web.Application, tls: ssl.SSLContext | None, path: Path |
             _LOGGER.error("config reload refused: tls: cannot load the certificate and key: %s", exc)
             return
     result = apply_config(app[RUNTIME], new)
+    logging.getLogger().setLevel(new.log_level.upper())
     if result.needs_restart:
         _LOGGER.warning("changed keys take effect only after a restart", extra={"keys": result.needs_restart})
     _LOGGER.info(

@@ -26,7 +26,11 @@ class ReloadResult:
     """Config keys that changed but only take effect after a restart."""
 
 
-_RESTART_ONLY = {"listen": ("listen_host", "listen_port"), "state_file": ("state_file",)}
+_RESTART_ONLY = {
+    "listen": ("listen_host", "listen_port"),
+    "state_file": ("state_file",),
+    "environment": ("environment",),
+}
 
 
 def ingest_limits(config: AggregatorConfig) -> IngestLimits:
@@ -47,7 +51,13 @@ def apply_config(rt: Runtime, new: AggregatorConfig) -> ReloadResult:
     needs_restart = [
         key for key, fields in _RESTART_ONLY.items() if any(getattr(old, f) != getattr(new, f) for f in fields)
     ]
-    new = replace(new, listen_host=old.listen_host, listen_port=old.listen_port, state_file=old.state_file)
+    new = replace(
+        new,
+        listen_host=old.listen_host,
+        listen_port=old.listen_port,
+        state_file=old.state_file,
+        environment=old.environment,
+    )
     rotated = sorted(
         vid
         for vid, entry in new.vehicles.items()
