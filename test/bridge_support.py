@@ -62,7 +62,9 @@ class BridgeProcess:
     """A real `vehicle_bridge` process; stderr (its ROS log) collected."""
 
     def __init__(self, env: Mapping[str, str], params_file: Path | None = None, *ros_args: str) -> None:
-        self.args = [sys.executable, "-m", "tvm_observability.bridge.node", "--ros-args"]
+        # TVM_BRIDGE_PYTHON runs the bridge under another interpreter, e.g. a venv with Humble's aiohttp 3.8.
+        python = os.environ.get("TVM_BRIDGE_PYTHON") or sys.executable
+        self.args = [python, "-m", "tvm_observability.bridge.node", "--ros-args"]
         if params_file is not None:
             self.args += ["--params-file", str(params_file)]
         for arg in ros_args:
@@ -231,10 +233,17 @@ class FakeVehicle:
         self.published += 1
 
     def set_diagnostic(self, name: str, level: int, code: str | None = None) -> None:
-        """Change a diagnostic status and return once it has gone out a few times (reliable, in order)."""
+        """Change a diagnostic status and return once it has gone out a few times (reliable, in order).
+
+        First waits until the bridge subscribes to /diagnostics (our own subscription is the other
+        one): messages published before discovery completes would reach nobody.
+        """
+        deadline = time.monotonic() + 30
+        while self.pubs["diagnostics"].get_subscription_count() < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert self.pubs["diagnostics"].get_subscription_count() >= 2, "the bridge never subscribed to /diagnostics"
         self.diagnostics[name] = (level, code)
         target = self.published + 3
-        deadline = time.monotonic() + 30
         while self.published < target and time.monotonic() < deadline:
             time.sleep(0.02)
         assert self.published >= target, "fake vehicle stopped publishing"

@@ -106,3 +106,33 @@ def test_token_file_permissions_warn(tmp_path):
     token.write_text("two words\n")
     with pytest.raises(ParamError, match="exactly one token"):
         read_token(str(token))
+
+
+def _flatten(mapping, prefix=""):
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_shipped_config_documents_every_parameter_and_is_valid():
+    import yaml
+    from support import REPO
+
+    text = (REPO / "config" / "vehicle_bridge.yaml").read_text(encoding="utf-8")
+    params = yaml.safe_load(text)["/**"]["ros__parameters"]
+    assert sorted(k for k in params if k != "sensor") == sorted(spec.name for spec in PARAMETERS)
+    for spec in PARAMETERS:
+        assert params[spec.name] == spec.default or spec.name == "sensors", spec.name
+    flat = _flatten(params)
+    flat["vehicle_id"] = "V5"
+    parsed = parse_params(flat)
+    assert [s.name for s in parsed.builder.sensors] == ["lidar", "camera", "imu", "gps"]
+
+
+def test_token_file_that_is_a_directory(tmp_path):
+    with pytest.raises(ParamError, match="token_file: cannot read"):
+        read_token(str(tmp_path))

@@ -136,3 +136,10 @@ def test_diagnostics_levels_and_error_code():
         ("gps: driver", "warn", None),
     ]
     assert len(entries[3].message) == 256
+
+
+def test_stamp_of():
+    msg = NavSatFix()
+    assert converters.stamp_of(msg) is None
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_000, 500_000_000
+    assert converters.stamp_of(msg) == pytest.approx(1_700_000_000.5)

@@ -117,3 +117,18 @@ def test_snapshot_passes_the_aggregators_validation():
     b.on_diagnostics([diag("lidar: x" * 30, "error")], 1.0)
     snap = b.build(2.0, 1_700_000_000.0)
     assert ingest.parse_snapshot(codec.decode(codec.encode(snap))) == snap
+
+
+def test_a_driver_repeating_its_last_message_does_not_look_fresh():
+    b = SnapshotBuilder(SETTINGS, started=0.0)
+    fix = Position(52.5, 13.4, 30.0, True, 0.0)
+    b.on_position(fix, 1.0, stamp=100.0)
+    for t in (2.0, 3.0, 4.0):
+        b.on_position(fix, t, stamp=100.0)  # frozen GPS driver: same header stamp again
+    snap = b.build(5.0, 0.0)
+    assert snap.position is not None and snap.position.age_s == 4.0
+    assert b.build(1.0 + SETTINGS.position_stale_s + 0.1, 0.0).position is None
+    b.on_position(fix, 20.0, stamp=101.0)
+    assert b.build(20.5, 0.0).position is not None
+    b.on_position(fix, 21.0)  # publishers that leave the stamp zero are always taken as new
+    assert b.input_ages(21.5)["position"] == 0.5

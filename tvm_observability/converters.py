@@ -107,6 +107,13 @@ def pose_from_msg(msg: Any, age_s: float = 0.0) -> Pose | None:
     )
 
 
+def stamp_of(msg: Any) -> float | None:
+    """The message's header stamp in seconds, or None when the publisher leaves it zero."""
+    stamp = msg.header.stamp
+    seconds = int(stamp.sec) + int(stamp.nanosec) * 1e-9
+    return seconds if seconds > 0 else None
+
+
 def status_from_msg(msg: Any) -> str:
     """std_msgs/String -> the raw status text, whitespace stripped (checked against the set by the caller)."""
     return str(msg.data).strip()

@@ -102,6 +102,7 @@ class RateMeter:
 class _Stamped:
     value: Battery | Position | Pose | str
     received: float
+    stamp: float | None = None
 
 
 class SnapshotBuilder:
@@ -121,17 +122,25 @@ class SnapshotBuilder:
 
     # Inputs -------------------------------------------------------------------------------
 
-    def on_battery(self, battery: Battery, now: float) -> None:
-        self._inputs["battery"] = _Stamped(battery, now)
+    def on_battery(self, battery: Battery, now: float, stamp: float | None = None) -> None:
+        self._store("battery", battery, now, stamp)
 
-    def on_position(self, position: Position, now: float) -> None:
-        self._inputs["position"] = _Stamped(position, now)
+    def on_position(self, position: Position, now: float, stamp: float | None = None) -> None:
+        self._store("position", position, now, stamp)
 
-    def on_pose(self, pose: Pose | None, now: float) -> None:
+    def on_pose(self, pose: Pose | None, now: float, stamp: float | None = None) -> None:
         if pose is None:
             self._inputs.pop("pose", None)
         else:
-            self._inputs["pose"] = _Stamped(pose, now)
+            self._store("pose", pose, now, stamp)
+
+    def _store(self, name: str, value: Battery | Position | Pose, now: float, stamp: float | None) -> None:
+        """Keep the newest value. A message repeating the previous header stamp is a hung driver
+        re-sending its last reading: it does not make the value younger."""
+        previous = self._inputs.get(name)
+        if stamp is not None and previous is not None and previous.stamp == stamp:
+            return
+        self._inputs[name] = _Stamped(value, now, stamp)
 
     def on_status(self, text: str, now: float) -> bool:
         """Record the vehicle status; True the first time an unknown status is seen (log it once)."""

@@ -98,14 +98,21 @@ class VehicleBridge(Node):
         topics = self.params.topics
         b = self.builder
         sensor_qos = qos_profile_sensor_data  # best effort: matches reliable and best-effort publishers
+        stamp = converters.stamp_of
         self.create_subscription(
-            BatteryState, topics.battery, lambda m: b.on_battery(converters.battery_from_msg(m), _now()), sensor_qos
+            BatteryState,
+            topics.battery,
+            lambda m: b.on_battery(converters.battery_from_msg(m), _now(), stamp(m)),
+            sensor_qos,
         )
         self.create_subscription(
-            NavSatFix, topics.fix, lambda m: b.on_position(converters.position_from_msg(m), _now()), sensor_qos
+            NavSatFix,
+            topics.fix,
+            lambda m: b.on_position(converters.position_from_msg(m), _now(), stamp(m)),
+            sensor_qos,
         )
         self.create_subscription(
-            Odometry, topics.odom, lambda m: b.on_pose(converters.pose_from_msg(m), _now()), sensor_qos
+            Odometry, topics.odom, lambda m: b.on_pose(converters.pose_from_msg(m), _now(), stamp(m)), sensor_qos
         )
         self.create_subscription(String, topics.status, self._on_status, 10)
         self.create_subscription(DiagnosticArray, topics.diagnostics, self._on_diagnostics, 50)

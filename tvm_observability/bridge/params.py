@@ -261,7 +261,10 @@ def _readable(raw: Any, name: str, problems: list[str]) -> str:
 def read_token(path: str) -> tuple[str, str | None]:
     """The bearer token in `path` and a warning if the file is readable by group or others."""
     file = Path(path)
-    token = file.read_text(encoding="utf-8").strip()
+    try:
+        token = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamError([f"token_file: cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}"]) from None
     if not token or any(c.isspace() for c in token):
         raise ParamError([f"token_file: {path!r} must hold exactly one token"])
     mode = stat.S_IMODE(file.stat().st_mode)
