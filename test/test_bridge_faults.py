@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -43,15 +42,6 @@ def vehicle(ros_env):
 
 def v1(url: str, name: str, **labels: str) -> float | None:
     return sample(scrape(url), name, vehicle_id="V1", **labels)
-
-
-def wait_until_wired(vehicle: FakeVehicle, status_of_v1: Callable[[], float | None]) -> None:
-    """Both directions of ROS discovery done: the bridge hears the fake vehicle's topics (its status reaches
-    the aggregator) and the fake vehicle hears the bridge's /diagnostics. Error events sent before that would
-    be lost to discovery, not to the system under test; on a loaded machine discovery takes seconds."""
-    wait_for(lambda: status_of_v1() == 1, 60, what="V1 on_mission from the fake vehicle's status topic")
-    wait_for(lambda: vehicle.bridge_health, 60, what="the bridge's health on /diagnostics")
-    time.sleep(1.0)  # endpoints of the two nodes match in one exchange; give the rest of it a moment
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -94,7 +84,7 @@ def test_long_link_outage_with_error_events_loses_and_doubles_nothing(
         params = bridge_params(tmp_path, link.url, fleet_tokens["V1"])
         try:
             with BridgeProcess(ros_env, params) as bridge:
-                wait_until_wired(vehicle, lambda: v1(agg.url, "vehicle_status", status="on_mission"))
+                wait_for(lambda: v1(agg.url, "vehicle_up") == 1, 30, what="V1 up")
                 vehicle.error_event("camera: driver", "CAM_USB")
                 wait_for(lambda: v1(agg.url, "vehicle_errors_total", error_code="CAM_USB") == 1, 30)
                 rss_before = bridge.rss_kib()
@@ -140,7 +130,7 @@ def test_aggregator_answering_after_10_s(ros_env, vehicle, tmp_path, fleet_token
         params = bridge_params(tmp_path, link.url, fleet_tokens["V1"], request_timeout_s=2.0)
         try:
             with BridgeProcess(ros_env, params) as bridge:
-                wait_until_wired(vehicle, lambda: v1(agg.url, "vehicle_status", status="on_mission"))
+                wait_for(lambda: v1(agg.url, "vehicle_up") == 1, 30, what="V1 up")
                 rss_before = bridge.rss_kib()
                 link.slow(10.0)
                 slow_at = time.monotonic()
@@ -202,7 +192,7 @@ def test_https_with_a_ca_file_end_to_end(ros_env, vehicle, tmp_path, fleet_token
         )
         metrics = _https_scraper(https_url, ca.ca_file)
         with BridgeProcess(ros_env, params) as bridge, BridgeProcess(ros_env, untrusting) as stranger:
-            wait_until_wired(vehicle, lambda: sample(metrics(), "vehicle_status", vehicle_id="V1", status="on_mission"))
+            wait_for(lambda: sample(metrics(), "vehicle_up", vehicle_id="V1") == 1, 30, what="V1 up over https")
             vehicle.error_event("camera: driver", "CAM_USB")
             wait_for(lambda: sample(metrics(), "vehicle_errors_total", vehicle_id="V1", error_code="CAM_USB") == 1, 30)
             # A bridge without the CA file (system trust store) refuses the server, and so sends nothing.
