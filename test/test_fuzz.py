@@ -26,7 +26,7 @@ from tvm_observability.ingest import IngestLimits, parse_snapshot
 from tvm_observability.model import NAME_PATTERN, SENSOR_STATUSES, VEHICLE_ID_PATTERN, VehicleSnapshot
 
 settings.register_profile("ci", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=200_000, deadline=None, suppress_health_check=list(HealthCheck))
+settings.register_profile("long", max_examples=20_000, deadline=None, suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # -- strategies ----------------------------------------------------------------------------------

@@ -280,3 +280,31 @@ def test_a_flooding_vehicle_cannot_starve_the_others(write_config) -> None:
     for vid, statuses in healthy.items():
         assert len(statuses) >= 10, vid
         assert set(statuses) == {200}, (vid, statuses)
+
+
+def test_listening_beyond_loopback_warns_about_plain_http_and_open_metrics(tmp_path: Path) -> None:
+    ca = ThrowawayCA(tmp_path / "pki")
+    cert = ca.issue()
+    base = {"environment": "test", "vehicles": roster_of({"V1": generate_token()})}
+    exposed = write_yaml(tmp_path / "exposed.yaml", base)
+    with AggregatorProcess(exposed, listen="0.0.0.0:0") as agg:
+        warnings = wait_for(lambda: [r["message"] for r in agg.logs if r["level"] == "WARNING"][1:] and agg.logs, 10)
+        warnings = [r["message"] for r in warnings if r["level"] == "WARNING"]
+    assert any(m.startswith("listening beyond loopback without TLS") for m in warnings), warnings
+    assert any(m.startswith("listening beyond loopback without read_auth") for m in warnings), warnings
+
+    hardened = write_yaml(
+        tmp_path / "hardened.yaml",
+        {
+            **base,
+            "tls": {"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)},
+            "read_auth": {"bearer_token_sha256": hash_token(generate_token())},
+        },
+    )
+    with AggregatorProcess(hardened, listen="0.0.0.0:0") as agg:
+        # Served a request: the start-up code, warnings included, has run; give the log reader a moment.
+        trusting = ssl.create_default_context(cafile=str(ca.ca_file))
+        port = urlsplit(agg.url).port
+        assert https_request(f"https://127.0.0.1:{port}/healthz", trusting).status == 200
+        time.sleep(0.5)
+        assert not [r for r in agg.logs if r["level"] == "WARNING"]

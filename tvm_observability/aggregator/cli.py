@@ -121,17 +121,29 @@ async def serve(
                 "pid": os.getpid(),
             },
         )
-        if not is_loopback(config.listen_host) and tls is None:
-            _LOGGER.warning(
-                "listening beyond loopback without TLS: bearer tokens and fleet data cross the network in clear; "
-                "configure tls (or terminate TLS in front of this port)",
-                extra={"listen": config.listen},
-            )
+        if not is_loopback(config.listen_host):
+            _warn_exposure(config, tls is not None)
         await stop.wait()
         _LOGGER.info("shutting down")
     finally:
         await runner.cleanup()
     _LOGGER.info("stopped")
+
+
+def _warn_exposure(config: AggregatorConfig, tls: bool) -> None:
+    """Listening beyond loopback: say what is exposed (pushes always need vehicle credentials there)."""
+    if not tls:
+        _LOGGER.warning(
+            "listening beyond loopback without TLS: bearer tokens and fleet data cross the network in clear; "
+            "configure tls (or terminate TLS in front of this port)",
+            extra={"listen": config.listen},
+        )
+    if config.read_auth is None:
+        _LOGGER.warning(
+            "listening beyond loopback without read_auth: anyone who reaches the port can read /metrics "
+            "(vehicle positions included); configure read_auth or restrict the network",
+            extra={"listen": config.listen},
+        )
 
 
 def reload_config(app: web.Application, tls: ssl.SSLContext | None, path: Path | None, listen: str | None) -> None:
