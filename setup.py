@@ -32,12 +32,14 @@ setup(
         *_tree("config"),
     ],
     python_requires=">=3.10",
+    # Lower bounds are what ROS 2 Humble's apt packages provide (the bridge runs on them); the aggregator
+    # checks at start that it has aiohttp>=3.9, prometheus-client>=0.17 (tvm_observability/aggregator/__init__.py).
     install_requires=[
-        "aiohttp>=3.9",
+        "aiohttp>=3.8",
         "msgpack>=1.0",
         "pyyaml>=5.4",
-        "prometheus-client>=0.16",
-        "python-json-logger>=3.1",
+        "prometheus-client>=0.9",
+        "python-json-logger>=2.0",
     ],
     zip_safe=True,
     maintainer="tvm_observability maintainers",

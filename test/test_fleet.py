@@ -6,7 +6,7 @@ import pytest
 from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
-from tvm_observability.aggregator.fleet import TRACKED_BOOTS, FleetState, Outcome
+from tvm_observability.aggregator.fleet import MAX_CODES_PER_BOOT, TRACKED_BOOTS, FleetState, Outcome
 from tvm_observability.errors import LimitExceeded
 from tvm_observability.ingest import parse_snapshot
 from tvm_observability.model import DEFAULT_VEHICLE_STATUSES, VehicleSnapshot
@@ -134,17 +134,35 @@ def test_unknown_vehicle_cap_leaves_state_unchanged(clock: FakeClock) -> None:
     assert fleet.get("X1").on_roster is False  # type: ignore[union-attr]
 
 
-def test_error_code_cap_counts_distinct_codes_across_boots(clock: FakeClock) -> None:
-    fleet = make_fleet(clock, max_error_codes_per_vehicle=2)
-    fleet.apply(snap(boot_id="a", errors={"E1": 1, "E2": 1}))
-    before = dict(fleet.get("V1").errors_total)  # type: ignore[union-attr]
-    fleet.dirty = False
-    with pytest.raises(LimitExceeded) as info:
-        fleet.apply(snap(boot_id="b", errors={"E3": 1}))
-    assert info.value.reason == "limit_error_codes"
+def test_codes_beyond_the_series_budget_count_under_other(clock: FakeClock) -> None:
+    fleet = make_fleet(clock, max_error_codes_per_vehicle=3)  # two codes of its own, plus "other"
+    assert fleet.apply(snap(boot_id="a", errors={"E1": 1, "E2": 1, "E3": 2})) is Outcome.ACCEPTED
     v1 = fleet.get("V1")
-    assert v1 is not None and v1.errors_total == before and v1.boot_id == "a" and not fleet.dirty
-    assert fleet.apply(snap(boot_id="b", errors={"E2": 4})) is Outcome.ACCEPTED
+    assert v1 is not None
+    assert v1.errors_total == {"E1": 1, "E2": 1, "other": 2}
+    # a new boot with yet another code: accepted, nothing lost, no new series
+    assert fleet.apply(snap(boot_id="b", errors={"E4": 5, "E1": 1})) is Outcome.ACCEPTED
+    assert v1.errors_total == {"E1": 2, "E2": 1, "other": 7}
+    # the vehicle's own "other" adds to the same series
+    fleet.apply(snap(boot_id="b", seq=2, errors={"E4": 5, "E1": 1, "other": 1}))
+    assert v1.errors_total == {"E1": 2, "E2": 1, "other": 8}
+    # retiring boots keeps the same mapping
+    for boot in range(TRACKED_BOOTS):
+        fleet.apply(snap(boot_id=f"later{boot}", errors={}))
+    assert v1.errors_total == {"E1": 2, "E2": 1, "other": 8}
+    restored = make_fleet(FakeClock(), max_error_codes_per_vehicle=3)
+    restored.restore(codec.unpack_state(codec.pack_state(fleet.to_image())), keep_unknown=False)
+    assert restored.get("V1").errors_total == {"E1": 2, "E2": 1, "other": 8}  # type: ignore[union-attr]
+    restored.apply(snap(boot_id="later3", seq=2, errors={"E2": 1, "E9": 1}))
+    assert restored.get("V1").errors_total == {"E1": 2, "E2": 2, "other": 9}  # type: ignore[union-attr]
+
+
+def test_codes_remembered_per_boot_are_bounded(clock: FakeClock) -> None:
+    fleet = make_fleet(clock)
+    for seq in range(1, MAX_CODES_PER_BOOT // 50 + 3):
+        fleet.apply(snap(seq=seq, errors={f"C{seq}-{i}": 1 for i in range(50)}))
+    record = fleet.get("V1").boots["a"]  # type: ignore[union-attr]
+    assert len(record.errors) == MAX_CODES_PER_BOOT
 
 
 def test_persistence_image_round_trips_through_the_state_codec(clock: FakeClock) -> None:

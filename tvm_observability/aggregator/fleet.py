@@ -8,6 +8,10 @@ boots plus a `retired` sum for older boots, so
 
 never decreases, never double-counts a retry (counts are cumulative, not deltas) and loses
 nothing when a push is lost (the next push carries the same events again).
+
+Cardinality: a vehicle gets its own `error_code` series for its first `max_error_codes_per_vehicle - 1`
+codes; the events of any later code are counted under `error_code="other"`, so a vehicle that keeps
+inventing codes costs one series more, loses no event and is never refused for it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from ..ingest import IngestLimits, parse_snapshot
 from ..model import OFFLINE_STATUS, UNKNOWN_STATUS, VehicleSnapshot
 
 TRACKED_BOOTS = 4
+OVERFLOW_CODE = "other"
+"""Where the events of codes beyond a vehicle's error-code series budget are counted."""
+MAX_CODES_PER_BOOT = 1024
+"""Distinct codes remembered per boot (for the cumulative max); events of codes past this are ignored."""
 """Boots whose counts stay separately updatable (a late push from a previous boot still counts)."""
 
 STATE_FORMAT = 2
@@ -78,6 +86,9 @@ class VehicleState:
     """The msgpack form of `snapshot`, kept for the state file."""
     boots: OrderedDict[str, BootRecord] = field(default_factory=OrderedDict)
     retired: dict[str, int] = field(default_factory=dict)
+    """Summed counts of boots no longer tracked, keyed by exported code."""
+    codes: dict[str, None] = field(default_factory=dict)
+    """Codes with a series of their own, in order of first appearance (an ordered set)."""
     errors_total: dict[str, int] = field(default_factory=dict)
     heartbeat_monotonic: float | None = None
     heartbeat_wall: float | None = None
@@ -96,11 +107,16 @@ class VehicleState:
             return float("inf")
         return max(0.0, now_monotonic - self.heartbeat_monotonic)
 
+    def exported_code(self, code: str) -> str:
+        """The error_code label a vehicle's code is counted under."""
+        return code if code in self.codes else OVERFLOW_CODE
+
     def _recount(self) -> None:
         totals = dict(self.retired)
         for record in self.boots.values():
             for code, count in record.errors.items():
-                totals[code] = totals.get(code, 0) + count
+                key = self.exported_code(code)
+                totals[key] = totals.get(key, 0) + count
         self.errors_total = totals
 
 
@@ -142,20 +158,12 @@ class FleetState:
         """Fold one validated, authorised snapshot (and the body it was decoded from) into the state.
 
         Raises LimitExceeded, leaving the state untouched, when the vehicle would be one unknown
-        vehicle too many or would carry more distinct error codes than allowed.
+        vehicle too many.
         """
         vehicle = self._vehicles.get(snap.vehicle_id)
         if vehicle is None and self._unknown_count >= self.max_unknown:
             raise LimitExceeded(
                 f"already tracking {self.max_unknown} vehicles outside the roster", reason="limit_vehicles"
-            )
-        existing_codes = vehicle.errors_total.keys() if vehicle else ()
-        new_codes = [code for code in snap.errors if code not in existing_codes]
-        if new_codes and len(existing_codes) + len(new_codes) > self.max_error_codes:
-            raise LimitExceeded(
-                f"vehicle {snap.vehicle_id} would have {len(existing_codes) + len(new_codes)} distinct error codes, "
-                f"at most {self.max_error_codes}",
-                reason="limit_error_codes",
             )
         if vehicle is None:
             vehicle = VehicleState(snap.vehicle_id, on_roster=False)
@@ -174,11 +182,14 @@ class FleetState:
             while len(vehicle.boots) > TRACKED_BOOTS:
                 _, oldest = vehicle.boots.popitem(last=False)
                 for code, count in oldest.errors.items():
-                    vehicle.retired[code] = vehicle.retired.get(code, 0) + count
+                    key = vehicle.exported_code(code)
+                    vehicle.retired[key] = vehicle.retired.get(key, 0) + count
         record.seq = snap.seq
         for code, count in snap.errors.items():
-            if count > record.errors.get(code, 0):
-                record.errors[code] = count
+            if code not in vehicle.codes and code != OVERFLOW_CODE and len(vehicle.codes) < self.max_error_codes - 1:
+                vehicle.codes[code] = None
+            if code in record.errors or len(record.errors) < MAX_CODES_PER_BOOT:
+                record.errors[code] = max(count, record.errors.get(code, 0))
         vehicle._recount()
         vehicle.version += 1
         self.dirty = True
@@ -261,6 +272,7 @@ class FleetState:
                 v.vehicle_id: {
                     "boots": [{"boot_id": b, "seq": r.seq, "errors": dict(r.errors)} for b, r in v.boots.items()],
                     "retired": dict(v.retired),
+                    "codes": list(v.codes),
                     "heartbeat_wall": v.heartbeat_wall,
                     "restarts": v.restarts,
                     "snapshot": v.snapshot_body,
@@ -302,6 +314,7 @@ def _restored_vehicle(vehicle_id: str, saved: Mapping[str, Any]) -> VehicleState
         (str(b["boot_id"]), BootRecord(int(b["seq"]), _counts(b["errors"]))) for b in saved["boots"]
     )
     vehicle.retired = _counts(saved["retired"])
+    vehicle.codes = dict.fromkeys(str(code) for code in saved["codes"])
     vehicle.restarts = int(saved["restarts"])
     if saved["heartbeat_wall"] is not None:
         vehicle.heartbeat_wall = float(saved["heartbeat_wall"])

@@ -12,7 +12,10 @@ import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from pythonjsonlogger.json import JsonFormatter
+try:
+    from pythonjsonlogger.json import JsonFormatter
+except ImportError:  # python-json-logger < 3.1 (Ubuntu 22.04's apt package)
+    from pythonjsonlogger.jsonlogger import JsonFormatter  # type: ignore[no-redef,attr-defined]
 
 from .. import __version__
 

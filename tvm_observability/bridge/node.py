@@ -148,7 +148,7 @@ class VehicleBridge(Node):
     def _publish_health(self, now: float, seq: int) -> None:
         status = self.pusher.status()
         level, message = link_level(status, now, self._started, self.params.link_error_after_s)
-        if level != self._link_level:
+        if level != self._link_level and status.attempts > 0:  # the first push is not news
             text = f"aggregator link {level}: {message}"
             # One call site per severity: rclpy's logger refuses a severity change at the same call site.
             if level == "OK":
