@@ -1,7 +1,7 @@
 """Property-based fuzzing of the wire decoder, the schema validator and the exposition (hypothesis).
 
 Profiles: `ci` (the default, a few thousand cases over the suite) and `long` for a local soak:
-    HYPOTHESIS_PROFILE=long .venv/bin/pytest test/test_fuzz.py
+    HYPOTHESIS_PROFILE=long .venv/bin/pytest test/test_fuzz.py --timeout=0
 """
 
 from __future__ import annotations
