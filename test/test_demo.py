@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -59,4 +60,6 @@ def test_demo_runs_a_real_fleet_and_stops_by_itself(ros_env):
     rows = [line.split() for line in last_table.splitlines() if line.startswith(("V1", "V2"))]
     assert [r[0] for r in rows] == ["V1", "V2"]
     assert all(r[1] != "offline" for r in rows), last_table
-    assert "stopped 5 processes, all clean" in out
+    with_prometheus = shutil.which("prometheus") is not None
+    assert ("prometheus: http://127.0.0.1:" in out) == with_prometheus
+    assert f"stopped {5 + with_prometheus} processes, all clean" in out

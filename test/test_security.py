@@ -155,6 +155,9 @@ def test_read_auth_guards_metrics_with_bearer_or_basic(tmp_path: Path) -> None:
             resp = request(agg.url + "/metrics", headers={"Authorization": good})
             assert resp.status == 200
             parse_metrics(resp.body.decode())
+        for page in ("/", "/api/v1/vehicles"):  # the status page and its JSON carry the same fleet data
+            assert request(agg.url + page).status == 401
+            assert request(agg.url + page, headers={"Authorization": basic}).status == 200
         assert request(agg.url + "/healthz").status == 200  # probes stay open
         assert request(agg.url + "/readyz").status == 200
         assert push(agg.url, wire_snapshot(), vehicle_token).status == 200  # ingest has its own credentials

@@ -35,6 +35,7 @@ from typing import IO, Any
 
 import yaml
 
+from . import prometheus_setup
 from .auth import generate_token, hash_token
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "vehicle_bridge.yaml"
@@ -68,6 +69,7 @@ class Demo:
     children: list[Child] = field(default_factory=list)
     locks: list[IO[str]] = field(default_factory=list)
     url: str = ""
+    prometheus_url: str = ""
 
 
 def _die_with_parent() -> None:
@@ -136,6 +138,26 @@ def start_aggregator(demo: Demo) -> None:
                     return
         time.sleep(0.1)
     raise RuntimeError(f"the aggregator did not start; see {demo.workdir / 'aggregator.log'}")
+
+
+def start_prometheus(demo: Demo) -> str | None:
+    """Prometheus with the shipped config and rules scraping the demo's aggregator; its URL, or None
+    when the `prometheus` binary is not installed."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        return None
+    workdir = demo.workdir / "prometheus"
+    config = prometheus_setup.write_setup(workdir / "config", target=demo.url.removeprefix("http://"))
+    child = _spawn(demo, "prometheus", prometheus_setup.command(binary, config, workdir / "data"), dict(os.environ))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and child.proc.poll() is None:
+        log = (demo.workdir / "prometheus.log").read_text(errors="replace")
+        address = next(filter(None, map(prometheus_setup.listening_address, log.splitlines())), None)
+        if address:
+            demo.prometheus_url = f"http://{address}"
+            return demo.prometheus_url
+        time.sleep(0.1)
+    raise RuntimeError(f"prometheus did not start; see {demo.workdir / 'prometheus.log'}")
 
 
 def faulty_index(count: int) -> int:
@@ -224,7 +246,9 @@ def show(demo: Demo, started: float) -> None:
     except OSError as exc:
         print(f"(cannot read {demo.url}/metrics: {exc})")
         return
-    header = f"fleet at +{time.monotonic() - started:4.0f} s   ({demo.url}/metrics)"
+    header = f"fleet at +{time.monotonic() - started:4.0f} s   ({demo.url}/ and /metrics)"
+    if demo.prometheus_url:
+        header += f"   alerts: {demo.prometheus_url}/alerts"
     block = render(fleet_rows(text), header)
     if sys.stdout.isatty():
         block = "\x1b[H\x1b[2J" + block + "\n\nCtrl-C stops the demo."
@@ -235,11 +259,11 @@ def stop(demo: Demo) -> list[tuple[str, int | None]]:
     """Stop bridges, then simulators, then the aggregator; kill whatever ignores SIGINT/SIGTERM."""
     order = sorted(demo.children, key=lambda c: ("-bridge" not in c.name, "-simulator" not in c.name))
     codes: list[tuple[str, int | None]] = []
-    for group in ("-bridge", "-simulator", "aggregator"):
+    for group in ("prometheus", "-bridge", "-simulator", "aggregator"):
         members = [c for c in order if group in c.name]
         for child in members:
             if child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGTERM if group == "aggregator" else signal.SIGINT)
+                child.proc.send_signal(signal.SIGINT if group in ("-bridge", "-simulator") else signal.SIGTERM)
         for child in members:
             try:
                 child.proc.wait(15)
@@ -271,11 +295,18 @@ def main(argv: list[str] | None = None) -> int:
         start_aggregator(demo)
         for index, vid in enumerate(demo.vehicles):
             start_vehicle(demo, index, vid)
+        prometheus = start_prometheus(demo)
         print(
-            f"aggregator: {demo.url}/metrics  (also /healthz, /readyz)\n"
+            f"aggregator: {demo.url}/metrics  (also /healthz, /readyz; fleet status page: {demo.url}/)\n"
             f"{len(demo.vehicles)} vehicles, each a vehicle_simulator + vehicle_bridge in its own ROS domain; "
             f"{demo.vehicles[faulty_index(len(demo.vehicles))]} has injected faults "
             f"(lidar stops, camera errors {_FAULTY['fault_error_code']}). Logs: {workdir}\n",
+            flush=True,
+        )
+        print(
+            f"prometheus: {prometheus}/alerts  (shipped rules from config/prometheus)\n"
+            if prometheus
+            else "prometheus: not installed (apt-get install prometheus), so no alerts in this demo\n",
             flush=True,
         )
         while not stopping.wait(REFRESH_S):

@@ -1,4 +1,4 @@
-"""Optional read protection of /metrics and the status page: bearer or basic auth, as Prometheus sends them.
+"""Optional read protection of /metrics and the status page (and /api/v1/vehicles): bearer or basic auth.
 
 Off unless `read_auth` is configured. Only hashes are configured; comparison is constant-time.
 Vehicle pushes have their own per-vehicle credentials (see app.py), and health probes stay open.
@@ -20,20 +20,18 @@ from .config import ReadAuth
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.access")
 
-PROTECTED_PATHS = frozenset({"/metrics", "/"})
-"""What read_auth guards: the exposition and the status page."""
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadAuthSource = Callable[[], "ReadAuth | None"]
 
 
-def read_auth_middleware(current: ReadAuthSource) -> Middleware:
-    """A middleware that asks `current()` for the credentials in force (they change on a config reload)."""
+def read_auth_middleware(current: ReadAuthSource, protected: frozenset[str]) -> Middleware:
+    """A middleware guarding the `protected` paths; `current()` gives the credentials in force (a config
+    reload changes them)."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         auth = current()
-        if auth is None or request.path not in PROTECTED_PATHS or allowed(auth, request.headers.get("Authorization")):
+        if auth is None or request.path not in protected or allowed(auth, request.headers.get("Authorization")):
             return await handler(request)
         _LOGGER.warning(
             "read refused: missing or wrong credentials", extra={"path": request.path, "remote": request.remote}

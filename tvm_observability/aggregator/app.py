@@ -36,14 +36,20 @@ from .access import read_auth_middleware
 from .collector import FleetCollector, ServiceMetrics
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
+from .fleet_view import build_view
 from .persistence import StateFile
 from .ratelimit import RateLimiter
 from .reload import ingest_limits, token_owners
+from .status_page import CONTENT_SECURITY_POLICY
+from .status_page import render as render_status_page
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.ingest")
 _STATE_LOGGER = logging.getLogger("tvm_observability.aggregator.state")
 
 TELEMETRY_PATH = "/api/v1/telemetry"
+VEHICLES_PATH = "/api/v1/vehicles"
+READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH})
+"""What `read_auth` guards, when configured: every page carrying fleet data (positions included)."""
 ACCEPTED_CONTENT_TYPES = frozenset({codec.CONTENT_TYPE, "application/x-msgpack"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 """HTTP methods counted under their own label; any other token a client sends is counted as `other`."""
@@ -101,7 +107,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         state_file=StateFile(config.state_file) if config.state_file else None,
     )
     app = web.Application(
-        middlewares=[_red_metrics, read_auth_middleware(lambda: runtime.config.read_auth)],
+        middlewares=[_red_metrics, read_auth_middleware(lambda: runtime.config.read_auth, READ_AUTH_PATHS)],
         client_max_size=config.limits.max_body_bytes,
     )
     app[RUNTIME] = runtime
@@ -110,6 +116,8 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/", handle_status_page)
+    app.router.add_get(VEHICLES_PATH, handle_vehicles)
     return app
 
 
@@ -285,6 +293,23 @@ async def handle_readyz(request: web.Request) -> web.Response:
         "vehicles": len(rt.fleet),
     }
     return web.json_response(body, status=200 if ready else 503)
+
+
+# -- operator views (logic in fleet_view.py, HTML in status_page.py) ------------------------------
+
+_NO_CACHE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+async def handle_status_page(request: web.Request) -> web.Response:
+    """GET /: the fleet on one HTML page, worst first, for operators without Grafana."""
+    page = render_status_page(build_view(request.app[RUNTIME].fleet))
+    headers = {**_NO_CACHE, "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"}
+    return web.Response(text=page, content_type="text/html", charset="utf-8", headers=headers)
+
+
+async def handle_vehicles(request: web.Request) -> web.Response:
+    """GET /api/v1/vehicles: the status page's rows as JSON (heartbeat_age_s null = never heard from)."""
+    return web.json_response(build_view(request.app[RUNTIME].fleet).to_json(), headers=_NO_CACHE)
 
 
 # -- persistence -------------------------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""The operator's view of the fleet: one row per vehicle, worst first. Pure: reads FleetState, no I/O.
+
+Shared by the status page (HTML) and GET /api/v1/vehicles (JSON). The attention levels use the
+thresholds of the shipped alerts (config/prometheus/alerts.yml), so the page and the pager agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..model import UNKNOWN_STATUS
+from .fleet import FleetState, VehicleState
+
+CRITICAL, WARNING, OK = 0, 1, 2
+"""Attention levels, most urgent first (they sort)."""
+LEVEL_NAMES = {CRITICAL: "critical", WARNING: "warning", OK: "ok"}
+
+BATTERY_CRITICAL_PCT = 10.0
+BATTERY_LOW_PCT = 20.0
+ALARM_STATUSES = frozenset({"emergency_stop", "error"})
+"""Reported vehicle statuses that need an operator now."""
+_BAD_SENSOR = frozenset({"error", "stale"})
+
+
+@dataclass(frozen=True, slots=True)
+class SensorView:
+    name: str
+    status: str
+    rate_hz: float | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleRow:
+    """What the status page shows for one vehicle. Values are the last known; `online` says if they are live."""
+
+    vehicle_id: str
+    status: str
+    online: bool
+    on_roster: bool
+    heartbeat_age_s: float | None
+    """None: never heard from since the aggregator started."""
+    battery_pct: float | None
+    charging: bool | None
+    latitude: float | None
+    longitude: float | None
+    sensors: tuple[SensorView, ...]
+    errors_total: int
+    errors: dict[str, int]
+    level: int
+    reasons: tuple[str, ...]
+    """Why the row needs attention, in words, most important first."""
+
+    @property
+    def level_name(self) -> str:
+        return LEVEL_NAMES[self.level]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vehicle_id": self.vehicle_id,
+            "status": self.status,
+            "online": self.online,
+            "on_roster": self.on_roster,
+            "heartbeat_age_s": self.heartbeat_age_s,
+            "battery_pct": self.battery_pct,
+            "charging": self.charging,
+            "latitude": self.latitude,
+            "longitude": self.longitude,
+            "sensors": [
+                {"name": s.name, "status": s.status, "rate_hz": s.rate_hz, "message": s.message} for s in self.sensors
+            ],
+            "errors_total": self.errors_total,
+            "errors": dict(self.errors),
+            "attention": self.level_name,
+            "reasons": list(self.reasons),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    generated_at: float
+    """Unix time of the view."""
+    offline_after_s: float
+    rows: tuple[VehicleRow, ...]
+
+    @property
+    def online(self) -> int:
+        return sum(1 for r in self.rows if r.online)
+
+    def count(self, level: int) -> int:
+        return sum(1 for r in self.rows if r.level == level)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generated_at": self.generated_at,
+            "offline_after_s": self.offline_after_s,
+            "vehicles_online": self.online,
+            "vehicles_total": len(self.rows),
+            "vehicles": [r.to_json() for r in self.rows],
+        }
+
+
+def build_view(fleet: FleetState) -> FleetView:
+    """Every vehicle of the fleet, worst first (attention level, then battery, then id)."""
+    now = fleet.clock.monotonic()
+    rows = [_row(fleet, vehicle, now) for vehicle in fleet]
+    rows.sort(key=lambda r: (r.level, r.battery_pct if r.battery_pct is not None else 101.0, r.vehicle_id))
+    return FleetView(generated_at=fleet.clock.time(), offline_after_s=fleet.offline_after_s, rows=tuple(rows))
+
+
+def _row(fleet: FleetState, vehicle: VehicleState, now: float) -> VehicleRow:
+    age = vehicle.heartbeat_age(now)
+    online = fleet.is_online(vehicle, now)
+    status = fleet.status_of(vehicle, now)
+    snap = vehicle.snapshot
+    battery = snap.battery if snap else None
+    position = snap.position if snap else None
+    sensors = (
+        tuple(
+            SensorView(name, report.status, report.rate_hz, report.message)
+            for name, report in sorted(snap.sensors.items())
+        )
+        if snap
+        else ()
+    )
+    pct = battery.percentage if battery else None
+    level, reasons = _attention(
+        status,
+        online=online,
+        on_roster=vehicle.on_roster,
+        battery_pct=pct,
+        charging=battery.charging if battery else None,
+        sensors=sensors,
+    )
+    has_fix = position is not None and position.fix
+    return VehicleRow(
+        vehicle_id=vehicle.vehicle_id,
+        status=status,
+        online=online,
+        on_roster=vehicle.on_roster,
+        heartbeat_age_s=None if age == float("inf") else age,
+        battery_pct=pct,
+        charging=battery.charging if battery else None,
+        latitude=position.latitude if has_fix and position else None,
+        longitude=position.longitude if has_fix and position else None,
+        sensors=sensors,
+        errors_total=sum(vehicle.errors_total.values()),
+        errors=dict(vehicle.errors_total),
+        level=level,
+        reasons=tuple(reasons),
+    )
+
+
+def _attention(
+    status: str,
+    *,
+    online: bool,
+    on_roster: bool,
+    battery_pct: float | None,
+    charging: bool | None,
+    sensors: tuple[SensorView, ...],
+) -> tuple[int, list[str]]:
+    """Attention level and reasons. Offline vehicles are judged on being offline only: their values are old."""
+    if not online:
+        return (CRITICAL if on_roster else WARNING), ["offline"]
+    found: list[tuple[int, str]] = []
+    if status in ALARM_STATUSES:
+        found.append((CRITICAL, f"status {status}"))
+    elif status == UNKNOWN_STATUS:
+        found.append((WARNING, "status unknown"))
+    if battery_pct is not None and battery_pct < BATTERY_CRITICAL_PCT:
+        found.append((CRITICAL, f"battery {battery_pct:.0f} %"))
+    elif battery_pct is not None and battery_pct < BATTERY_LOW_PCT and not charging:
+        found.append((WARNING, f"battery {battery_pct:.0f} %"))
+    found += [(WARNING, f"{s.name} {s.status}") for s in sensors if s.status in _BAD_SENSOR]
+    if not found:
+        return OK, []
+    found.sort(key=lambda item: item[0])
+    return found[0][0], [reason for _, reason in found]
