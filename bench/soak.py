@@ -1,9 +1,9 @@
-"""`make soak`: the long load run of docs/reliability-load.md, 10,000 vehicles at 1 Hz for 10 minutes.
+"""`make soak`: the long load run of docs/reliability.md, 10,000 vehicles at 1 Hz for 10 minutes.
 
 The aggregator (real CLI, per-vehicle tokens, state file on) is pinned to core 0, the load generator to core 1.
 Reports failed pushes, latency against the schedule, RSS before and after, CPU per push, and checks that the
 aggregator counted every push it acknowledged; writes bench/results/soak-<time>.json and the results table of
-docs/reliability-load.md.
+docs/reliability.md.
 
     python -m bench.soak [--vehicles 10000] [--minutes 10]
 """
@@ -25,7 +25,7 @@ from . import loadgen, servers
 from .run import RESULTS, environment, log
 
 REPO = Path(__file__).resolve().parent.parent
-DOC = REPO / "docs" / "reliability-load.md"
+DOC = REPO / "docs" / "reliability.md"
 BEGIN, END = "<!-- soak:begin (written by `make soak`) -->", "<!-- soak:end -->"
 
 
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vehicles", type=int, default=10_000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=1.0, help="pushes per second per vehicle")
-    parser.add_argument("--no-doc", action="store_true", help="do not update docs/reliability-load.md")
+    parser.add_argument("--no-doc", action="store_true", help="do not update docs/reliability.md")
     options = parser.parse_args(argv)
     os.sched_setaffinity(0, {servers.LOAD_CORE})
     servers.prioritise()

@@ -3,7 +3,7 @@ aggregator process, through the bench/ load tool, with per-vehicle tokens. Nothi
 
 No timing is asserted (latency and CPU figures belong to `make bench`); what is asserted is that every push
 was accepted and counted, every vehicle is online and nothing was rejected. The long run is documented in
-docs/reliability-load.md.
+docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -31,12 +31,14 @@ from ..errors import (
 )
 from ..ingest import IngestLimits, parse_snapshot
 from ..model import VehicleSnapshot
+from .access import read_auth_middleware
 from .collector import Exposition, ServiceMetrics
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
 from .persistence import StateFile
 from .ratelimit import RateLimiter
+from .reload import ingest_limits, token_owners
 from .status_page import CONTENT_SECURITY_POLICY
 from .status_page import render as render_status_page
 
@@ -45,9 +47,11 @@ _STATE_LOGGER = logging.getLogger("tvm_observability.aggregator.state")
 
 TELEMETRY_PATH = "/api/v1/telemetry"
 VEHICLES_PATH = "/api/v1/vehicles"
+READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH})
+"""What `read_auth` guards, when configured: every page carrying fleet data (positions included)."""
 ACCEPTED_CONTENT_TYPES = frozenset({codec.CONTENT_TYPE, "application/x-msgpack"})
-BODY_TIMEOUT_S = 10.0
-"""A push body must arrive within this time (slow-body clients are cut off with 408)."""
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+"""HTTP methods counted under their own label; any other token a client sends is counted as `other`."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _UNKNOWN_STATUS_MEMORY = 10_000
 
@@ -100,14 +104,14 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         registry=exposition.registry,
         exposition=exposition,
         limiter=RateLimiter(config.limits.rate_limit_per_vehicle_hz, config.limits.rate_limit_burst, clock.monotonic),
-        ingest_limits=IngestLimits(
-            max_sensors=config.limits.max_sensors_per_vehicle,
-            max_error_codes=config.limits.max_error_codes_per_vehicle,
-        ),
-        token_owner={e.token_sha256: vid for vid, e in config.vehicles.items() if e.token_sha256},
+        ingest_limits=ingest_limits(config),
+        token_owner=token_owners(config),
         state_file=StateFile(config.state_file) if config.state_file else None,
     )
-    app = web.Application(middlewares=[_red_metrics], client_max_size=config.limits.max_body_bytes)
+    app = web.Application(
+        middlewares=[_red_metrics, read_auth_middleware(lambda: runtime.config.read_auth, READ_AUTH_PATHS)],
+        client_max_size=config.limits.max_body_bytes,
+    )
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_persistence)
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
@@ -140,7 +144,8 @@ async def _red_metrics(request: web.Request, handler: Handler) -> web.StreamResp
         raise
     finally:
         metrics = request.app[RUNTIME].metrics
-        metrics.requests.labels(request.method, endpoint, str(status)).inc()
+        method = request.method if request.method in _METHODS else "other"
+        metrics.requests.labels(method, endpoint, str(status)).inc()
         metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
 
 
@@ -157,7 +162,7 @@ async def handle_telemetry(request: web.Request) -> web.Response:
         token = bearer_token(request.headers.get("Authorization"))
         if rt.config.auth_required and token is None:
             raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
-        body = await _read_body(request, rt.config.limits.max_body_bytes)
+        body = await _read_body(request, rt.config.limits.max_body_bytes, rt.config.limits.body_timeout_s)
         snap = parse_snapshot(codec.decode(body), rt.ingest_limits)
         _authorise(rt, snap.vehicle_id, token)
         if not rt.limiter.allow(snap.vehicle_id):
@@ -183,8 +188,8 @@ def _check_content_type(request: web.Request) -> None:
         raise UnsupportedMediaType(f"Content-Type must be {codec.CONTENT_TYPE}, got {request.content_type!r}")
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """Read at most `limit` bytes within BODY_TIMEOUT_S; refuse more without reading it all."""
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """Read at most `limit` bytes within `timeout_s`; refuse more without reading it all."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit}")
 
@@ -205,9 +210,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         return b"".join(chunks)
 
     try:
-        return await asyncio.wait_for(read(), BODY_TIMEOUT_S)
+        return await asyncio.wait_for(read(), timeout_s)
     except asyncio.TimeoutError:
-        raise BodyTimeout(f"body not received within {BODY_TIMEOUT_S:g} s") from None
+        raise BodyTimeout(f"body not received within {timeout_s:g} s") from None
 
 
 def _authorise(rt: Runtime, vehicle_id: str, token: str | None) -> None:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -20,10 +21,11 @@ from .. import __version__, codec
 from ..auth import generate_token, hash_token
 from ..errors import TelemetryError
 from ..model import VEHICLE_ID_PATTERN
-from .app import make_app
-from .config import AggregatorConfig, ConfigError, default_config, load_config
+from .app import RUNTIME, make_app
+from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is_loopback, load_config
 from .logs import configure_logging
 from .persistence import StateFile
+from .reload import apply_config
 
 try:
     import uvloop as _uvloop
@@ -32,6 +34,7 @@ except ImportError:  # optional dependency
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.service")
 SHUTDOWN_TIMEOUT_S = 5.0
+LISTEN_BACKLOG = 4096
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,12 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"telemetry_aggregator: {exc}", file=sys.stderr)
         return 2
+    try:
+        tls = tls_context(config.tls) if config.tls else None
+    except (ssl.SSLError, OSError) as exc:
+        print(f"telemetry_aggregator: tls: cannot load the certificate and key: {exc}", file=sys.stderr)
+        return 2
     if options.check_config:
         print(f"configuration OK: listen {config.listen}, {len(config.vehicles)} roster vehicles")
         return 0
     configure_logging(config.log_level, config.environment)
     try:
-        _run(serve(config))
+        _run(serve(config, tls=tls, reload_from=options.config, listen=options.listen))
     except OSError as exc:
         _LOGGER.error("cannot listen on %s: %s", config.listen, exc.strerror or exc)
         return 1
@@ -95,34 +103,116 @@ def _settle_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(config: AggregatorConfig) -> None:
-    """Run until SIGTERM or SIGINT, then stop accepting, finish requests and save state."""
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """A server context with the configured chain: TLS 1.2 or newer, the ssl module's default ciphers."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+async def serve(
+    config: AggregatorConfig,
+    *,
+    tls: ssl.SSLContext | None = None,
+    reload_from: Path | None = None,
+    listen: str | None = None,
+) -> None:
+    """Run until SIGTERM or SIGINT, then stop accepting, finish requests and save state.
+
+    SIGHUP reloads `reload_from` (roster, token hashes, limits, read_auth, TLS certificate); a bad file is
+    refused with every problem logged, and the running configuration stays.
+    """
     app = make_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        keepalive_timeout=config.limits.idle_timeout_s,
+    )
     await runner.setup()
     _settle_gc()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, app, tls, reload_from, listen)
     try:
-        site = web.TCPSite(runner, config.listen_host, config.listen_port)
+        # A whole fleet reconnecting at once (after an outage or a restart) overflows the default backlog of 128.
+        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=tls, backlog=LISTEN_BACKLOG)
         await site.start()
         _LOGGER.info(
             "listening",
             extra={
                 "addresses": [_address(a) for a in runner.addresses],
+                "scheme": "https" if tls else "http",
                 "auth_required": config.auth_required,
+                "read_auth": config.read_auth is not None,
                 "roster_vehicles": len(config.vehicles),
                 "state_file": config.state_file,
                 "pid": os.getpid(),
             },
         )
+        if not is_loopback(config.listen_host):
+            _warn_exposure(config, tls is not None)
         await stop.wait()
         _LOGGER.info("shutting down")
     finally:
         await runner.cleanup()
     _LOGGER.info("stopped")
+
+
+def _warn_exposure(config: AggregatorConfig, tls: bool) -> None:
+    """Listening beyond loopback: say what is exposed (pushes always need vehicle credentials there)."""
+    if not tls:
+        _LOGGER.warning(
+            "listening beyond loopback without TLS: bearer tokens and fleet data cross the network in clear; "
+            "configure tls (or terminate TLS in front of this port)",
+            extra={"listen": config.listen},
+        )
+    if config.read_auth is None:
+        _LOGGER.warning(
+            "listening beyond loopback without read_auth: anyone who reaches the port can read /metrics "
+            "(vehicle positions included); configure read_auth or restrict the network",
+            extra={"listen": config.listen},
+        )
+
+
+def reload_config(app: web.Application, tls: ssl.SSLContext | None, path: Path | None, listen: str | None) -> None:
+    """SIGHUP: validate the config file again and apply it, or keep the running one and log why."""
+    if path is None:
+        _LOGGER.warning("SIGHUP ignored: running on the embedded default configuration, there is no file to reload")
+        return
+    try:
+        new = load_config(path, listen=listen)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            _LOGGER.error("config reload refused: %s", problem, extra={"path": str(path)})
+        _LOGGER.error("config reload refused; the running configuration stays", extra={"problems": len(exc.problems)})
+        return
+    if (new.tls is None) != (tls is None):
+        _LOGGER.error("config reload refused: turning TLS on or off needs a restart", extra={"path": str(path)})
+        return
+    if tls is not None and new.tls is not None:
+        try:
+            tls.load_cert_chain(new.tls.cert_file, new.tls.key_file)
+        except (ssl.SSLError, OSError) as exc:
+            _LOGGER.error("config reload refused: tls: cannot load the certificate and key: %s", exc)
+            return
+    result = apply_config(app[RUNTIME], new)
+    logging.getLogger().setLevel(new.log_level.upper())
+    if result.needs_restart:
+        _LOGGER.warning("changed keys take effect only after a restart", extra={"keys": result.needs_restart})
+    _LOGGER.info(
+        "configuration reloaded",
+        extra={
+            "roster_vehicles": len(new.vehicles),
+            "added": result.added,
+            "dropped": result.dropped,
+            "tokens_rotated": result.rotated,
+        },
+    )
 
 
 def _address(address: object) -> str:

@@ -38,6 +38,10 @@ class Limits:
     max_unknown_vehicles: int = 1000
     rate_limit_per_vehicle_hz: float = 10.0
     rate_limit_burst: int = 20
+    body_timeout_s: float = 10.0
+    """A push body must arrive within this time; slow-body (slowloris) clients are cut off with 408."""
+    idle_timeout_s: float = 75.0
+    """A connection that completes no request within this time is closed (slow or idle headers included)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,26 @@ class VehicleEntry:
     """A roster vehicle: expected from start-up, with the hash of its bearer token."""
 
     token_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Serve HTTPS with this certificate chain and private key (PEM files)."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAuth:
+    """Credentials that may read /metrics and the status page (as Prometheus sends them).
+
+    Only hashes are kept: a bearer token's sha256, and for basic auth a username with its password's sha256.
+    """
+
+    bearer_token_sha256: str | None = None
+    basic_username: str | None = None
+    basic_password_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +85,8 @@ class AggregatorConfig:
     vehicles: Mapping[str, VehicleEntry] = field(default_factory=dict)
     log_level: str = "info"
     environment: str = "production"
+    tls: TlsConfig | None = None
+    read_auth: ReadAuth | None = None
 
     @property
     def listen(self) -> str:
@@ -84,6 +110,8 @@ _TOP_KEYS = {
     "vehicles",
     "log_level",
     "environment",
+    "tls",
+    "read_auth",
 }
 
 
@@ -132,6 +160,8 @@ def parse_config(data: Any, *, source: str = "<config>", listen: str | None = No
         vehicles=r.vehicles(data.get("vehicles")),
         log_level=r.choice(data, "log_level", "info", _LOG_LEVELS),
         environment=r.string(data, "environment", "production"),
+        tls=r.tls(data.get("tls")),
+        read_auth=r.read_auth(data.get("read_auth")),
     )
     if "listen" in data:
         config = _with_listen(config, data["listen"], "listen", problems)
@@ -301,7 +331,70 @@ class _Reader:
             rate_limit_burst=self.number(
                 value, "rate_limit_burst", defaults.rate_limit_burst, low=1, prefix="limits.", integer=True
             ),
+            body_timeout_s=self.number(value, "body_timeout_s", defaults.body_timeout_s, low=0.1, prefix="limits."),
+            idle_timeout_s=self.number(value, "idle_timeout_s", defaults.idle_timeout_s, low=0.5, prefix="limits."),
         )
+
+    def _section(self, value: Any, name: str, keys: tuple[str, ...]) -> Mapping[str, Any] | None:
+        if not isinstance(value, dict):
+            self._fail(name, f"must be a mapping with keys {', '.join(keys)}")
+            return None
+        for key in sorted(map(str, value)):
+            if key not in keys:
+                self._fail(f"{name}.{key}", "unknown key")
+        return value
+
+    def _readable_file(self, section: Mapping[str, Any], name: str, key: str) -> str:
+        path = section.get(key)
+        if not isinstance(path, str) or not path:
+            self._fail(f"{name}.{key}", f"must be the path of a PEM file, got {path!r}")
+            return ""
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            self._fail(f"{name}.{key}", f"cannot read {path}: {exc.strerror or exc}")
+        return path
+
+    def tls(self, value: Any) -> TlsConfig | None:
+        if value is None:
+            return None
+        section = self._section(value, "tls", ("cert_file", "key_file"))
+        if section is None:
+            return None
+        return TlsConfig(
+            cert_file=self._readable_file(section, "tls", "cert_file"),
+            key_file=self._readable_file(section, "tls", "key_file"),
+        )
+
+    def _sha256(self, section: Mapping[str, Any], path: str, key: str) -> str | None:
+        digest = section.get(key)
+        if digest is not None and (not isinstance(digest, str) or TOKEN_SHA256_PATTERN.fullmatch(digest) is None):
+            self._fail(f"{path}.{key}", "must be 64 lowercase hex characters (a sha256)")
+            return None
+        return digest
+
+    def read_auth(self, value: Any) -> ReadAuth | None:
+        if value is None:
+            return None
+        keys = ("bearer_token_sha256", "basic_username", "basic_password_sha256")
+        section = self._section(value, "read_auth", keys)
+        if section is None:
+            return None
+        username = section.get("basic_username")
+        if username is not None and (not isinstance(username, str) or not username or ":" in username):
+            self._fail("read_auth.basic_username", "must be a non-empty string without ':'")
+            username = None
+        auth = ReadAuth(
+            bearer_token_sha256=self._sha256(section, "read_auth", "bearer_token_sha256"),
+            basic_username=username,
+            basic_password_sha256=self._sha256(section, "read_auth", "basic_password_sha256"),
+        )
+        if ("basic_username" in section) != ("basic_password_sha256" in section):
+            self._fail("read_auth", "basic_username and basic_password_sha256 go together")
+        if "bearer_token_sha256" not in section and "basic_username" not in section:
+            self._fail("read_auth", "needs bearer_token_sha256, or basic_username with basic_password_sha256")
+        return auth
 
     def vehicles(self, value: Any) -> Mapping[str, VehicleEntry]:
         if value is None:

@@ -218,6 +218,47 @@ class FleetState:
     def online_count(self, now_monotonic: float) -> int:
         return sum(1 for v in self._vehicles.values() if self.is_online(v, now_monotonic))
 
+    def reconfigure(
+        self,
+        roster: Iterable[str],
+        *,
+        statuses: Iterable[str],
+        offline_after_s: float,
+        max_error_codes_per_vehicle: int,
+        max_unknown_vehicles: int,
+    ) -> tuple[list[str], list[str]]:
+        """Apply a reloaded config: returns (vehicles added to the roster, vehicles dropped from it).
+
+        A dropped vehicle stays, as an unknown vehicle, while unknown vehicles are allowed (max_unknown_vehicles
+        > 0); otherwise it is forgotten with its counters, as an operator retiring it expects.
+        """
+        wanted = set(roster)
+        added = sorted(wanted - {v.vehicle_id for v in self._vehicles.values() if v.on_roster})
+        dropped = sorted(v.vehicle_id for v in self._vehicles.values() if v.on_roster and v.vehicle_id not in wanted)
+        self.statuses = tuple(statuses)
+        self.all_statuses = (*self.statuses, UNKNOWN_STATUS, OFFLINE_STATUS)
+        self._known_statuses = frozenset(self.statuses)
+        self.offline_after_s = offline_after_s
+        self.max_error_codes = max_error_codes_per_vehicle
+        self.max_unknown = max_unknown_vehicles
+        for vid in added:
+            vehicle = self._vehicles.get(vid)
+            if vehicle is None:
+                self._vehicles[vid] = VehicleState(vid, on_roster=True)
+            else:
+                vehicle.on_roster = True
+                self._unknown_count -= 1
+        for vid in dropped:
+            if self.max_unknown > 0:
+                self._vehicles[vid].on_roster = False
+                self._unknown_count += 1
+            else:
+                del self._vehicles[vid]
+        for vehicle in self._vehicles.values():
+            vehicle.version += 1  # statuses or roster flags may render differently now
+        self.dirty = True
+        return added, dropped
+
     # -- persistence -------------------------------------------------------------------------
 
     def to_image(self) -> dict[str, Any]:
