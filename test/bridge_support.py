@@ -167,6 +167,8 @@ class FakeVehicle:
         self.status = "on_mission"
         self.diagnostics: dict[str, tuple[int, str | None]] = {}
         self.publish_camera = False
+        self.bridges = 1
+        """How many bridges must have subscribed to /diagnostics before a diagnostic change is sent."""
         self.bridge_health: list[tuple[float, dict[str, str], int]] = []
         self.published = 0
         self._context = rclpy.Context()
@@ -235,13 +237,14 @@ class FakeVehicle:
     def set_diagnostic(self, name: str, level: int, code: str | None = None) -> None:
         """Change a diagnostic status and return once it has gone out a few times (reliable, in order).
 
-        First waits until the bridge subscribes to /diagnostics (our own subscription is the other
-        one): messages published before discovery completes would reach nobody.
+        First waits until every bridge (`self.bridges`) subscribes to /diagnostics (our own subscription
+        is one more): messages published before discovery completes would reach nobody.
         """
         deadline = time.monotonic() + 30
-        while self.pubs["diagnostics"].get_subscription_count() < 2 and time.monotonic() < deadline:
+        wanted = self.bridges + 1
+        while self.pubs["diagnostics"].get_subscription_count() < wanted and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert self.pubs["diagnostics"].get_subscription_count() >= 2, "the bridge never subscribed to /diagnostics"
+        assert self.pubs["diagnostics"].get_subscription_count() >= wanted, "a bridge never subscribed to /diagnostics"
         self.diagnostics[name] = (level, code)
         target = self.published + 3
         while self.published < target and time.monotonic() < deadline:

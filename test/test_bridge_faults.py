@@ -191,6 +191,7 @@ def test_https_with_a_ca_file_end_to_end(ros_env, vehicle, tmp_path, fleet_token
             token_file=str(write_token(tmp_path / "v2.token", fleet_tokens["V2"])),
         )
         metrics = _https_scraper(https_url, ca.ca_file)
+        vehicle.bridges = 2  # both bridges must hear the error event before it is sent
         with BridgeProcess(ros_env, params) as bridge, BridgeProcess(ros_env, untrusting) as stranger:
             wait_for(lambda: sample(metrics(), "vehicle_up", vehicle_id="V1") == 1, 30, what="V1 up over https")
             vehicle.error_event("camera: driver", "CAM_USB")
