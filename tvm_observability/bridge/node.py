@@ -15,6 +15,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import BatteryState, NavSatFix
 from std_msgs.msg import String
 
@@ -99,18 +100,21 @@ class VehicleBridge(Node):
         b = self.builder
         sensor_qos = qos_profile_sensor_data  # best effort: matches reliable and best-effort publishers
         stamp = converters.stamp_of
-        inputs: dict[str, tuple[Any, Any]] = {
+        # Battery, GNSS and odometry arrive at up to 50 Hz but are pushed once per period: their
+        # subscriptions are raw and keep only the newest message, deserialised once per tick (_drain_inputs).
+        self._inputs: dict[str, tuple[Any, Any]] = {
             topics.battery: (BatteryState, lambda m, t: b.on_battery(converters.battery_from_msg(m), t, stamp(m))),
             topics.fix: (NavSatFix, lambda m, t: b.on_position(converters.position_from_msg(m), t, stamp(m))),
             topics.odom: (Odometry, lambda m, t: b.on_pose(converters.pose_from_msg(m), t, stamp(m))),
         }
+        self._newest: dict[str, tuple[bytes, float]] = {}
         # A liveness sensor on an input topic (e.g. gps on `fix`) is counted by that input's subscription
         # instead of a second one: one subscription per topic, every message delivered once.
-        shared: dict[str, list[str]] = {topic: [] for topic in inputs}
+        shared: dict[str, list[str]] = {topic: [] for topic in self._inputs}
         for spec in self.params.builder.sensors:
             if not spec.topic:
                 continue
-            if spec.topic in inputs and sensor_types[spec.name] is inputs[spec.topic][0]:
+            if spec.topic in self._inputs and sensor_types[spec.name] is self._inputs[spec.topic][0]:
                 shared[spec.topic].append(spec.name)
                 continue
             self.create_subscription(
@@ -120,10 +124,30 @@ class VehicleBridge(Node):
                 sensor_qos,
                 raw=True,  # count messages only: never deserialise a camera image
             )
-        for topic, (msg_type, handle) in inputs.items():
-            self.create_subscription(msg_type, topic, _counting(handle, shared[topic], b), sensor_qos)
+        for topic, (msg_type, _) in self._inputs.items():
+            self.create_subscription(msg_type, topic, self._keep_newest(topic, shared[topic]), sensor_qos, raw=True)
         self.create_subscription(String, topics.status, self._on_status, 10)
         self.create_subscription(DiagnosticArray, topics.diagnostics, self._on_diagnostics, 50)
+
+    def _keep_newest(self, topic: str, sensors: list[str]) -> Any:
+        """A raw callback that keeps the topic's newest message and counts the sensors sharing the topic."""
+        newest = self._newest
+        builder = self.builder
+
+        def callback(raw: bytes) -> None:
+            now = _now()
+            newest[topic] = (raw, now)
+            for name in sensors:
+                builder.on_sensor_message(name, now)
+
+        return callback
+
+    def _drain_inputs(self) -> None:
+        """Deserialise the newest message of each input received since the last tick, with its arrival time."""
+        for topic, (raw, received) in self._newest.items():
+            msg_type, apply = self._inputs[topic]
+            apply(deserialize_message(raw, msg_type), received)
+        self._newest.clear()
 
     def _on_status(self, msg: String) -> None:
         text = converters.status_from_msg(msg)
@@ -137,6 +161,7 @@ class VehicleBridge(Node):
         self.builder.on_diagnostics(entries, _now())
 
     def _tick(self) -> None:
+        self._drain_inputs()
         now = _now()
         self._lateness = [*self._lateness[-(_LATENESS_WINDOW - 1) :], max(0.0, now - self._next_tick)]
         self._next_tick = max(self._next_tick + self.params.publish_period_s, now)
@@ -191,18 +216,6 @@ class VehicleBridge(Node):
 
 def _now() -> float:
     return time.monotonic()
-
-
-def _counting(handle: Any, sensors: list[str], builder: SnapshotBuilder) -> Any:
-    """A subscription callback that feeds an input and counts the liveness sensors sharing its topic."""
-
-    def callback(msg: Any) -> None:
-        now = _now()
-        handle(msg, now)
-        for name in sensors:
-            builder.on_sensor_message(name, now)
-
-    return callback
 
 
 def _message_type(sensor: str, name: str) -> Any:
