@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tvm_observability import codec
+from tvm_observability.model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, UNKNOWN_STATUS
 
 MAX_VEHICLES = 20_000
 MAX_DURATION_S = 900.0
@@ -141,18 +142,7 @@ def pushgateway_text(wire: dict[str, Any]) -> bytes:
     return "".join(lines).encode()
 
 
-_STATUSES = (
-    "idle",
-    "on_mission",
-    "charging",
-    "docked",
-    "paused",
-    "emergency_stop",
-    "error",
-    "maintenance",
-    "unknown",
-    "offline",
-)
+_STATUSES = (*DEFAULT_VEHICLE_STATUSES, UNKNOWN_STATUS, OFFLINE_STATUS)
 
 
 @dataclass(frozen=True)
