@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from support import ChildProcess
 
 SENSORS = {
     "lidar": {"topic": "scan", "type": "sensor_msgs/msg/LaserScan", "min_rate_hz": 2.0, "diagnostic_prefix": "lidar"},
@@ -58,8 +58,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class BridgeProcess:
+class BridgeProcess(ChildProcess):
     """A real `vehicle_bridge` process; stderr (its ROS log) collected."""
+
+    stop_timeout_s = 20.0
 
     def __init__(self, env: Mapping[str, str], params_file: Path | None = None, *ros_args: str) -> None:
         # TVM_BRIDGE_PYTHON runs the bridge under another interpreter, e.g. a venv with Humble's aiohttp 3.8.
@@ -107,19 +109,8 @@ class BridgeProcess:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
     def __enter__(self) -> BridgeProcess:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class HangingServer:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+from support import wire_snapshot
 
 from tvm_observability import codec
 
@@ -29,19 +29,17 @@ BASE_SEQ = 10
 
 def valid_wire(vehicle_id: str = "V1", seq: int = BASE_SEQ + 1, boot_id: str = "boot-a") -> dict[str, Any]:
     """A valid schema-v1 snapshot, distinct in every value from the baseline (so acceptance would show)."""
-    return {
-        "v": 1,
-        "vehicle_id": vehicle_id,
-        "boot_id": boot_id,
-        "seq": seq,
-        "sent_at": time.time(),
-        "status": "on_mission",
-        "battery": {"percentage": 42.0, "voltage": 24.1, "charging": True, "age_s": 0.3},
-        "position": {"latitude": 48.1, "longitude": 11.5, "altitude": 520.0, "fix": True, "age_s": 0.1},
-        "pose": {"x": 1.0, "y": 2.0, "yaw": 0.5, "speed": 1.2, "frame_id": "map", "age_s": 0.05},
-        "sensors": {"lidar": {"status": "warn", "rate_hz": 4.0, "message": "low rate"}},
-        "errors": {"motor_stall": 9, "estop": 2},
-    }
+    return wire_snapshot(
+        vehicle_id,
+        boot_id=boot_id,
+        seq=seq,
+        status="on_mission",
+        battery={"percentage": 42.0, "voltage": 24.1, "charging": True, "age_s": 0.3},
+        position={"latitude": 48.1, "longitude": 11.5, "altitude": 520.0, "fix": True, "age_s": 0.1},
+        pose={"x": 1.0, "y": 2.0, "yaw": 0.5, "speed": 1.2, "frame_id": "map", "age_s": 0.05},
+        sensors={"lidar": {"status": "warn", "rate_hz": 4.0, "message": "low rate"}},
+        errors={"motor_stall": 9, "estop": 2},
+    )
 
 
 def baseline_wire(vehicle_id: str) -> dict[str, Any]:

@@ -154,7 +154,28 @@ def scrape(base_url: str) -> Samples:
     return parse_metrics(resp.body.decode("utf-8"))
 
 
-class AggregatorProcess:
+class ChildProcess:
+    """What every process a test starts shares: stop with a signal, and never outlive the `with` block."""
+
+    proc: subprocess.Popen[str] | None = None
+    stop_timeout_s = 15.0
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(self.stop_timeout_s if timeout is None else timeout)
+
+    def kill(self) -> int:
+        return self.stop(signal.SIGKILL)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class AggregatorProcess(ChildProcess):
     """A real `telemetry_aggregator` process on an ephemeral loopback port; JSON logs collected."""
 
     def __init__(
@@ -194,22 +215,8 @@ class AggregatorProcess:
     def find_log(self, message: str) -> dict[str, Any] | None:
         return next((r for r in list(self.logs) if r.get("message") == message), None)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> int:
-        return self.stop(signal.SIGKILL)
-
     def __enter__(self) -> AggregatorProcess:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class FakeClock:
