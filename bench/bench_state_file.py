@@ -18,7 +18,7 @@ from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
 from tvm_observability.aggregator.fleet import FleetState
-from tvm_observability.ingest import parse_snapshot
+from tvm_observability.aggregator.ingest import parse_snapshot
 from tvm_observability.model import DEFAULT_VEHICLE_STATUSES
 
 

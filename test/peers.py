@@ -17,7 +17,7 @@ import pytest
 import yaml
 from support import REPO, request, wait_for
 
-from tvm_observability import prometheus_setup
+from tvm_observability.demo import prometheus_setup
 
 
 def require_binary(name: str) -> str:

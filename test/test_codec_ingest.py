@@ -10,8 +10,8 @@ import pytest
 from support import wire_snapshot
 
 from tvm_observability import codec
+from tvm_observability.aggregator.ingest import IngestLimits, parse_snapshot
 from tvm_observability.errors import LimitExceeded, MalformedBody, SchemaError, TelemetryError, UnsupportedVersion
-from tvm_observability.ingest import IngestLimits, parse_snapshot
 from tvm_observability.model import Battery, Pose, Position, SensorReport, VehicleSnapshot
 
 

@@ -20,7 +20,7 @@ from support import FakeClock, parse_metrics, wire_snapshot
 
 from tvm_observability.aggregator.collector import FleetCollector
 from tvm_observability.aggregator.fleet import FleetState
-from tvm_observability.ingest import parse_snapshot
+from tvm_observability.aggregator.ingest import parse_snapshot
 from tvm_observability.model import DEFAULT_VEHICLE_STATUSES
 
 GOLDEN = Path(__file__).parent / "golden"

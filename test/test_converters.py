@@ -11,7 +11,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # n
 from nav_msgs.msg import Odometry  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from tvm_observability import converters  # noqa: E402
+from tvm_observability.bridge import converters  # noqa: E402
 
 pytestmark = pytest.mark.ros
 BatteryState = sensor_msgs.BatteryState

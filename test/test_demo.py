@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tvm_observability.demo import fleet_rows, parse_exposition, render
+from tvm_observability.demo.fleet_demo import fleet_rows, parse_exposition, render
 
 EXPOSITION = """# HELP vehicle_status 1 for the vehicle's current status
 # TYPE vehicle_status gauge

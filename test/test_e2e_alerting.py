@@ -306,7 +306,7 @@ def test_every_dashboard_query_returns_data(stack):
 
 def test_e2e_derives_from_the_shipped_files(tmp_path: Path):
     """The test copy of the rules differs from the shipped ones only in capped `for` and group intervals."""
-    from tvm_observability.prometheus_setup import write_setup
+    from tvm_observability.demo.prometheus_setup import write_setup
 
     config = write_setup(tmp_path, target="127.0.0.1:1", rules_transform=_cap_for)
     derived = yaml.safe_load(config.read_text())

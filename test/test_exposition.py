@@ -15,7 +15,7 @@ from support import parse_metrics, sample, wire_snapshot
 
 from tvm_observability.aggregator.collector import Exposition, ServiceMetrics
 from tvm_observability.aggregator.fleet import FleetState
-from tvm_observability.ingest import parse_snapshot
+from tvm_observability.aggregator.ingest import parse_snapshot
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 

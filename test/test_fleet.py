@@ -7,8 +7,8 @@ from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
 from tvm_observability.aggregator.fleet import MAX_CODES_PER_BOOT, TRACKED_BOOTS, FleetState, Outcome
+from tvm_observability.aggregator.ingest import parse_snapshot
 from tvm_observability.errors import LimitExceeded
-from tvm_observability.ingest import parse_snapshot
 from tvm_observability.model import DEFAULT_VEHICLE_STATUSES, VehicleSnapshot
 
 

@@ -21,8 +21,8 @@ from support import parse_metrics
 from tvm_observability import codec
 from tvm_observability.aggregator.collector import FleetCollector
 from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.ingest import IngestLimits, parse_snapshot
 from tvm_observability.errors import MalformedBody, TelemetryError
-from tvm_observability.ingest import IngestLimits, parse_snapshot
 from tvm_observability.model import NAME_PATTERN, SENSOR_STATUSES, VEHICLE_ID_PATTERN, VehicleSnapshot
 
 settings.register_profile("ci", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

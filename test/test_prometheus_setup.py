@@ -8,7 +8,7 @@ import pytest
 import yaml
 from support import REPO
 
-from tvm_observability import prometheus_setup
+from tvm_observability.demo import prometheus_setup
 
 SHIPPED = yaml.safe_load((REPO / "config" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
 

@@ -48,6 +48,6 @@ def test_error_phase():
 
 
 def test_quaternion_round_trip():
-    from tvm_observability.converters import yaw_from_quaternion
+    from tvm_observability.bridge.converters import yaw_from_quaternion
 
     assert yaw_from_quaternion(*d.yaw_quaternion(2.0)) == pytest.approx(2.0)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from tvm_observability import codec, ingest
-from tvm_observability.converters import DiagnosticEntry
+from tvm_observability import codec
+from tvm_observability.aggregator import ingest
+from tvm_observability.bridge.converters import DiagnosticEntry
+from tvm_observability.bridge.snapshot import BuilderSettings, SensorSpec, SnapshotBuilder, label_safe
 from tvm_observability.model import Battery, Pose, Position
-from tvm_observability.snapshot import BuilderSettings, SensorSpec, SnapshotBuilder, label_safe
 
 LIDAR = SensorSpec("lidar", "scan", "sensor_msgs/msg/LaserScan", 5.0, "lidar")
 CAMERA = SensorSpec("camera", "camera/image_raw", "sensor_msgs/msg/Image", 5.0, "camera")

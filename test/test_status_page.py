@@ -12,8 +12,8 @@ from support import REPO, AggregatorProcess, FakeClock, push, request, wait_for,
 
 from tvm_observability.aggregator.fleet import FleetState
 from tvm_observability.aggregator.fleet_view import build_view
+from tvm_observability.aggregator.ingest import parse_snapshot
 from tvm_observability.aggregator.status_page import format_age, render
-from tvm_observability.ingest import parse_snapshot
 from tvm_observability.model import DEFAULT_VEHICLE_STATUSES
 
 ARTIFACTS = REPO / "test-artifacts"

@@ -29,13 +29,13 @@ from ..errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from ..ingest import IngestLimits, parse_snapshot
 from ..model import VehicleSnapshot
 from .access import read_auth_middleware
 from .collector import Exposition, ServiceMetrics
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
+from .ingest import IngestLimits, parse_snapshot
 from .persistence import StateFile
 from .ratelimit import RateLimiter
 from .reload import ingest_limits, token_owners

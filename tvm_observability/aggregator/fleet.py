@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from .. import codec
 from ..errors import LimitExceeded
-from ..ingest import IngestLimits, parse_snapshot
 from ..model import OFFLINE_STATUS, UNKNOWN_STATUS, VehicleSnapshot
+from .ingest import IngestLimits, parse_snapshot
 
 TRACKED_BOOTS = 4
 OVERFLOW_CODE = "other"

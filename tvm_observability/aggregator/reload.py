@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from ..ingest import IngestLimits
 from .config import AggregatorConfig
+from .ingest import IngestLimits
 
 if TYPE_CHECKING:
     from .app import Runtime

@@ -19,8 +19,8 @@ from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import BatteryState, NavSatFix
 from std_msgs.msg import String
 
-from .. import codec, converters
-from ..snapshot import SnapshotBuilder
+from .. import codec
+from . import converters
 from .params import (
     PARAMETERS,
     SENSOR_FIELDS,
@@ -31,6 +31,7 @@ from .params import (
     sensor_param,
 )
 from .pusher import Pusher, link_level
+from .snapshot import SnapshotBuilder
 
 NODE_NAME = "vehicle_bridge"
 _LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN, "ERROR": DiagnosticStatus.ERROR}

@@ -25,7 +25,7 @@ RulesTransform = Callable[[dict[str, Any]], dict[str, Any]]
 def shipped_config_dir() -> Path:
     """config/prometheus of this checkout, or of the installed package (share/tvm_observability/config)."""
     here = Path(__file__).resolve().parent
-    candidates = [here.parent / "config" / "prometheus"]
+    candidates = [here.parents[1] / "config" / "prometheus"]
     candidates += [p / "share" / "tvm_observability" / "config" / "prometheus" for p in here.parents]
     for candidate in candidates:
         if (candidate / "prometheus.yml").is_file():

@@ -35,10 +35,10 @@ from typing import IO, Any
 
 import yaml
 
+from ..auth import generate_token, hash_token
 from . import prometheus_setup
-from .auth import generate_token, hash_token
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "vehicle_bridge.yaml"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "vehicle_bridge.yaml"
 OFFLINE_AFTER_S = 5.0
 REFRESH_S = 2.0
 # Demo domains sit above the range the test suite allocates (1..101), below Fast DDS's 232 limit.

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import LimitExceeded, SchemaError, UnsupportedVersion
-from .model import (
+from ..errors import LimitExceeded, SchemaError, UnsupportedVersion
+from ..model import (
     MAX_MESSAGE_CHARS,
     NAME_PATTERN,
     SCHEMA_VERSION,

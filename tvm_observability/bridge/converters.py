@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .model import MAX_MESSAGE_CHARS, Battery, Pose, Position
+from ..model import MAX_MESSAGE_CHARS, Battery, Pose, Position
 
 # sensor_msgs/BatteryState power_supply_status values.
 POWER_SUPPLY_STATUS_CHARGING = 1

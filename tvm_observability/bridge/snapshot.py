@@ -18,8 +18,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 
-from .converters import DiagnosticEntry
-from .model import (
+from ..model import (
     DEFAULT_VEHICLE_STATUSES,
     MAX_MESSAGE_CHARS,
     SENSOR_STATUSES,
@@ -30,6 +29,7 @@ from .model import (
     SensorReport,
     VehicleSnapshot,
 )
+from .converters import DiagnosticEntry
 
 OVERFLOW_ERROR_CODE = "other"
 """Counts for codes beyond `max_error_codes` distinct ones (bounds label cardinality)."""
