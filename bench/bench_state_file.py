@@ -17,9 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
-from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
-from tvm_observability.model import DEFAULT_VEHICLE_STATUSES
 
 
 def median_ms(fn, repeat: int = 5) -> float:
@@ -34,7 +33,7 @@ def median_ms(fn, repeat: int = 5) -> float:
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     ids = [f"V{i:05d}" for i in range(count)]
-    fleet = FleetState(ids, statuses=DEFAULT_VEHICLE_STATUSES, offline_after_s=15, clock=FakeClock())
+    fleet = FleetState(ids, FleetSettings(offline_after_s=15), clock=FakeClock())
     for vid in ids:
         body = codec.encode_wire(wire_snapshot(vid, errors={"E_LIDAR_TIMEOUT": 3}))
         fleet.apply(parse_snapshot(codec.decode(body)), body)

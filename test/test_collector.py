@@ -19,9 +19,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from support import FakeClock, parse_metrics, wire_snapshot
 
 from tvm_observability.aggregator.collector import FleetCollector
-from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
-from tvm_observability.model import DEFAULT_VEHICLE_STATUSES
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -29,7 +28,7 @@ GOLDEN = Path(__file__).parent / "golden"
 def fixture_fleet() -> tuple[FleetState, CollectorRegistry, FakeClock]:
     """V1 online with everything; V2 on the roster, never heard from; V3 dead for a minute; X9 unknown, no fix."""
     clock = FakeClock(wall=1_800_000_000.0)
-    fleet = FleetState(("V1", "V2", "V3"), statuses=DEFAULT_VEHICLE_STATUSES, offline_after_s=15, clock=clock)
+    fleet = FleetState(("V1", "V2", "V3"), FleetSettings(offline_after_s=15), clock=clock)
     fleet.apply(parse_snapshot(wire_snapshot("V3", sent_at=1_800_000_000.5, errors={"E_MOTOR": 2})))
     clock.advance(60)
     fleet.apply(

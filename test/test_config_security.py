@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tvm_observability.aggregator.config import ConfigError, ReadAuth, TlsConfig, parse_config
-from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.auth import hash_token
 
 HEX = hash_token("x")
@@ -69,24 +69,24 @@ def test_empty_or_wrong_sections_are_refused(value) -> None:
 
 
 def test_fleet_reconfigure_adds_drops_and_keeps_counts() -> None:
-    fleet = FleetState(["V1", "V2"], statuses=("idle",), offline_after_s=15.0, max_unknown_vehicles=0)
+    fleet = FleetState(["V1", "V2"], FleetSettings(statuses=("idle",), offline_after_s=15.0, max_unknown_vehicles=0))
     added, dropped = fleet.reconfigure(
         ["V1", "V3"],
-        statuses=("idle", "docked"),
-        offline_after_s=5.0,
-        max_error_codes_per_vehicle=8,
-        max_unknown_vehicles=0,
+        FleetSettings(
+            statuses=("idle", "docked"), offline_after_s=5.0, max_error_code_series=8, max_unknown_vehicles=0
+        ),
     )
     assert (added, dropped) == (["V3"], ["V2"])
     assert sorted(v.vehicle_id for v in fleet) == ["V1", "V3"]
     assert fleet.is_known_status("docked") and fleet.offline_after_s == 5.0
     # With unknown vehicles allowed, a dropped vehicle stays (its counters with it), off the roster.
     fleet.reconfigure(
-        ["V3"], statuses=("idle",), offline_after_s=5.0, max_error_codes_per_vehicle=8, max_unknown_vehicles=10
+        ["V3"], FleetSettings(statuses=("idle",), offline_after_s=5.0, max_error_code_series=8, max_unknown_vehicles=10)
     )
     v1 = fleet.get("V1")
     assert v1 is not None and not v1.on_roster
     fleet.reconfigure(
-        ["V1", "V3"], statuses=("idle",), offline_after_s=5.0, max_error_codes_per_vehicle=8, max_unknown_vehicles=10
+        ["V1", "V3"],
+        FleetSettings(statuses=("idle",), offline_after_s=5.0, max_error_code_series=8, max_unknown_vehicles=10),
     )
     assert fleet.get("V1").on_roster

@@ -14,7 +14,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from support import parse_metrics, sample, wire_snapshot
 
 from tvm_observability.aggregator.collector import Exposition, ServiceMetrics
-from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -32,15 +32,12 @@ class FrozenClock:
         return self.wall
 
 
-def make(roster=("V1", "V2", "V3"), **kwargs):
+def make(roster=("V1", "V2", "V3")):
     clock = FrozenClock()
     fleet = FleetState(
         roster,
-        statuses=("idle", "on_mission"),
-        offline_after_s=15.0,
-        max_unknown_vehicles=10,
+        FleetSettings(statuses=("idle", "on_mission"), offline_after_s=15.0, max_unknown_vehicles=10),
         clock=clock,
-        **kwargs,
     )
     exposition = Exposition(fleet)
     metrics = ServiceMetrics(exposition.service_registry)

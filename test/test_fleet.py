@@ -6,10 +6,10 @@ import pytest
 from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
-from tvm_observability.aggregator.fleet import MAX_CODES_PER_BOOT, TRACKED_BOOTS, FleetState, Outcome
+from tvm_observability.aggregator.fleet import MAX_CODES_PER_BOOT, TRACKED_BOOTS, FleetSettings, FleetState, Outcome
 from tvm_observability.aggregator.ingest import parse_snapshot
 from tvm_observability.errors import LimitExceeded
-from tvm_observability.model import DEFAULT_VEHICLE_STATUSES, VehicleSnapshot
+from tvm_observability.model import VehicleSnapshot
 
 
 def snap(
@@ -19,7 +19,7 @@ def snap(
 
 
 def make_fleet(clock: FakeClock, roster: tuple[str, ...] = ("V1", "V2"), **kwargs: int) -> FleetState:
-    return FleetState(roster, statuses=DEFAULT_VEHICLE_STATUSES, offline_after_s=15, clock=clock, **kwargs)
+    return FleetState(roster, FleetSettings(offline_after_s=15, **kwargs), clock=clock)
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def test_unknown_vehicle_cap_leaves_state_unchanged(clock: FakeClock) -> None:
 
 
 def test_codes_beyond_the_series_budget_count_under_other(clock: FakeClock) -> None:
-    fleet = make_fleet(clock, max_error_codes_per_vehicle=3)  # two codes of its own, plus "other"
+    fleet = make_fleet(clock, max_error_code_series=3)  # two codes of its own, plus "other"
     assert fleet.apply(snap(boot_id="a", errors={"E1": 1, "E2": 1, "E3": 2})) is Outcome.ACCEPTED
     v1 = fleet.get("V1")
     assert v1 is not None
@@ -150,7 +150,7 @@ def test_codes_beyond_the_series_budget_count_under_other(clock: FakeClock) -> N
     for boot in range(TRACKED_BOOTS):
         fleet.apply(snap(boot_id=f"later{boot}", errors={}))
     assert v1.errors_total == {"E1": 2, "E2": 1, "other": 8}
-    restored = make_fleet(FakeClock(), max_error_codes_per_vehicle=3)
+    restored = make_fleet(FakeClock(), max_error_code_series=3)
     restored.restore(codec.unpack_state(codec.pack_state(fleet.to_image())), keep_unknown=False)
     assert restored.get("V1").errors_total == {"E1": 2, "E2": 1, "other": 8}  # type: ignore[union-attr]
     restored.apply(snap(boot_id="later3", seq=2, errors={"E2": 1, "E9": 1}))

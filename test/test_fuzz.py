@@ -20,7 +20,7 @@ from support import parse_metrics
 
 from tvm_observability import codec
 from tvm_observability.aggregator.collector import FleetCollector
-from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import IngestLimits, parse_snapshot
 from tvm_observability.errors import MalformedBody, TelemetryError
 from tvm_observability.model import NAME_PATTERN, SENSOR_STATUSES, VEHICLE_ID_PATTERN, VehicleSnapshot
@@ -168,7 +168,9 @@ def test_valid_snapshots_round_trip(wire: dict[str, Any]) -> None:
 @given(st.lists(_valid_wire | _values, min_size=1, max_size=12))
 def test_exposition_parses_whatever_was_pushed(bodies: list[Any]) -> None:
     """Whatever stream of bodies arrives, the accepted ones render into an exposition that parses."""
-    fleet = FleetState([], statuses=("idle", "on_mission"), offline_after_s=15.0, max_unknown_vehicles=100)
+    fleet = FleetState(
+        [], FleetSettings(statuses=("idle", "on_mission"), offline_after_s=15.0, max_unknown_vehicles=100)
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(fleet))
     for raw in bodies:

@@ -7,15 +7,12 @@ from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
 from tvm_observability.aggregator import app
-from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
-from tvm_observability.model import DEFAULT_VEHICLE_STATUSES
 
 
 def fleet_of(count: int) -> FleetState:
-    fleet = FleetState(
-        [f"V{i}" for i in range(count)], statuses=DEFAULT_VEHICLE_STATUSES, offline_after_s=15.0, clock=FakeClock()
-    )
+    fleet = FleetState([f"V{i}" for i in range(count)], FleetSettings(offline_after_s=15.0), clock=FakeClock())
     for i in range(0, count, 3):  # some vehicles never heard from: they have nothing to keep
         wire = wire_snapshot(f"V{i}", errors={"E_MOTOR": i})
         fleet.apply(parse_snapshot(wire), codec.encode_wire(wire))
@@ -38,8 +35,6 @@ async def test_sliced_image_of_an_empty_fleet():
 
 async def test_restore_reads_a_sliced_image():
     fleet = fleet_of(20)
-    restored = FleetState(
-        [f"V{i}" for i in range(20)], statuses=DEFAULT_VEHICLE_STATUSES, offline_after_s=15.0, clock=FakeClock()
-    )
+    restored = FleetState([f"V{i}" for i in range(20)], FleetSettings(offline_after_s=15.0), clock=FakeClock())
     restored.restore(codec.unpack_state(await app._packed_image(fleet)), keep_unknown=False)
     assert restored.to_image()["vehicles"] == fleet.to_image()["vehicles"]

@@ -10,11 +10,10 @@ import pytest
 from peers import require_binary
 from support import REPO, AggregatorProcess, FakeClock, push, request, wait_for, wire_snapshot
 
-from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.fleet_view import build_view
 from tvm_observability.aggregator.ingest import parse_snapshot
 from tvm_observability.aggregator.status_page import format_age, render
-from tvm_observability.model import DEFAULT_VEHICLE_STATUSES
 
 ARTIFACTS = REPO / "test-artifacts"
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>&amp;'
@@ -27,10 +26,7 @@ def _sensors(**statuses: str) -> dict:
 def _fleet() -> tuple[FleetState, FakeClock]:
     clock = FakeClock()
     fleet = FleetState(
-        ["GONE", "NEVER", "LOW", "EMPTY", "SENSOR", "FINE", "ESTOP"],
-        statuses=DEFAULT_VEHICLE_STATUSES,
-        offline_after_s=15,
-        clock=clock,
+        ["GONE", "NEVER", "LOW", "EMPTY", "SENSOR", "FINE", "ESTOP"], FleetSettings(offline_after_s=15), clock=clock
     )
     fleet.apply(parse_snapshot(wire_snapshot("GONE")))
     clock.advance(60)

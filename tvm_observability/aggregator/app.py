@@ -38,7 +38,7 @@ from .fleet_view import build_view
 from .ingest import IngestLimits, parse_snapshot
 from .persistence import StateFile
 from .ratelimit import RateLimiter
-from .reload import ingest_limits, token_owners
+from .reload import fleet_settings, ingest_limits, token_owners
 from .status_page import CONTENT_SECURITY_POLICY
 from .status_page import render as render_status_page
 
@@ -88,14 +88,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.Application:
     """Build the aggregator app. State is restored and persisted by the app's cleanup context."""
     clock = clock or SystemClock()
-    fleet = FleetState(
-        config.vehicles,
-        statuses=config.statuses,
-        offline_after_s=config.offline_after_s,
-        max_error_codes_per_vehicle=config.limits.max_error_codes_per_vehicle,
-        max_unknown_vehicles=config.limits.max_unknown_vehicles if config.allow_unknown_vehicles else 0,
-        clock=clock,
-    )
+    fleet = FleetState(config.vehicles, fleet_settings(config), clock=clock)
     exposition = Exposition(fleet)
     runtime = Runtime(
         config=config,

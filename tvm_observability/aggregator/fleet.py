@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from .. import codec
 from ..errors import LimitExceeded
-from ..model import OFFLINE_STATUS, UNKNOWN_STATUS, VehicleSnapshot
+from ..model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, UNKNOWN_STATUS, VehicleSnapshot
 from .ingest import IngestLimits, parse_snapshot
 
 TRACKED_BOOTS = 4
@@ -120,30 +120,42 @@ class VehicleState:
         self.errors_total = totals
 
 
+@dataclass(frozen=True, slots=True)
+class FleetSettings:
+    """What the fleet state takes from the configuration: derived from it in one place and applied by
+    `FleetState` at construction and on every reload."""
+
+    statuses: tuple[str, ...] = DEFAULT_VEHICLE_STATUSES
+    offline_after_s: float = 15.0
+    max_error_code_series: int = 64
+    """Error-code series per vehicle, `other` included: later codes are counted under `other`."""
+    max_unknown_vehicles: int = 1000
+    """Vehicles outside the roster tracked at once; 0 refuses them."""
+
+
 class FleetState:
     """All vehicles, keyed by id. Roster vehicles exist from construction, so they are never absent."""
 
     def __init__(
-        self,
-        roster: Iterable[str],
-        *,
-        statuses: Iterable[str],
-        offline_after_s: float,
-        max_error_codes_per_vehicle: int = 64,
-        max_unknown_vehicles: int = 1000,
-        clock: Clock | None = None,
+        self, roster: Iterable[str], settings: FleetSettings | None = None, *, clock: Clock | None = None
     ) -> None:
         self.clock: Clock = clock or SystemClock()
-        self.statuses: tuple[str, ...] = tuple(statuses)
-        self.all_statuses: tuple[str, ...] = (*self.statuses, UNKNOWN_STATUS, OFFLINE_STATUS)
-        self._known_statuses = frozenset(self.statuses)
-        self.offline_after_s = offline_after_s
-        self.max_error_codes = max_error_codes_per_vehicle
-        self.max_unknown = max_unknown_vehicles
+        self.settings = FleetSettings()
+        self._apply_settings(settings or FleetSettings())
         self._vehicles: dict[str, VehicleState] = {vid: VehicleState(vid, on_roster=True) for vid in roster}
         self._unknown_count = 0
         self.dirty = False
         """Set by every change; the persistence task clears it after saving."""
+
+    def _apply_settings(self, settings: FleetSettings) -> None:
+        """The one place settings take effect, at construction and on reload."""
+        self.settings = settings
+        self.statuses: tuple[str, ...] = settings.statuses
+        self.all_statuses: tuple[str, ...] = (*settings.statuses, UNKNOWN_STATUS, OFFLINE_STATUS)
+        self._known_statuses = frozenset(settings.statuses)
+        self.offline_after_s = settings.offline_after_s
+        self.max_error_codes = settings.max_error_code_series
+        self.max_unknown = settings.max_unknown_vehicles
 
     def __len__(self) -> int:
         return len(self._vehicles)
@@ -218,15 +230,7 @@ class FleetState:
     def online_count(self, now_monotonic: float) -> int:
         return sum(1 for v in self._vehicles.values() if self.is_online(v, now_monotonic))
 
-    def reconfigure(
-        self,
-        roster: Iterable[str],
-        *,
-        statuses: Iterable[str],
-        offline_after_s: float,
-        max_error_codes_per_vehicle: int,
-        max_unknown_vehicles: int,
-    ) -> tuple[list[str], list[str]]:
+    def reconfigure(self, roster: Iterable[str], settings: FleetSettings) -> tuple[list[str], list[str]]:
         """Apply a reloaded config: returns (vehicles added to the roster, vehicles dropped from it).
 
         A dropped vehicle stays, as an unknown vehicle, while unknown vehicles are allowed (max_unknown_vehicles
@@ -235,12 +239,7 @@ class FleetState:
         wanted = set(roster)
         added = sorted(wanted - {v.vehicle_id for v in self._vehicles.values() if v.on_roster})
         dropped = sorted(v.vehicle_id for v in self._vehicles.values() if v.on_roster and v.vehicle_id not in wanted)
-        self.statuses = tuple(statuses)
-        self.all_statuses = (*self.statuses, UNKNOWN_STATUS, OFFLINE_STATUS)
-        self._known_statuses = frozenset(self.statuses)
-        self.offline_after_s = offline_after_s
-        self.max_error_codes = max_error_codes_per_vehicle
-        self.max_unknown = max_unknown_vehicles
+        self._apply_settings(settings)
         for vid in added:
             vehicle = self._vehicles.get(vid)
             if vehicle is None:

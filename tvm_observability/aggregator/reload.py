@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .config import AggregatorConfig
+from .fleet import FleetSettings
 from .ingest import IngestLimits
 
 if TYPE_CHECKING:
@@ -40,6 +41,16 @@ def ingest_limits(config: AggregatorConfig) -> IngestLimits:
     )
 
 
+def fleet_settings(config: AggregatorConfig) -> FleetSettings:
+    """What the fleet state takes from a config."""
+    return FleetSettings(
+        statuses=config.statuses,
+        offline_after_s=config.offline_after_s,
+        max_error_code_series=config.limits.max_error_codes_per_vehicle,
+        max_unknown_vehicles=config.limits.max_unknown_vehicles if config.allow_unknown_vehicles else 0,
+    )
+
+
 def token_owners(config: AggregatorConfig) -> dict[str, str]:
     """sha256 of each roster token -> its vehicle (tells a wrong token from another vehicle's)."""
     return {entry.token_sha256: vid for vid, entry in config.vehicles.items() if entry.token_sha256}
@@ -63,13 +74,7 @@ def apply_config(rt: Runtime, new: AggregatorConfig) -> ReloadResult:
         for vid, entry in new.vehicles.items()
         if vid in old.vehicles and old.vehicles[vid].token_sha256 != entry.token_sha256
     )
-    added, dropped = rt.fleet.reconfigure(
-        new.vehicles,
-        statuses=new.statuses,
-        offline_after_s=new.offline_after_s,
-        max_error_codes_per_vehicle=new.limits.max_error_codes_per_vehicle,
-        max_unknown_vehicles=new.limits.max_unknown_vehicles if new.allow_unknown_vehicles else 0,
-    )
+    added, dropped = rt.fleet.reconfigure(new.vehicles, fleet_settings(new))
     rt.limiter.rate_hz = new.limits.rate_limit_per_vehicle_hz
     rt.limiter.burst = float(new.limits.rate_limit_burst)
     rt.ingest_limits = ingest_limits(new)
