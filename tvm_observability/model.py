@@ -40,6 +40,17 @@ UNKNOWN_STATUS = "unknown"
 OFFLINE_STATUS = "offline"
 """Exported by the aggregator when a vehicle's heartbeat is older than offline_after_s."""
 
+OVERFLOW_ERROR_CODE = "other"
+"""The error code under which events are counted once a vehicle's error-code budget is used up (by the bridge
+for codes beyond its per-boot budget, by the aggregator for codes beyond a vehicle's series budget)."""
+
+TELEMETRY_PATH = "/api/v1/telemetry"
+"""Where a vehicle POSTs its snapshots (docs/telemetry-protocol.md)."""
+
+ROUTING_HEADER = "X-Vehicle-Id"
+"""Carried by every POST so that a load balancer can route on the vehicle without decoding the body
+(docs/decisions/0001-routing-key.md)."""
+
 MAX_MESSAGE_CHARS = 256
 """Longest sensor message kept (longer ones are rejected on ingest, truncated by the bridge)."""
 

@@ -29,7 +29,7 @@ from ..errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
-from ..model import VehicleSnapshot
+from ..model import TELEMETRY_PATH, VehicleSnapshot
 from .access import read_auth_middleware
 from .collector import Exposition, ServiceMetrics
 from .config import AggregatorConfig
@@ -45,7 +45,6 @@ from .status_page import render as render_status_page
 _LOGGER = logging.getLogger("tvm_observability.aggregator.ingest")
 _STATE_LOGGER = logging.getLogger("tvm_observability.aggregator.state")
 
-TELEMETRY_PATH = "/api/v1/telemetry"
 VEHICLES_PATH = "/api/v1/vehicles"
 READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH})
 """What `read_auth` guards, when configured: every page carrying fleet data (positions included)."""

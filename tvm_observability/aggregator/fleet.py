@@ -25,12 +25,10 @@ from typing import Any, Protocol
 
 from .. import codec
 from ..errors import LimitExceeded
-from ..model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, UNKNOWN_STATUS, VehicleSnapshot
+from ..model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, OVERFLOW_ERROR_CODE, UNKNOWN_STATUS, VehicleSnapshot
 from .ingest import IngestLimits, parse_snapshot
 
 TRACKED_BOOTS = 4
-OVERFLOW_CODE = "other"
-"""Where the events of codes beyond a vehicle's error-code series budget are counted."""
 MAX_CODES_PER_BOOT = 1024
 """Distinct codes remembered per boot (for the cumulative max); events of codes past this are ignored."""
 """Boots whose counts stay separately updatable (a late push from a previous boot still counts)."""
@@ -109,7 +107,7 @@ class VehicleState:
 
     def exported_code(self, code: str) -> str:
         """The error_code label a vehicle's code is counted under."""
-        return code if code in self.codes else OVERFLOW_CODE
+        return code if code in self.codes else OVERFLOW_ERROR_CODE
 
     def _recount(self) -> None:
         totals = dict(self.retired)
@@ -198,7 +196,11 @@ class FleetState:
                     vehicle.retired[key] = vehicle.retired.get(key, 0) + count
         record.seq = snap.seq
         for code, count in snap.errors.items():
-            if code not in vehicle.codes and code != OVERFLOW_CODE and len(vehicle.codes) < self.max_error_codes - 1:
+            if (
+                code not in vehicle.codes
+                and code != OVERFLOW_ERROR_CODE
+                and len(vehicle.codes) < self.max_error_codes - 1
+            ):
                 vehicle.codes[code] = None
             if code in record.errors or len(record.errors) < MAX_CODES_PER_BOOT:
                 record.errors[code] = max(count, record.errors.get(code, 0))

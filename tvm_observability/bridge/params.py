@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..model import DEFAULT_VEHICLE_STATUSES, NAME_PATTERN, VEHICLE_ID_PATTERN
+from ..model import DEFAULT_VEHICLE_STATUSES, NAME_PATTERN, TELEMETRY_PATH, VEHICLE_ID_PATTERN
 from .snapshot import BuilderSettings, SensorSpec
 
-TELEMETRY_PATH = "/api/v1/telemetry"
 MESSAGE_TYPE_PATTERN = re.compile(r"([A-Za-z][A-Za-z0-9_]*)/msg/([A-Z][A-Za-z0-9]*)")
 _TOPIC_PATTERN = re.compile(r"~?/?[A-Za-z_{][A-Za-z0-9_/{}~]*")
 

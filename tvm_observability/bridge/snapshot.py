@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from ..model import (
     DEFAULT_VEHICLE_STATUSES,
     MAX_MESSAGE_CHARS,
+    OVERFLOW_ERROR_CODE,
     SENSOR_STATUSES,
     UNKNOWN_STATUS,
     Battery,
@@ -30,9 +31,6 @@ from ..model import (
     VehicleSnapshot,
 )
 from .converters import DiagnosticEntry
-
-OVERFLOW_ERROR_CODE = "other"
-"""Counts for codes beyond `max_error_codes` distinct ones (bounds label cardinality)."""
 
 _MAX_TRACKED_DIAGNOSTICS = 512
 _MAX_UNKNOWN_STATUSES_REMEMBERED = 64
