@@ -22,11 +22,13 @@ from prometheus_client import CollectorRegistry
 from .. import codec
 from ..auth import bearer_token, hash_token, token_matches
 from ..errors import (
+    BodyTimeout,
     BodyTooLarge,
     Forbidden,
     RateLimited,
     TelemetryError,
     Unauthenticated,
+    UnknownVehicle,
     UnsupportedMediaType,
 )
 from ..model import TELEMETRY_PATH, VehicleSnapshot
@@ -53,11 +55,6 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 """HTTP methods counted under their own label; any other token a client sends is counted as `other`."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _UNKNOWN_STATUS_MEMORY = 10_000
-
-
-class BodyTimeout(TelemetryError):
-    status = 408
-    reason = "body_timeout"
 
 
 @dataclass
@@ -211,7 +208,7 @@ def _authorise(rt: Runtime, vehicle_id: str, token: str | None) -> None:
     entry = rt.config.vehicles.get(vehicle_id)
     if entry is None:
         if not rt.config.allow_unknown_vehicles:
-            raise Forbidden(f"vehicle {vehicle_id} is not on the roster", reason="unknown_vehicle")
+            raise UnknownVehicle(f"vehicle {vehicle_id} is not on the roster")
         return
     if not rt.config.auth_required:
         return

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
+from ..errors import REJECTION_REASONS
 from ..model import SENSOR_STATUSES
 from .fleet import FleetState, VehicleState
 
@@ -397,26 +398,6 @@ def _without_eof(text: str) -> str:
     return text[: -len(_EOF)] if text.endswith(_EOF) else text
 
 
-REJECTION_REASONS: tuple[str, ...] = (
-    "malformed",
-    "schema",
-    "non_finite",
-    "out_of_range",
-    "unsupported_version",
-    "limit_sensors",
-    "limit_error_codes",
-    "limit_vehicles",
-    "too_large",
-    "body_timeout",
-    "content_type",
-    "unauthenticated",
-    "forbidden",
-    "unknown_vehicle",
-    "rate_limited",
-)
-"""Every `reason` a push can be rejected for; all start at 0 so rate() works from the first scrape."""
-
-
 class ServiceMetrics:
     """The aggregator's own RED metrics and ingest/persistence counters, in the app's registry."""
 
@@ -445,7 +426,7 @@ class ServiceMetrics:
         self.rejected = Counter(
             "telemetry_snapshots_rejected", "Pushes refused, by reason.", ["reason"], registry=registry
         )
-        for reason in REJECTION_REASONS:
+        for reason in REJECTION_REASONS:  # every reason from 0, so rate() works from the first scrape
             self.rejected.labels(reason)
         self.state_saves = Counter("telemetry_state_saves", "Successful writes of the state file.", registry=registry)
         self.state_save_failures = Counter(

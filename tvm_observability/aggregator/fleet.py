@@ -24,7 +24,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 from .. import codec
-from ..errors import LimitExceeded
+from ..errors import TooManyVehicles
 from ..model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, OVERFLOW_ERROR_CODE, UNKNOWN_STATUS, VehicleSnapshot
 from .ingest import IngestLimits, parse_snapshot
 
@@ -167,14 +167,12 @@ class FleetState:
     def apply(self, snap: VehicleSnapshot, body: bytes | None = None) -> Outcome:
         """Fold one validated, authorised snapshot (and the body it was decoded from) into the state.
 
-        Raises LimitExceeded, leaving the state untouched, when the vehicle would be one unknown
+        Raises TooManyVehicles, leaving the state untouched, when the vehicle would be one unknown
         vehicle too many.
         """
         vehicle = self._vehicles.get(snap.vehicle_id)
         if vehicle is None and self._unknown_count >= self.max_unknown:
-            raise LimitExceeded(
-                f"already tracking {self.max_unknown} vehicles outside the roster", reason="limit_vehicles"
-            )
+            raise TooManyVehicles(f"already tracking {self.max_unknown} vehicles outside the roster")
         if vehicle is None:
             vehicle = VehicleState(snap.vehicle_id, on_roster=False)
             self._vehicles[snap.vehicle_id] = vehicle
