@@ -130,5 +130,13 @@ class RateLimited(TelemetryError):
     reason = "rate_limited"
 
 
+class StaleBoot(TelemetryError):
+    """A push from a boot the aggregator has already retired (older than the boots it tracks): taking it as a
+    new boot would count its events twice and rewind the live values (docs/telemetry-protocol.md)."""
+
+    status = 409
+    reason = "stale_boot"
+
+
 REJECTION_REASONS: tuple[str, ...] = tuple(REFUSALS)
 """Every `reason` a push can be refused for, in the order defined above."""

@@ -26,6 +26,7 @@ from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is
 from .logs import configure_logging
 from .persistence import StateFile
 from .reload import apply_config
+from .state_image import StateRefused
 
 try:
     import uvloop as _uvloop
@@ -34,6 +35,9 @@ except ImportError:  # optional dependency
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.service")
 SHUTDOWN_TIMEOUT_S = 5.0
+EXIT_STATE_REFUSED = 3
+"""Exit status when the state file forbids starting (unreadable, newer format, broken and impossible to move
+aside): restarting cannot help, so the systemd unit lists it in RestartPreventExitStatus= (docs/operations.md)."""
 LISTEN_BACKLOG = 4096
 
 
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log_level, config.environment)
     try:
         _run(serve(config, tls=tls, reload_from=options.config, listen=options.listen))
+    except StateRefused as exc:
+        _LOGGER.error("refusing to start: %s", exc, extra={"path": config.state_file})
+        return EXIT_STATE_REFUSED
     except OSError as exc:
         _LOGGER.error("cannot listen on %s: %s", config.listen, exc.strerror or exc)
         return 1

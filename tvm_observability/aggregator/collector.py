@@ -100,6 +100,11 @@ _TAIL: tuple[_Family, ...] = (
         "Times the vehicle's bridge started a new boot_id after the first one seen.",
         counter=True,
     ),
+    _Family(
+        "vehicle_sensor_names_folded",
+        'Sensor reports exported as sensor="other" because their name was past the vehicle\'s sensor-name budget.',
+        counter=True,
+    ),
 )
 _PER_VEHICLE = (*_FAMILIES, *_TAIL)
 """Families with per-vehicle samples, in exposition order (vehicles_online and vehicles_total sit between)."""
@@ -126,6 +131,7 @@ _PER_VEHICLE = (*_FAMILIES, *_TAIL)
     _SENSOR_RATE,
     _ERRORS,
     _RESTARTS,
+    _SENSORS_FOLDED,
 ) = range(len(_PER_VEHICLE))
 Sample = tuple[int, tuple[str, ...], float]
 """(family index, label values after vehicle_id, value): vehicle_id is every family's first label."""
@@ -155,6 +161,7 @@ def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
         yield _ERRORS, (code,), float(count)
     if v.boots:
         yield _RESTARTS, (), float(v.restarts)
+        yield _SENSORS_FOLDED, (), float(v.sensors_folded)
     snap = v.snapshot
     if snap is None:
         return
@@ -185,7 +192,7 @@ def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
         yield _YAW, (), q.yaw
         yield _SPEED, (), q.speed
         yield _INPUT_AGE, ("pose",), q.age_s
-    for name, report in snap.sensors.items():
+    for name, report in v.sensors.items():
         for status in SENSOR_STATUSES:
             yield _SENSOR, (name, status), 1.0 if status == report.status else 0.0
         if report.rate_hz is not None:
