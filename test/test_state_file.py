@@ -1,11 +1,21 @@
-"""The state file across versions: migration of older formats, refusal of newer ones; retired boots it keeps."""
+"""The state file across versions and faults: migration of older formats, refusal of newer ones and of files that
+cannot be read, safe atomic writes, and `telemetry_aggregator state` on anything a snapshot may carry."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import msgpack
 import pytest
+from peers import require_binary
 from support import AggregatorProcess, FakeClock, push, sample, scrape, wait_for, wire_snapshot
 
 from tvm_observability import codec
@@ -13,11 +23,12 @@ from tvm_observability.aggregator import state_image
 from tvm_observability.aggregator.cli import EXIT_STATE_REFUSED
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
-from tvm_observability.aggregator.persistence import StateFile
+from tvm_observability.aggregator.persistence import StateFile, StateUnreadable
 from tvm_observability.aggregator.state_image import NewerStateFormat
 
 FORMAT_2 = Path(__file__).parent / "data" / "state-format-2.msgpack"
 """Written by the format-2 aggregator (test/data/make_state_format_2.py says how)."""
+CLI = [sys.executable, "-m", "tvm_observability.aggregator.cli"]
 
 
 def format_2_fleet(clock: FakeClock) -> FleetState:
@@ -126,10 +137,109 @@ def test_migrations_chain_to_the_current_format() -> None:
 # -- files the service must not start on ---------------------------------------------------------
 
 
+def test_unreadable_state_file_refuses_to_start(write_config, fleet_tokens, tmp_path: Path) -> None:
+    """A directory where the file should be cannot be read, by root too: nothing is moved, the service stops."""
+    state = tmp_path / "state.msgpack"
+    state.mkdir()
+    (state / "keep").write_text("operator's file", encoding="utf-8")
+    with pytest.raises(StateUnreadable):
+        StateFile(state).load()
+    agg = refused_start(write_config(fleet_tokens, state_file=str(state)))
+    assert agg.proc is not None and agg.proc.returncode == EXIT_STATE_REFUSED
+    record = refusal_record(agg)
+    assert f"cannot read the state file {state}" in record["message"]
+    assert (state / "keep").read_text(encoding="utf-8") == "operator's file"
+    assert list(tmp_path.glob("state.msgpack.corrupt-*")) == []
+
+
+@contextlib.contextmanager
+def unwritable_directory(path: Path) -> Iterator[None]:
+    """Make `path` a directory this process cannot change: immutable for root (which ignores modes), 0555 else."""
+    if os.geteuid() == 0:
+        chattr = require_binary("chattr")
+        subprocess.run([chattr, "+i", str(path)], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run([chattr, "-i", str(path)], check=True)
+    else:
+        path.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.chmod(0o755)
+
+
+def test_corrupt_file_that_cannot_be_moved_aside_refuses_to_start(write_config, fleet_tokens, tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    state = state_dir / "state.msgpack"
+    state.write_bytes(b"\xc1 not msgpack")
+    config = write_config(fleet_tokens, state_file=str(state))
+    with unwritable_directory(state_dir):
+        agg = refused_start(config)
+    assert agg.proc is not None and agg.proc.returncode == EXIT_STATE_REFUSED
+    message = refusal_record(agg)["message"]
+    assert f"the state file {state} is unusable" in message and "cannot be moved aside" in message
+    assert not any("cannot listen" in line for line in agg.raw_stderr)
+    assert state.read_bytes() == b"\xc1 not msgpack"
+
+
 def test_systemd_unit_does_not_restart_on_a_refused_state_file() -> None:
     unit = (Path(__file__).parent.parent / "config/systemd/telemetry-aggregator.service").read_text(encoding="utf-8")
     line = next(line for line in unit.splitlines() if line.startswith("RestartPreventExitStatus="))
     assert {"2", str(EXIT_STATE_REFUSED)} <= set(line.partition("=")[2].split())
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def test_save_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    state = tmp_path / "state.msgpack"
+    for name in (".state.msgpack.tmp", ".state.msgpack.tmp.tmp"):  # the old fixed name, and a guess at the new
+        (tmp_path / name).symlink_to(victim)
+    StateFile(state).save({"format": state_image.STATE_FORMAT, "vehicles": {}})
+    assert victim.read_bytes() == b"precious"
+    assert StateFile(state).load() == {"format": state_image.STATE_FORMAT, "vehicles": {}}
+    assert oct(state.stat().st_mode & 0o777) == "0o600" and not state.is_symlink()
+
+
+def test_failed_save_leaves_no_temporary_file(tmp_path: Path) -> None:
+    state = tmp_path / "state.msgpack"
+    state.mkdir()  # the rename over it fails
+    (state / "x").write_text("x", encoding="utf-8")
+    with pytest.raises(OSError):
+        StateFile(state).save({"format": state_image.STATE_FORMAT, "vehicles": {}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.msgpack"]
+
+
+def test_temporary_files_of_a_killed_save_are_removed(tmp_path: Path) -> None:
+    state = StateFile(tmp_path / "state.msgpack")
+    (tmp_path / ".state.msgpack.k2j4x9.tmp").write_bytes(b"half a save")
+    (tmp_path / "unrelated.tmp").write_bytes(b"not ours")
+    assert state.remove_stale_temps() == [tmp_path / ".state.msgpack.k2j4x9.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unrelated.tmp"]
+
+
+# -- telemetry_aggregator state ------------------------------------------------------------------
+
+
+def test_state_command_prints_binary_and_extension_values(tmp_path: Path) -> None:
+    wire = wire_snapshot("V1", future={"blob": b"\x00\xffraw", "tagged": msgpack.ExtType(5, b"\x01\x02")})
+    wire["stamp"] = msgpack.Timestamp(1_800_000_000)
+    body = codec.encode_wire(wire)
+    fleet = FleetState(["V1"], clock=FakeClock())
+    fleet.apply(parse_snapshot(codec.decode(body)), body)
+    path = tmp_path / "state.msgpack"
+    StateFile(path).save(state_image.to_image(fleet))
+    result = subprocess.run([*CLI, "state", str(path)], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    snapshot = json.loads(result.stdout)["vehicles"]["V1"]["snapshot"]
+    assert snapshot["future"]["blob"] == {"$bin": base64.b64encode(b"\x00\xffraw").decode()}
+    assert snapshot["future"]["tagged"] == {"$ext": 5, "data": base64.b64encode(b"\x01\x02").decode()}
+    assert snapshot["stamp"]["$ext"] == -1 and snapshot["battery"]["percentage"] == 76.5
 
 
 # -- boots older than the tracked ones -----------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
 import json
 import logging
@@ -26,7 +27,7 @@ from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is
 from .logs import configure_logging
 from .persistence import StateFile
 from .reload import apply_config
-from .state_image import StateRefused
+from .state_image import CorruptState, StateRefused
 
 try:
     import uvloop as _uvloop
@@ -262,7 +263,9 @@ def _token_command(args: list[str]) -> int:
 def _state_command(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="telemetry_aggregator state",
-        description="Print a state file (msgpack) as JSON, each vehicle's last snapshot decoded.",
+        description="Print a state file (msgpack) as JSON, each vehicle's last snapshot decoded. Binary values "
+        'a snapshot carried in fields unknown to the schema print as {"$bin": base64}, msgpack extension values '
+        'as {"$ext": type, "data": base64}.',
     )
     parser.add_argument("state_file", type=Path)
     options = parser.parse_args(args)
@@ -274,12 +277,30 @@ def _state_command(args: list[str]) -> int:
         for saved in image["vehicles"].values():
             if saved.get("snapshot") is not None:
                 saved["snapshot"] = codec.decode(saved["snapshot"])
-    except (ValueError, KeyError, TypeError, AttributeError, TelemetryError) as exc:
+    except StateRefused as exc:
+        print(f"telemetry_aggregator state: {exc}", file=sys.stderr)
+        return 1
+    except (CorruptState, KeyError, TypeError, AttributeError, TelemetryError) as exc:
         print(f"telemetry_aggregator state: {options.state_file} is not a state file: {exc}", file=sys.stderr)
         return 1
-    json.dump(image, sys.stdout, indent=2, sort_keys=True)
+    json.dump(_jsonable(image), sys.stdout, indent=2, sort_keys=True)
     print()
     return 0
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` with the msgpack values JSON has no type for (in snapshot fields the schema does not know) spelled
+    as tagged objects: binary {"$bin": base64}, extension {"$ext": type, "data": base64}."""
+    ext = codec.as_ext(value)  # before the containers: an ExtType is a tuple
+    if ext is not None:
+        return {"$ext": ext[0], "data": base64.b64encode(ext[1]).decode("ascii")}
+    if isinstance(value, bytes):
+        return {"$bin": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ msgpack, not JSON: the last snapshot of each vehicle is kept as the bytes it arr
 of 10,000 vehicles packs in milliseconds instead of re-encoding every snapshot.
 `telemetry_aggregator state FILE` prints a file as JSON for humans.
 
-A save writes a temporary file beside the target, fsyncs it, renames it over the target and
-fsyncs the directory: after `kill -9` or power loss the file is either the old or the new image,
-never a torn one.
+A save writes a new temporary file beside the target (a unique name, created with O_EXCL|O_NOFOLLOW and mode
+0600, so nothing planted there is followed or overwritten), fsyncs it, renames it over the target and fsyncs
+the directory: after `kill -9` or power loss the file is either the old or the new image, never a torn one.
 
-At start: no file, start empty; a broken or unreadable file, move it aside and start empty; a file written
-by a newer version: refuse to start (StateRefused), since starting empty would lose the counters it holds.
+At start: no file, start empty; a structurally broken file (not msgpack, not an image), move it aside and
+start empty; a file that cannot be read (permissions, a directory in its place), one written by a newer
+version, or a broken one that cannot be moved aside: refuse to start (StateRefused), since starting empty
+would lose the counters it holds.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .. import codec
 from . import state_image
 from .fleet import FleetState
-from .state_image import CorruptState
+from .state_image import CorruptState, StateRefused
 
 if TYPE_CHECKING:
     from .app import Runtime
@@ -35,6 +38,11 @@ _LOGGER = logging.getLogger("tvm_observability.aggregator.state")
 
 SAVE_SLICE = 250
 """Vehicles packed between two turns of the event loop while saving (~1 ms of work)."""
+_TEMP_SUFFIX = ".tmp"
+
+
+class StateUnreadable(StateRefused):
+    """The file is there but cannot be read (permissions, not a regular file)."""
 
 
 class StateFile:
@@ -42,15 +50,17 @@ class StateFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._temp_prefix = f".{self.path.name}."
 
     def load(self) -> dict[str, Any] | None:
-        """The saved image, or None if there is no file yet. Raises CorruptState if it is unreadable."""
+        """The saved image, or None if there is no file yet. Raises StateUnreadable if the file cannot be read,
+        CorruptState if it does not hold a state image."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise CorruptState(f"cannot read {self.path}: {exc.strerror or exc}") from None
+            raise StateUnreadable(f"cannot read the state file {self.path}: {exc.strerror or exc}") from None
         try:
             image = codec.unpack_state(data)
         except ValueError as exc:
@@ -66,22 +76,38 @@ class StateFile:
     def write(self, data: bytes) -> int:
         """Replace the file with an already packed image (codec.pack_state_map); as `save`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # mkstemp: a fresh name, O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600
+        fd, tmp = tempfile.mkstemp(prefix=self._temp_prefix, suffix=_TEMP_SUFFIX, dir=self.path.parent)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         dir_fd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
         return len(data)
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Remove temporary files a killed process left beside the file; returns them."""
+        removed: list[Path] = []
+        with contextlib.suppress(OSError):  # no directory yet, or not readable: load() says so if it matters
+            for entry in os.scandir(self.path.parent):
+                if entry.name.startswith(self._temp_prefix) and entry.name.endswith(_TEMP_SUFFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                        removed.append(Path(entry.path))
+        return removed
 
     def quarantine(self) -> Path:
         """Move an unusable file aside (kept for inspection) and return its new path."""
@@ -115,8 +141,10 @@ async def keep_state(rt: Runtime) -> AsyncIterator[None]:
 
 def restore_state(rt: Runtime, state_file: StateFile) -> None:
     """Load the state file into the fleet. A broken one is moved aside, loudly, and the service starts empty;
-    StateRefused (a newer format) propagates: the caller exits."""
+    StateRefused propagates (the caller exits)."""
     path = str(state_file.path)
+    if removed := state_file.remove_stale_temps():
+        _LOGGER.info("removed temporary files of an interrupted save", extra={"files": [str(p) for p in removed]})
     try:
         image = state_file.load()
         if image is None:
@@ -124,7 +152,12 @@ def restore_state(rt: Runtime, state_file: StateFile) -> None:
             return
         skipped = state_image.restore(rt.fleet, image, keep_unknown=rt.config.allow_unknown_vehicles)
     except CorruptState as exc:
-        moved = state_file.quarantine() if state_file.path.exists() else None
+        try:
+            moved = state_file.quarantine()
+        except OSError as move_exc:
+            raise StateRefused(
+                f"the state file {path} is unusable ({exc}) and cannot be moved aside: {move_exc.strerror or move_exc}"
+            ) from None
         _LOGGER.error("state file unusable, starting empty: %s", exc, extra={"path": path, "moved_to": str(moved)})
         return
     _LOGGER.info(
