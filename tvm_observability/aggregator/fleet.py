@@ -139,12 +139,16 @@ class VehicleState:
         """Derive `errors_total` from the retired sum and the tracked boots."""
         totals = dict(self.retired)
         for record in self.boots.values():
-            for code, count in record.errors.items():
-                key = self.exported_code(code)
-                totals[key] = totals.get(key, 0) + count
-            if record.overflow:
-                totals[OVERFLOW_ERROR_CODE] = totals.get(OVERFLOW_ERROR_CODE, 0) + record.overflow
+            self.add_counts(record, totals)
         self.errors_total = totals
+
+    def add_counts(self, record: BootRecord, totals: dict[str, int]) -> None:
+        """Add one boot's counts to `totals`, keyed by exported code."""
+        for code, count in record.errors.items():
+            key = self.exported_code(code)
+            totals[key] = totals.get(key, 0) + count
+        if record.overflow:
+            totals[OVERFLOW_ERROR_CODE] = totals.get(OVERFLOW_ERROR_CODE, 0) + record.overflow
 
 
 def fold_sensors(
@@ -266,11 +270,7 @@ class FleetState:
         record = vehicle.boots[snap.boot_id] = BootRecord(seq=snap.seq)
         while len(vehicle.boots) > TRACKED_BOOTS:
             boot_id, oldest = vehicle.boots.popitem(last=False)
-            for code, count in oldest.errors.items():
-                key = vehicle.exported_code(code)
-                vehicle.retired[key] = vehicle.retired.get(key, 0) + count
-            if oldest.overflow:
-                vehicle.retired[OVERFLOW_ERROR_CODE] = vehicle.retired.get(OVERFLOW_ERROR_CODE, 0) + oldest.overflow
+            vehicle.add_counts(oldest, vehicle.retired)
             vehicle.retired_boots[boot_id] = None
             while len(vehicle.retired_boots) > RETIRED_BOOT_IDS:
                 del vehicle.retired_boots[next(iter(vehicle.retired_boots))]
