@@ -90,7 +90,7 @@ def image_header(fleet: FleetState) -> Image:
 def vehicle_images(fleet: FleetState) -> Iterator[tuple[str, Image]]:
     """The image's "vehicles" entries, one at a time, over a copy of the vehicle list: the caller may let the
     state change between two (a vehicle changed after its entry was taken leaves the state dirty). Each entry is
-    built from copies, so it can be serialised in another thread while the state changes."""
+    built from copies, so a later change of the vehicle does not alter an entry already taken."""
     for v in list(fleet):
         if v.boots:
             yield v.vehicle_id, _vehicle_image(v)
