@@ -41,8 +41,8 @@ def refused_start(config: Path) -> AggregatorProcess:
     agg = AggregatorProcess(config)
     try:
         agg.start()
-    except AssertionError:
-        assert agg.proc is not None
+    except AssertionError:  # it exited (or hung without listening: then it is killed, and has no exit status)
+        agg.__exit__()
         return agg
     agg.stop()
     raise AssertionError("the aggregator started")
