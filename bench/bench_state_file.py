@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
+from tvm_observability.aggregator import state_image
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
 
@@ -39,10 +40,10 @@ def main() -> None:
         fleet.apply(parse_snapshot(codec.decode(body)), body)
 
     def save_msgpack() -> int:
-        return len(codec.pack_state(fleet.to_image()))
+        return len(codec.pack_state(state_image.to_image(fleet)))
 
     def save_json_reencoded() -> int:
-        image = fleet.to_image()
+        image = state_image.to_image(fleet)
         for vid, saved in image["vehicles"].items():
             vehicle = fleet.get(vid)
             saved["snapshot"] = vehicle.snapshot.to_wire() if vehicle and vehicle.snapshot else None

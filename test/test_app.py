@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 from support import FakeClock, parse_metrics, sample, wire_snapshot
 
 from tvm_observability import codec
+from tvm_observability.aggregator import state_image
 from tvm_observability.aggregator.app import RUNTIME, make_app
 from tvm_observability.aggregator.config import parse_config
 from tvm_observability.auth import hash_token
@@ -67,7 +68,7 @@ async def metrics(client: Client) -> dict[Any, float]:
 
 
 def fleet_image(client: Client) -> dict[str, Any]:
-    image = client.app[RUNTIME].fleet.to_image()  # type: ignore[union-attr]
+    image = state_image.to_image(client.app[RUNTIME].fleet)  # type: ignore[union-attr]
     image.pop("saved_at")
     return image
 

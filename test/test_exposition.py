@@ -13,6 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from support import parse_metrics, sample, wire_snapshot
 
+from tvm_observability.aggregator import state_image
 from tvm_observability.aggregator.collector import Exposition, ServiceMetrics
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
@@ -95,14 +96,14 @@ def test_render_matches_reference_through_a_vehicle_life():
 
 
 def test_render_follows_a_restored_state():
-    """restore() replaces VehicleState objects (version 1 again): the cache must not serve the old text."""
+    """restore() replaces VehicleState objects: the cache must not serve the old text."""
     _, fleet, exposition, _ = make()
     apply(fleet, "V1", seq=1)
     assert_same(exposition)
-    image = fleet.to_image()
+    image = state_image.to_image(fleet)
     apply(fleet, "V1", seq=2, status="on_mission")
     assert_same(exposition)
-    fleet.restore(image, keep_unknown=True)
+    state_image.restore(fleet, image, keep_unknown=True)
     assert_same(exposition)
 
 

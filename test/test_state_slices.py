@@ -6,7 +6,7 @@ from __future__ import annotations
 from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
-from tvm_observability.aggregator import app
+from tvm_observability.aggregator import persistence, state_image
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
 
@@ -21,20 +21,20 @@ def fleet_of(count: int) -> FleetState:
 
 
 async def test_sliced_image_is_the_whole_image(monkeypatch):
-    monkeypatch.setattr(app, "SAVE_SLICE", 7)  # many slices even for a small fleet
+    monkeypatch.setattr(persistence, "SAVE_SLICE", 7)  # many slices even for a small fleet
     fleet = fleet_of(100)
-    sliced = await app._packed_image(fleet)
-    assert sliced == codec.pack_state(fleet.to_image())
-    assert codec.unpack_state(sliced)["vehicles"].keys() == fleet.to_image()["vehicles"].keys()
+    sliced = await persistence.packed_image(fleet)
+    assert sliced == codec.pack_state(state_image.to_image(fleet))
+    assert codec.unpack_state(sliced)["vehicles"].keys() == state_image.to_image(fleet)["vehicles"].keys()
 
 
 async def test_sliced_image_of_an_empty_fleet():
     fleet = fleet_of(0)
-    assert await app._packed_image(fleet) == codec.pack_state(fleet.to_image())
+    assert await persistence.packed_image(fleet) == codec.pack_state(state_image.to_image(fleet))
 
 
 async def test_restore_reads_a_sliced_image():
     fleet = fleet_of(20)
     restored = FleetState([f"V{i}" for i in range(20)], FleetSettings(offline_after_s=15.0), clock=FakeClock())
-    restored.restore(codec.unpack_state(await app._packed_image(fleet)), keep_unknown=False)
-    assert restored.to_image()["vehicles"] == fleet.to_image()["vehicles"]
+    state_image.restore(restored, codec.unpack_state(await persistence.packed_image(fleet)), keep_unknown=False)
+    assert state_image.to_image(restored)["vehicles"] == state_image.to_image(fleet)["vehicles"]

@@ -50,6 +50,16 @@ def decode(body: bytes) -> Any:
         raise MalformedBody(f"body is not a valid msgpack document: {type(exc).__name__}") from None
 
 
+def as_ext(value: object) -> tuple[int, bytes] | None:
+    """(type code, data) of a msgpack extension value as `decode` returns it (an ExtType, or a Timestamp for
+    type -1), None for anything else: for showing values the schema does not know."""
+    if isinstance(value, msgpack.ExtType):
+        return value.code, value.data
+    if isinstance(value, msgpack.Timestamp):
+        return -1, value.to_bytes()
+    return None
+
+
 def pack_state(image: dict[str, Any]) -> bytes:
     """The aggregator's state file image (trusted, written by this program) as msgpack."""
     packed: bytes = msgpack.packb(image, use_bin_type=True)

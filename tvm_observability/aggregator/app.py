@@ -8,12 +8,11 @@ TelemetryError: JSON reason + status, counted by reason, logged without secrets,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -22,11 +21,13 @@ from prometheus_client import CollectorRegistry
 from .. import codec
 from ..auth import bearer_token, hash_token, token_matches
 from ..errors import (
+    BodyTimeout,
     BodyTooLarge,
     Forbidden,
     RateLimited,
     TelemetryError,
     Unauthenticated,
+    UnknownVehicle,
     UnsupportedMediaType,
 )
 from ..model import TELEMETRY_PATH, VehicleSnapshot
@@ -36,14 +37,13 @@ from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
 from .ingest import IngestLimits, parse_snapshot
-from .persistence import StateFile
+from .persistence import StateFile, keep_state
 from .ratelimit import RateLimiter
 from .reload import fleet_settings, ingest_limits, token_owners
 from .status_page import CONTENT_SECURITY_POLICY
 from .status_page import render as render_status_page
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.ingest")
-_STATE_LOGGER = logging.getLogger("tvm_observability.aggregator.state")
 
 VEHICLES_PATH = "/api/v1/vehicles"
 READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH})
@@ -53,11 +53,6 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 """HTTP methods counted under their own label; any other token a client sends is counted as `other`."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _UNKNOWN_STATUS_MEMORY = 10_000
-
-
-class BodyTimeout(TelemetryError):
-    status = 408
-    reason = "body_timeout"
 
 
 @dataclass
@@ -105,7 +100,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         client_max_size=config.limits.max_body_bytes,
     )
     app[RUNTIME] = runtime
-    app.cleanup_ctx.append(_persistence)
+    app.cleanup_ctx.append(lambda _: keep_state(runtime))
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
@@ -211,7 +206,7 @@ def _authorise(rt: Runtime, vehicle_id: str, token: str | None) -> None:
     entry = rt.config.vehicles.get(vehicle_id)
     if entry is None:
         if not rt.config.allow_unknown_vehicles:
-            raise Forbidden(f"vehicle {vehicle_id} is not on the roster", reason="unknown_vehicle")
+            raise UnknownVehicle(f"vehicle {vehicle_id} is not on the roster")
         return
     if not rt.config.auth_required:
         return
@@ -309,94 +304,3 @@ async def handle_status_page(request: web.Request) -> web.Response:
 async def handle_vehicles(request: web.Request) -> web.Response:
     """GET /api/v1/vehicles: the status page's rows as JSON (heartbeat_age_s null = never heard from)."""
     return web.json_response(build_view(request.app[RUNTIME].fleet).to_json(), headers=_NO_CACHE)
-
-
-# -- persistence -------------------------------------------------------------------------------
-
-
-async def _persistence(app: web.Application) -> AsyncIterator[None]:
-    """Restore the state file before serving; save it while dirty, and once more on shutdown."""
-    rt = app[RUNTIME]
-    if rt.state_file is None:
-        rt.ready = True
-        yield
-        return
-    restore_state(rt, rt.state_file)
-    rt.ready = True
-    task = asyncio.create_task(_save_loop(rt, rt.state_file), name="state-save-loop")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        if rt.fleet.dirty:
-            await save_state(rt, rt.state_file)
-
-
-def restore_state(rt: Runtime, state_file: StateFile) -> None:
-    """Load the state file into the fleet; an unreadable one is moved aside, loudly, not trusted."""
-    try:
-        image = state_file.load()
-        if image is None:
-            _STATE_LOGGER.info("no state file yet; starting empty", extra={"path": str(state_file.path)})
-            return
-        skipped = rt.fleet.restore(image, keep_unknown=rt.config.allow_unknown_vehicles)
-    except (ValueError, KeyError, TypeError, TelemetryError) as exc:
-        moved = state_file.quarantine() if state_file.path.exists() else None
-        _STATE_LOGGER.error(
-            "state file unusable, starting empty: %s",
-            exc,
-            extra={"path": str(state_file.path), "moved_to": str(moved)},
-        )
-        return
-    _STATE_LOGGER.info(
-        "state restored",
-        extra={"path": str(state_file.path), "vehicles": len(image["vehicles"]), "skipped_not_on_roster": skipped},
-    )
-
-
-async def save_state(rt: Runtime, state_file: StateFile) -> bool:
-    """Write the fleet image now (packed in slices, the file I/O in a thread); report and keep serving on failure."""
-    rt.fleet.dirty = False
-    data = await _packed_image(rt.fleet)
-    try:
-        await asyncio.to_thread(state_file.write, data)
-    except OSError as exc:
-        rt.fleet.dirty = True
-        rt.metrics.state_save_failures.inc()
-        rt.metrics.state_healthy.set(0)
-        if rt.state_error is None:
-            _STATE_LOGGER.error("cannot write state file: %s", exc, extra={"path": str(state_file.path)})
-        rt.state_error = exc.strerror or str(exc)
-        return False
-    if rt.state_error is not None:
-        _STATE_LOGGER.info("state file writable again", extra={"path": str(state_file.path)})
-    rt.state_error = None
-    rt.metrics.state_saves.inc()
-    rt.metrics.state_healthy.set(1)
-    rt.metrics.state_last_save.set(rt.fleet.clock.time())
-    return True
-
-
-SAVE_SLICE = 250
-"""Vehicles packed between two turns of the event loop while saving (~1 ms of work)."""
-
-
-async def _packed_image(fleet: FleetState) -> bytes:
-    """codec.pack_state(fleet.to_image()), packed SAVE_SLICE vehicles at a time with the loop free in between:
-    in one piece a 10,000-vehicle image held every request for ~100 ms (docs/benchmarks.md)."""
-    header = fleet.image_header()
-    entries: list[bytes] = []
-    for vehicle_id, image in fleet.vehicle_images():
-        entries.append(codec.pack_state_entry(vehicle_id, image))
-        if len(entries) % SAVE_SLICE == 0:
-            await asyncio.sleep(0)
-    return codec.pack_state_map(header, "vehicles", entries)
-
-
-async def _save_loop(rt: Runtime, state_file: StateFile) -> None:
-    while True:
-        await asyncio.sleep(rt.config.state_flush_interval_s)
-        if rt.fleet.dirty:
-            await save_state(rt, state_file)

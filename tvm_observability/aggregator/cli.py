@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
 import json
 import logging
@@ -26,6 +27,7 @@ from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is
 from .logs import configure_logging
 from .persistence import StateFile
 from .reload import apply_config
+from .state_image import CorruptState, StateRefused
 
 try:
     import uvloop as _uvloop
@@ -34,6 +36,9 @@ except ImportError:  # optional dependency
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.service")
 SHUTDOWN_TIMEOUT_S = 5.0
+EXIT_STATE_REFUSED = 3
+"""Exit status when the state file forbids starting (unreadable, newer format, broken and impossible to move
+aside): restarting cannot help, so the systemd unit lists it in RestartPreventExitStatus= (docs/operations.md)."""
 LISTEN_BACKLOG = 4096
 
 
@@ -75,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.log_level, config.environment)
     try:
         _run(serve(config, tls=tls, reload_from=options.config, listen=options.listen))
+    except StateRefused as exc:
+        _LOGGER.error("refusing to start: %s", exc, extra={"path": config.state_file})
+        return EXIT_STATE_REFUSED
     except OSError as exc:
         _LOGGER.error("cannot listen on %s: %s", config.listen, exc.strerror or exc)
         return 1
@@ -255,7 +263,9 @@ def _token_command(args: list[str]) -> int:
 def _state_command(args: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="telemetry_aggregator state",
-        description="Print a state file (msgpack) as JSON, each vehicle's last snapshot decoded.",
+        description="Print a state file (msgpack) as JSON, each vehicle's last snapshot decoded. Binary values "
+        'a snapshot carried in fields unknown to the schema print as {"$bin": base64}, msgpack extension values '
+        'as {"$ext": type, "data": base64}.',
     )
     parser.add_argument("state_file", type=Path)
     options = parser.parse_args(args)
@@ -267,12 +277,30 @@ def _state_command(args: list[str]) -> int:
         for saved in image["vehicles"].values():
             if saved.get("snapshot") is not None:
                 saved["snapshot"] = codec.decode(saved["snapshot"])
-    except (ValueError, KeyError, TypeError, AttributeError, TelemetryError) as exc:
+    except StateRefused as exc:
+        print(f"telemetry_aggregator state: {exc}", file=sys.stderr)
+        return 1
+    except (CorruptState, KeyError, TypeError, AttributeError, TelemetryError) as exc:
         print(f"telemetry_aggregator state: {options.state_file} is not a state file: {exc}", file=sys.stderr)
         return 1
-    json.dump(image, sys.stdout, indent=2, sort_keys=True)
+    json.dump(_jsonable(image), sys.stdout, indent=2, sort_keys=True)
     print()
     return 0
+
+
+def _jsonable(value: Any) -> Any:
+    """`value` with the msgpack values JSON has no type for (in snapshot fields the schema does not know) spelled
+    as tagged objects: binary {"$bin": base64}, extension {"$ext": type, "data": base64}."""
+    ext = codec.as_ext(value)  # before the containers: an ExtType is a tuple
+    if ext is not None:
+        return {"$ext": ext[0], "data": base64.b64encode(ext[1]).decode("ascii")}
+    if isinstance(value, bytes):
+        return {"$bin": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
 from .. import __version__
+from ..errors import REJECTION_REASONS
 from ..model import SENSOR_STATUSES
 from .fleet import FleetState, VehicleState
 
@@ -99,6 +100,11 @@ _TAIL: tuple[_Family, ...] = (
         "Times the vehicle's bridge started a new boot_id after the first one seen.",
         counter=True,
     ),
+    _Family(
+        "vehicle_sensor_names_folded",
+        'Sensor reports exported as sensor="other" because their name was past the vehicle\'s sensor-name budget.',
+        counter=True,
+    ),
 )
 _PER_VEHICLE = (*_FAMILIES, *_TAIL)
 """Families with per-vehicle samples, in exposition order (vehicles_online and vehicles_total sit between)."""
@@ -125,6 +131,7 @@ _PER_VEHICLE = (*_FAMILIES, *_TAIL)
     _SENSOR_RATE,
     _ERRORS,
     _RESTARTS,
+    _SENSORS_FOLDED,
 ) = range(len(_PER_VEHICLE))
 Sample = tuple[int, tuple[str, ...], float]
 """(family index, label values after vehicle_id, value): vehicle_id is every family's first label."""
@@ -154,6 +161,7 @@ def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
         yield _ERRORS, (code,), float(count)
     if v.boots:
         yield _RESTARTS, (), float(v.restarts)
+        yield _SENSORS_FOLDED, (), float(v.sensors_folded)
     snap = v.snapshot
     if snap is None:
         return
@@ -184,7 +192,7 @@ def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
         yield _YAW, (), q.yaw
         yield _SPEED, (), q.speed
         yield _INPUT_AGE, ("pose",), q.age_s
-    for name, report in snap.sensors.items():
+    for name, report in v.sensors.items():
         for status in SENSOR_STATUSES:
             yield _SENSOR, (name, status), 1.0 if status == report.status else 0.0
         if report.rate_hz is not None:
@@ -397,26 +405,6 @@ def _without_eof(text: str) -> str:
     return text[: -len(_EOF)] if text.endswith(_EOF) else text
 
 
-REJECTION_REASONS: tuple[str, ...] = (
-    "malformed",
-    "schema",
-    "non_finite",
-    "out_of_range",
-    "unsupported_version",
-    "limit_sensors",
-    "limit_error_codes",
-    "limit_vehicles",
-    "too_large",
-    "body_timeout",
-    "content_type",
-    "unauthenticated",
-    "forbidden",
-    "unknown_vehicle",
-    "rate_limited",
-)
-"""Every `reason` a push can be rejected for; all start at 0 so rate() works from the first scrape."""
-
-
 class ServiceMetrics:
     """The aggregator's own RED metrics and ingest/persistence counters, in the app's registry."""
 
@@ -445,7 +433,7 @@ class ServiceMetrics:
         self.rejected = Counter(
             "telemetry_snapshots_rejected", "Pushes refused, by reason.", ["reason"], registry=registry
         )
-        for reason in REJECTION_REASONS:
+        for reason in REJECTION_REASONS:  # every reason from 0, so rate() works from the first scrape
             self.rejected.labels(reason)
         self.state_saves = Counter("telemetry_state_saves", "Successful writes of the state file.", registry=registry)
         self.state_save_failures = Counter(

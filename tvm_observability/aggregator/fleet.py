@@ -7,11 +7,16 @@ boots plus a `retired` sum for older boots, so
     vehicle_errors_total = retired + sum(highest count per tracked boot)
 
 never decreases, never double-counts a retry (counts are cumulative, not deltas) and loses
-nothing when a push is lost (the next push carries the same events again).
+nothing when a push is lost (the next push carries the same events again). Boots are ordered by
+first arrival; a push from a retired boot is refused (`stale_boot`), never taken for a new one.
 
-Cardinality: a vehicle gets its own `error_code` series for its first `max_error_codes_per_vehicle - 1`
+Cardinality: a vehicle gets its own `error_code` series for its first `max_error_code_series - 1`
 codes; the events of any later code are counted under `error_code="other"`, so a vehicle that keeps
-inventing codes costs one series more, loses no event and is never refused for it.
+inventing codes costs one series more, loses no event and is never refused for it. Sensor names
+likewise: the first `max_sensor_series` names of a vehicle get a series, later ones are exported as
+sensor `other` and counted.
+
+What survives a restart, and how, is state_image.py's business; this module does no I/O and no encoding.
 """
 
 from __future__ import annotations
@@ -21,24 +26,33 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Protocol
 
-from .. import codec
-from ..errors import LimitExceeded
-from ..model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, OVERFLOW_ERROR_CODE, UNKNOWN_STATUS, VehicleSnapshot
-from .ingest import IngestLimits, parse_snapshot
+from ..errors import StaleBoot, TooManyVehicles
+from ..model import (
+    DEFAULT_VEHICLE_STATUSES,
+    OFFLINE_STATUS,
+    OVERFLOW_ERROR_CODE,
+    SENSOR_STATUSES,
+    UNKNOWN_STATUS,
+    SensorReport,
+    VehicleSnapshot,
+)
 
 TRACKED_BOOTS = 4
-MAX_CODES_PER_BOOT = 1024
-"""Distinct codes remembered per boot (for the cumulative max); events of codes past this are ignored."""
 """Boots whose counts stay separately updatable (a late push from a previous boot still counts)."""
-
-STATE_FORMAT = 2
+RETIRED_BOOT_IDS = 32
+"""Ids of boots no longer tracked remembered per vehicle, so that a push from one is refused (`stale_boot`)
+instead of being taken for a new boot (decision record 0002: boots are ordered by first arrival)."""
+MAX_CODES_PER_BOOT = 1024
+"""Distinct codes remembered per boot (for the cumulative max); the events of codes past this are counted under
+`other` (`BootRecord.overflow`)."""
 STORED_BODY_MAX = 4096
 """Pushes up to this size are kept as received for the state file; larger ones (padded with unknown
-fields) are re-encoded, so memory per vehicle stays bounded."""
-_TRUSTED_LIMITS = IngestLimits(max_sensors=2**31, max_error_codes=2**31)
-"""Saved snapshots passed the configured limits when they arrived; limits may have shrunk since."""
+fields) are dropped and the snapshot re-encoded when the state is saved, so memory per vehicle stays bounded."""
+OVERFLOW_SENSOR = "other"
+"""The sensor label under which a vehicle's sensors past its sensor-name budget are exported (worst status)."""
+_SEVERITY = {status: rank for rank, status in enumerate(SENSOR_STATUSES)}
 
 
 class Clock(Protocol):
@@ -71,6 +85,10 @@ class Outcome(str, Enum):
 class BootRecord:
     seq: int
     errors: dict[str, int] = field(default_factory=dict)
+    """Highest count seen per code, for at most MAX_CODES_PER_BOOT codes."""
+    overflow: int = 0
+    """Events of the codes past MAX_CODES_PER_BOOT: the highest sum seen in one push (counts are cumulative, so
+    that is exact for a vehicle that sends all its codes in every push, and never counts an event twice)."""
 
 
 @dataclass(slots=True)
@@ -81,13 +99,21 @@ class VehicleState:
     on_roster: bool
     snapshot: VehicleSnapshot | None = None
     snapshot_body: bytes | None = None
-    """The msgpack form of `snapshot`, kept for the state file."""
+    """The msgpack form of `snapshot` as received, kept for the state file (None: encode it when saving)."""
     boots: OrderedDict[str, BootRecord] = field(default_factory=OrderedDict)
     retired: dict[str, int] = field(default_factory=dict)
     """Summed counts of boots no longer tracked, keyed by exported code."""
+    retired_boots: dict[str, None] = field(default_factory=dict)
+    """Ids of the last RETIRED_BOOT_IDS boots no longer tracked, oldest first (an ordered set)."""
     codes: dict[str, None] = field(default_factory=dict)
     """Codes with a series of their own, in order of first appearance (an ordered set)."""
     errors_total: dict[str, int] = field(default_factory=dict)
+    sensor_names: dict[str, None] = field(default_factory=dict)
+    """Sensor names with a series of their own, in order of first appearance (an ordered set)."""
+    sensors: Mapping[str, SensorReport] = field(default_factory=dict)
+    """The last snapshot's sensors as exported: names past the budget folded into OVERFLOW_SENSOR."""
+    sensors_folded: int = 0
+    """Sensor reports folded into OVERFLOW_SENSOR because their name was past the budget (one per push)."""
     heartbeat_monotonic: float | None = None
     heartbeat_wall: float | None = None
     restarts: int = 0
@@ -109,13 +135,43 @@ class VehicleState:
         """The error_code label a vehicle's code is counted under."""
         return code if code in self.codes else OVERFLOW_ERROR_CODE
 
-    def _recount(self) -> None:
+    def recount(self) -> None:
+        """Derive `errors_total` from the retired sum and the tracked boots."""
         totals = dict(self.retired)
         for record in self.boots.values():
-            for code, count in record.errors.items():
-                key = self.exported_code(code)
-                totals[key] = totals.get(key, 0) + count
+            self.add_counts(record, totals)
         self.errors_total = totals
+
+    def add_counts(self, record: BootRecord, totals: dict[str, int]) -> None:
+        """Add one boot's counts to `totals`, keyed by exported code."""
+        for code, count in record.errors.items():
+            key = self.exported_code(code)
+            totals[key] = totals.get(key, 0) + count
+        if record.overflow:
+            totals[OVERFLOW_ERROR_CODE] = totals.get(OVERFLOW_ERROR_CODE, 0) + record.overflow
+
+
+def fold_sensors(
+    names: dict[str, None], sensors: Mapping[str, SensorReport], budget: int
+) -> tuple[Mapping[str, SensorReport], int]:
+    """The sensors to export and how many were folded: a name keeps its own series if it has one or the budget
+    (`names`, updated here) still has room; the others are exported as OVERFLOW_SENSOR, the worst status winning."""
+    if all(name in names for name in sensors):  # the usual push: the same sensors as before
+        return sensors, 0
+    view: dict[str, SensorReport] = {}
+    worst: SensorReport | None = None
+    folded = 0
+    for name, report in sensors.items():
+        if name != OVERFLOW_SENSOR and (name in names or len(names) < budget):
+            names[name] = None
+            view[name] = report
+            continue
+        folded += name != OVERFLOW_SENSOR  # a vehicle's own "other" shares the series without being folded
+        if worst is None or _SEVERITY[report.status] > _SEVERITY[worst.status]:
+            worst = report
+    if worst is not None:
+        view[OVERFLOW_SENSOR] = worst
+    return view, folded
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +185,9 @@ class FleetSettings:
     """Error-code series per vehicle, `other` included: later codes are counted under `other`."""
     max_unknown_vehicles: int = 1000
     """Vehicles outside the roster tracked at once; 0 refuses them."""
+    max_sensor_series: int = 64
+    """Sensor names per vehicle with a series of their own, over the vehicle's lifetime: later names are
+    exported as sensor `other` (worst status) and counted in `sensors_folded`."""
 
 
 class FleetState:
@@ -165,56 +224,85 @@ class FleetState:
         return self._vehicles.get(vehicle_id)
 
     def apply(self, snap: VehicleSnapshot, body: bytes | None = None) -> Outcome:
-        """Fold one validated, authorised snapshot (and the body it was decoded from) into the state.
+        """Fold one validated, authorised snapshot (and the body it was decoded from) into the state:
+        admit the vehicle, place the push among its boots, merge its counts, take its live values.
 
-        Raises LimitExceeded, leaving the state untouched, when the vehicle would be one unknown
-        vehicle too many.
+        Raises TooManyVehicles (one unknown vehicle too many) or StaleBoot (a retired boot), leaving the state
+        untouched.
         """
-        vehicle = self._vehicles.get(snap.vehicle_id)
-        if vehicle is None and self._unknown_count >= self.max_unknown:
-            raise LimitExceeded(
-                f"already tracking {self.max_unknown} vehicles outside the roster", reason="limit_vehicles"
-            )
-        if vehicle is None:
-            vehicle = VehicleState(snap.vehicle_id, on_roster=False)
-            self._vehicles[snap.vehicle_id] = vehicle
-            self._unknown_count += 1
-
-        record = vehicle.boots.get(snap.boot_id)
-        if record is not None and snap.seq <= record.seq:
-            return Outcome.DUPLICATE
-        current = vehicle.boot_id
+        vehicle = self._admit(snap.vehicle_id)
+        record = self._boot_record(vehicle, snap)
         if record is None:
-            record = BootRecord(seq=snap.seq)
-            vehicle.boots[snap.boot_id] = record
-            if current is not None:
-                vehicle.restarts += 1
-            while len(vehicle.boots) > TRACKED_BOOTS:
-                _, oldest = vehicle.boots.popitem(last=False)
-                for code, count in oldest.errors.items():
-                    key = vehicle.exported_code(code)
-                    vehicle.retired[key] = vehicle.retired.get(key, 0) + count
+            return Outcome.DUPLICATE
+        self._merge_counts(vehicle, record, snap)
+        vehicle.version += 1
+        self.dirty = True
+        if vehicle.boot_id != snap.boot_id:
+            return Outcome.PREVIOUS_BOOT
+        self._take_live_values(vehicle, snap, body)
+        return Outcome.ACCEPTED
+
+    def _admit(self, vehicle_id: str) -> VehicleState:
+        """The vehicle's state; a vehicle outside the roster is added while there is room for one more."""
+        vehicle = self._vehicles.get(vehicle_id)
+        if vehicle is not None:
+            return vehicle
+        if self._unknown_count >= self.max_unknown:
+            raise TooManyVehicles(f"already tracking {self.max_unknown} vehicles outside the roster")
+        vehicle = self._vehicles[vehicle_id] = VehicleState(vehicle_id, on_roster=False)
+        self._unknown_count += 1
+        return vehicle
+
+    @staticmethod
+    def _boot_record(vehicle: VehicleState, snap: VehicleSnapshot) -> BootRecord | None:
+        """The record of the push's boot, None for a duplicate. A boot not seen before starts a record (the newest
+        boot, by arrival) and retires the oldest tracked boot beyond TRACKED_BOOTS."""
+        record = vehicle.boots.get(snap.boot_id)
+        if record is not None:
+            return None if snap.seq <= record.seq else record
+        if snap.boot_id in vehicle.retired_boots:
+            raise StaleBoot(
+                f"boot {snap.boot_id} of {snap.vehicle_id} is older than the {TRACKED_BOOTS} boots tracked; "
+                "its counts are already included"
+            )
+        if vehicle.boots:
+            vehicle.restarts += 1
+        record = vehicle.boots[snap.boot_id] = BootRecord(seq=snap.seq)
+        while len(vehicle.boots) > TRACKED_BOOTS:
+            boot_id, oldest = vehicle.boots.popitem(last=False)
+            vehicle.add_counts(oldest, vehicle.retired)
+            vehicle.retired_boots[boot_id] = None
+            while len(vehicle.retired_boots) > RETIRED_BOOT_IDS:
+                del vehicle.retired_boots[next(iter(vehicle.retired_boots))]
+        return record
+
+    def _merge_counts(self, vehicle: VehicleState, record: BootRecord, snap: VehicleSnapshot) -> None:
+        """Keep the highest cumulative count per code of this boot; give new codes a series while the budget lasts."""
         record.seq = snap.seq
+        overflow = 0
         for code, count in snap.errors.items():
+            if code not in record.errors and len(record.errors) >= MAX_CODES_PER_BOOT:
+                overflow += count
+                continue
+            record.errors[code] = max(count, record.errors.get(code, 0))
             if (
                 code not in vehicle.codes
                 and code != OVERFLOW_ERROR_CODE
                 and len(vehicle.codes) < self.max_error_codes - 1
             ):
                 vehicle.codes[code] = None
-            if code in record.errors or len(record.errors) < MAX_CODES_PER_BOOT:
-                record.errors[code] = max(count, record.errors.get(code, 0))
-        vehicle._recount()
-        vehicle.version += 1
-        self.dirty = True
-        if vehicle.boot_id != snap.boot_id:
-            return Outcome.PREVIOUS_BOOT
+        record.overflow = max(record.overflow, overflow)
+        vehicle.recount()
+
+    def _take_live_values(self, vehicle: VehicleState, snap: VehicleSnapshot, body: bytes | None) -> None:
+        """The push of the current boot: its values become the vehicle's, and it is the new heartbeat."""
         vehicle.snapshot = snap
-        vehicle.snapshot_body = body if body is not None and len(body) <= STORED_BODY_MAX else codec.encode(snap)
+        vehicle.snapshot_body = body if body is not None and len(body) <= STORED_BODY_MAX else None
+        vehicle.sensors, folded = fold_sensors(vehicle.sensor_names, snap.sensors, self.settings.max_sensor_series)
+        vehicle.sensors_folded += folded
         vehicle.heartbeat_monotonic = self.clock.monotonic()
         vehicle.heartbeat_wall = self.clock.time()
         vehicle.clock_skew_s = snap.sent_at - vehicle.heartbeat_wall
-        return Outcome.ACCEPTED
 
     def is_online(self, vehicle: VehicleState, now_monotonic: float) -> bool:
         return vehicle.heartbeat_age(now_monotonic) <= self.offline_after_s
@@ -260,83 +348,28 @@ class FleetState:
         self.dirty = True
         return added, dropped
 
-    # -- persistence -------------------------------------------------------------------------
+    def adopt(self, restored: Iterable[VehicleState], *, keep_unknown: bool) -> list[str]:
+        """Take vehicles restored from the state file (state_image.py) in place of the ones known; returns the ids
+        skipped (not on the roster while unknown vehicles are refused, or past max_unknown_vehicles).
 
-    def to_image(self) -> dict[str, Any]:
-        """A plain image of what must survive a restart (counters, boots, last snapshot as msgpack bytes).
-
-        Built from copies, so it can be serialised in another thread while the state changes."""
-        return {**self.image_header(), "vehicles": dict(self.vehicle_images())}
-
-    def image_header(self) -> dict[str, Any]:
-        """The image's entries other than "vehicles"."""
-        return {"format": STATE_FORMAT, "saved_at": self.clock.time()}
-
-    def vehicle_images(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The image's "vehicles" entries, one at a time, over a copy of the vehicle list: the caller may let the
-        state change between two (a vehicle changed after its entry was taken leaves the state dirty)."""
-        for v in list(self._vehicles.values()):
-            if v.boots or v.retired:
-                yield (
-                    v.vehicle_id,
-                    {
-                        "boots": [{"boot_id": b, "seq": r.seq, "errors": dict(r.errors)} for b, r in v.boots.items()],
-                        "retired": dict(v.retired),
-                        "codes": list(v.codes),
-                        "heartbeat_wall": v.heartbeat_wall,
-                        "restarts": v.restarts,
-                        "snapshot": v.snapshot_body,
-                    },
-                )
-
-    def restore(self, image: Mapping[str, Any], *, keep_unknown: bool) -> list[str]:
-        """Load a `to_image` image; returns the ids skipped (not on the roster while unknowns are refused).
-
-        The whole image is checked before anything is applied: a structurally broken one raises
-        ValueError (or KeyError/TypeError) and leaves the state as it was.
-        """
-        if image.get("format") != STATE_FORMAT:
-            raise ValueError(f"state format {image.get('format')!r} is not {STATE_FORMAT}")
-        prepared = [(str(vid), _restored_vehicle(str(vid), saved)) for vid, saved in image["vehicles"].items()]
+        Ages restart from the saved wall-clock heartbeat: the monotonic clock of the previous process is gone."""
         now_mono, now_wall = self.clock.monotonic(), self.clock.time()
         skipped: list[str] = []
-        for vid, restored in prepared:
-            vehicle = self._vehicles.get(vid)
-            if vehicle is None:
+        for vehicle in restored:
+            known = self._vehicles.get(vehicle.vehicle_id)
+            if known is None:
                 if not keep_unknown or self._unknown_count >= self.max_unknown:
-                    skipped.append(vid)
+                    skipped.append(vehicle.vehicle_id)
                     continue
                 self._unknown_count += 1
-            else:
-                restored.on_roster = True
-            if restored.heartbeat_wall is not None:
-                restored.heartbeat_monotonic = now_mono - max(0.0, now_wall - restored.heartbeat_wall)
-            self._vehicles[vid] = restored
+            vehicle.on_roster = known is not None and known.on_roster
+            if vehicle.heartbeat_wall is not None:
+                vehicle.heartbeat_monotonic = now_mono - max(0.0, now_wall - vehicle.heartbeat_wall)
+            if vehicle.snapshot is not None:
+                vehicle.sensors, _ = fold_sensors(
+                    vehicle.sensor_names, vehicle.snapshot.sensors, self.settings.max_sensor_series
+                )
+            vehicle.recount()
+            vehicle.version = (known.version if known is not None else 0) + 1
+            self._vehicles[vehicle.vehicle_id] = vehicle
         return skipped
-
-
-def _restored_vehicle(vehicle_id: str, saved: Mapping[str, Any]) -> VehicleState:
-    vehicle = VehicleState(vehicle_id, on_roster=False)
-    vehicle.boots = OrderedDict(
-        (str(b["boot_id"]), BootRecord(int(b["seq"]), _counts(b["errors"]))) for b in saved["boots"]
-    )
-    vehicle.retired = _counts(saved["retired"])
-    vehicle.codes = dict.fromkeys(str(code) for code in saved["codes"])
-    vehicle.restarts = int(saved["restarts"])
-    if saved["heartbeat_wall"] is not None:
-        vehicle.heartbeat_wall = float(saved["heartbeat_wall"])
-    if saved["snapshot"] is not None:
-        vehicle.snapshot_body = bytes(saved["snapshot"])
-        vehicle.snapshot = parse_snapshot(codec.decode(vehicle.snapshot_body), _TRUSTED_LIMITS)
-        if vehicle.snapshot.vehicle_id != vehicle_id:
-            raise ValueError(f"saved snapshot of {vehicle.snapshot.vehicle_id} filed under {vehicle_id}")
-    vehicle._recount()
-    vehicle.version = 1
-    return vehicle
-
-
-def _counts(raw: Mapping[str, Any]) -> dict[str, int]:
-    counts = {str(code): int(count) for code, count in raw.items()}
-    if any(count < 0 for count in counts.values()):
-        raise ValueError("negative error count in state image")
-    return counts

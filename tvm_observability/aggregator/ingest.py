@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import LimitExceeded, SchemaError, UnsupportedVersion
+from ..errors import NonFinite, OutOfRange, SchemaError, TooManyErrorCodes, TooManySensors, UnsupportedVersion
 from ..model import (
     MAX_MESSAGE_CHARS,
     NAME_PATTERN,
@@ -39,7 +39,7 @@ class IngestLimits:
 
 
 def parse_snapshot(raw: Any, limits: IngestLimits = IngestLimits()) -> VehicleSnapshot:
-    """Validate one decoded push body; raise SchemaError, UnsupportedVersion or LimitExceeded."""
+    """Validate one decoded push body; raise a SchemaError, UnsupportedVersion or LimitExceeded (errors.py)."""
     top = _map(raw, "body")
     version = top.get("v")
     if type(version) is not int:
@@ -51,11 +51,9 @@ def parse_snapshot(raw: Any, limits: IngestLimits = IngestLimits()) -> VehicleSn
     sensors = _optional_map(top.get("sensors"), "sensors")
     errors = _optional_map(top.get("errors"), "errors")
     if len(sensors) > limits.max_sensors:
-        raise LimitExceeded(f"sensors: {len(sensors)} sensors, at most {limits.max_sensors}", reason="limit_sensors")
+        raise TooManySensors(f"sensors: {len(sensors)} sensors, at most {limits.max_sensors}")
     if len(errors) > limits.max_error_codes:
-        raise LimitExceeded(
-            f"errors: {len(errors)} error codes, at most {limits.max_error_codes}", reason="limit_error_codes"
-        )
+        raise TooManyErrorCodes(f"errors: {len(errors)} error codes, at most {limits.max_error_codes}")
     return VehicleSnapshot(
         vehicle_id=_pattern(top.get("vehicle_id"), "vehicle_id", VEHICLE_ID_PATTERN),
         boot_id=_pattern(top.get("boot_id"), "boot_id", VEHICLE_ID_PATTERN),
@@ -170,7 +168,7 @@ def _int(raw: Any, path: str, low: int, high: int) -> int:
     if type(raw) is not int:
         raise SchemaError(f"{path}: must be an integer")
     if not low <= raw <= high:
-        raise SchemaError(f"{path}: {raw} is outside [{low}, {high}]", reason="out_of_range")
+        raise OutOfRange(f"{path}: {raw} is outside [{low}, {high}]")
     return raw
 
 
@@ -179,9 +177,9 @@ def _number(raw: Any, path: str, low: float, high: float) -> float:
         raise SchemaError(f"{path}: must be a number")
     value = float(raw)
     if not math.isfinite(value):
-        raise SchemaError(f"{path}: must be finite", reason="non_finite")
+        raise NonFinite(f"{path}: must be finite")
     if not low <= value <= high:
-        raise SchemaError(f"{path}: {value} is outside [{low}, {high}]", reason="out_of_range")
+        raise OutOfRange(f"{path}: {value} is outside [{low}, {high}]")
     return value
 
 
