@@ -17,6 +17,7 @@ from tvm_observability.aggregator.config import (
 from tvm_observability.auth import hash_token
 
 HASH = hash_token("secret-token")
+HASH2 = hash_token("another-token")
 
 
 def test_full_config_parses(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ statuses: [idle, on_mission, charging]
 limits: {{max_body_bytes: 8192, max_sensors_per_vehicle: 8, rate_limit_per_vehicle_hz: 2}}
 vehicles:
   V1: {{token_sha256: "{HASH}"}}
-  V-2.b: {{token_sha256: "{HASH}"}}
+  V-2.b: {{token_sha256: "{HASH2}"}}
 log_level: debug
 environment: staging
 """,
@@ -41,6 +42,7 @@ environment: staging
     assert config.offline_after_s == 30.0 and config.state_file == "/var/lib/tvm-observability/state.msgpack"
     assert config.statuses == ("idle", "on_mission", "charging")
     assert config.limits.max_body_bytes == 8192 and config.limits.max_error_codes_per_vehicle == 64
+    assert config.limits.max_error_codes_per_push == 64 and config.limits.max_sensor_series_per_vehicle == 64
     assert set(config.vehicles) == {"V1", "V-2.b"} and config.vehicles["V1"].token_sha256 == HASH
     assert config.auth_required and not config.allow_unknown_vehicles
 
@@ -91,7 +93,7 @@ def test_non_loopback_without_credentials_is_refused() -> None:
     with pytest.raises(ConfigError, match="reachable from other machines"):
         default_config(listen="192.0.2.10:9100")
     assert default_config(listen="127.0.0.2:9100").listen_host == "127.0.0.2"
-    assert default_config(listen="[::1]:9100").listen == "[::1]:9100"
+    assert str(default_config(listen="[::1]:9100").listen) == "[::1]:9100"
 
 
 def test_listen_flag_beats_file() -> None:
@@ -101,7 +103,7 @@ def test_listen_flag_beats_file() -> None:
 
 def test_embedded_default_is_open_but_loopback_only() -> None:
     config = default_config()
-    assert config.listen == "127.0.0.1:9100"
+    assert str(config.listen) == "127.0.0.1:9100"
     assert not config.auth_required and config.allow_unknown_vehicles and config.state_file is None
 
 

@@ -25,7 +25,7 @@ from .app import RUNTIME, make_app
 from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is_loopback, load_config
 from .logs import configure_logging
 from .persistence import StateFile
-from .reload import apply_config
+from .settings import derive, plan_reload
 
 try:
     import uvloop as _uvloop
@@ -120,8 +120,8 @@ async def serve(
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop accepting, finish requests and save state.
 
-    SIGHUP reloads `reload_from` (roster, token hashes, limits, read_auth, TLS certificate); a bad file is
-    refused with every problem logged, and the running configuration stays.
+    SIGHUP reloads `reload_from` (every key marked as reloading in config.py, the TLS certificate included);
+    a bad file is refused with every problem logged, and the running configuration stays.
     """
     app = make_app(config)
     runner = web.AppRunner(
@@ -169,13 +169,13 @@ def _warn_exposure(config: AggregatorConfig, tls: bool) -> None:
         _LOGGER.warning(
             "listening beyond loopback without TLS: bearer tokens and fleet data cross the network in clear; "
             "configure tls (or terminate TLS in front of this port)",
-            extra={"listen": config.listen},
+            extra={"listen": str(config.listen)},
         )
     if config.read_auth is None:
         _LOGGER.warning(
             "listening beyond loopback without read_auth: anyone who reaches the port can read /metrics "
             "(vehicle positions included); configure read_auth or restrict the network",
-            extra={"listen": config.listen},
+            extra={"listen": str(config.listen)},
         )
 
 
@@ -184,33 +184,31 @@ def reload_config(app: web.Application, tls: ssl.SSLContext | None, path: Path |
     if path is None:
         _LOGGER.warning("SIGHUP ignored: running on the embedded default configuration, there is no file to reload")
         return
+    rt = app[RUNTIME]
     try:
-        new = load_config(path, listen=listen)
+        plan = plan_reload(rt.config, load_config(path, listen=listen))
     except ConfigError as exc:
         for problem in exc.problems:
             _LOGGER.error("config reload refused: %s", problem, extra={"path": str(path)})
         _LOGGER.error("config reload refused; the running configuration stays", extra={"problems": len(exc.problems)})
         return
-    if (new.tls is None) != (tls is None):
-        _LOGGER.error("config reload refused: turning TLS on or off needs a restart", extra={"path": str(path)})
-        return
-    if tls is not None and new.tls is not None:
+    if tls is not None and plan.config.tls is not None:
         try:
-            tls.load_cert_chain(new.tls.cert_file, new.tls.key_file)
+            tls.load_cert_chain(plan.config.tls.cert_file, plan.config.tls.key_file)
         except (ssl.SSLError, OSError) as exc:
             _LOGGER.error("config reload refused: tls: cannot load the certificate and key: %s", exc)
             return
-    result = apply_config(app[RUNTIME], new)
-    logging.getLogger().setLevel(new.log_level.upper())
-    if result.needs_restart:
-        _LOGGER.warning("changed keys take effect only after a restart", extra={"keys": result.needs_restart})
+    added, dropped = rt.apply(derive(plan.config))
+    logging.getLogger().setLevel(plan.config.log_level.upper())
+    if plan.needs_restart:
+        _LOGGER.warning("changed keys take effect only after a restart", extra={"keys": plan.needs_restart})
     _LOGGER.info(
         "configuration reloaded",
         extra={
-            "roster_vehicles": len(new.vehicles),
-            "added": result.added,
-            "dropped": result.dropped,
-            "tokens_rotated": result.rotated,
+            "roster_vehicles": len(plan.config.vehicles),
+            "added": added,
+            "dropped": dropped,
+            "tokens_rotated": plan.rotated,
         },
     )
 

@@ -129,6 +129,8 @@ class FleetSettings:
     """Error-code series per vehicle, `other` included: later codes are counted under `other`."""
     max_unknown_vehicles: int = 1000
     """Vehicles outside the roster tracked at once; 0 refuses them."""
+    max_sensor_series: int = 64
+    """Distinct sensor names a vehicle may introduce over time, each a `sensor` series."""
 
 
 class FleetState:
