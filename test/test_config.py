@@ -147,3 +147,36 @@ def test_loopback_detection() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("127.8.9.10") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.0.0.1")
     assert not is_loopback("example.org")
+
+
+# -- one token per vehicle, one value per key (issue 10, item 9) ------------------------------------------
+
+
+def test_two_roster_vehicles_with_the_same_token_hash_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"vehicles": {"V1": {"token_sha256": HASH}, "V2": {"token_sha256": HASH}, "V3": None}})
+    assert info.value.problems[0].startswith("vehicles.V2.token_sha256: the same token hash as vehicles.V1")
+    # every problem still reported together: V3 has no token at all
+    assert any(p.startswith("vehicles.V3.token_sha256: required") for p in info.value.problems)
+
+
+def test_a_key_written_twice_is_refused_with_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        f"""auth_required: true
+vehicles:
+  V1: {{token_sha256: "{HASH}"}}
+  V1: {{token_sha256: "{HASH2}"}}
+limits:
+  rate_limit_burst: 5
+  rate_limit_burst: 500
+auth_required: false
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"line {line}: key '{key}' written twice (first at line {first}); YAML would keep only the last value"
+        for line, key, first in ((4, "V1", 3), (7, "rate_limit_burst", 6), (8, "auth_required", 1))
+    ]

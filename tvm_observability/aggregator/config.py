@@ -354,7 +354,7 @@ class VehicleEntry:
 
 @dataclass(frozen=True)
 class Roster:
-    """vehicle id -> VehicleEntry."""
+    """vehicle id -> VehicleEntry; a token hash may belong to one vehicle only."""
 
     doc: str = "map id → `{token_sha256: hex}`"
     null_is_default: ClassVar[bool] = True
@@ -363,6 +363,7 @@ class Roster:
         if not isinstance(value, dict):
             return _fail(problems, path, "must be a mapping of vehicle id to {token_sha256: ...}")
         roster: dict[str, VehicleEntry] = {}
+        owner: dict[str, str] = {}
         for vid, raw_entry in value.items():
             where = f"{path}.{vid}"
             if not isinstance(vid, str) or VEHICLE_ID_PATTERN.fullmatch(vid) is None:
@@ -375,6 +376,17 @@ class Roster:
             read = read_section(VehicleEntry, entry, problems, prefix=f"{where}.")
             if read is INVALID:
                 continue
+            digest = read.token_sha256
+            if digest is not None and digest in owner:
+                _fail(
+                    problems,
+                    f"{where}.token_sha256",
+                    f"the same token hash as {path}.{owner[digest]}: one token would write both vehicles; "
+                    "give each vehicle its own token",
+                )
+                continue
+            if digest is not None:
+                owner[digest] = vid
             roster[vid] = read
         return roster
 
@@ -498,6 +510,53 @@ EMBEDDED_DEFAULT = AggregatorConfig(auth_required=False, allow_unknown_vehicles=
 # -- reading a file ----------------------------------------------------------------------------------
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses anchors and aliases before anything is expanded (a few hundred bytes of nested
+    aliases expand to gigabytes) and explicit tags (`!!int x` and the like crash PyYAML's constructors), and
+    reports every duplicated mapping key instead of keeping the last."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._duplicates: list[tuple[int, str]] = []
+
+    @property
+    def duplicates(self) -> list[str]:
+        """Every key written twice in one mapping, in the order of the file."""
+        return [message for _, message in sorted(self._duplicates)]
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.MarkedYAMLError(
+                problem="anchors and aliases (&name, *name) are not allowed in this config; write the values out",
+                problem_mark=event.start_mark,
+            )
+        if getattr(event, "tag", None) not in (None, "!"):
+            raise yaml.MarkedYAMLError(
+                problem=f"tags ({_show(event.tag)}) are not allowed in this config; write plain values",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        mapping = super().construct_mapping(node, deep=deep)
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            name = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if name in first_line:
+                self._duplicates.append(
+                    (
+                        line,
+                        f"line {line}: key {_show(name)} written twice (first at line {first_line[name]}); YAML "
+                        "would keep only the last value",
+                    )
+                )
+            else:
+                first_line[name] = line
+        return mapping
+
+
 def load_config(path: str | Path, *, listen: str | None = None) -> AggregatorConfig:
     """Read and validate a YAML config file; `listen` (the CLI flag) beats the file's value."""
     source = str(path)
@@ -505,16 +564,32 @@ def load_config(path: str | Path, *, listen: str | None = None) -> AggregatorCon
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
     return parse_yaml(text, source=source, listen=listen)
 
 
 def parse_yaml(text: str, *, source: str = "<config>", listen: str | None = None) -> AggregatorConfig:
     """Validate config text; raise ConfigError (and nothing else) listing every problem."""
     try:
-        data = yaml.safe_load(text)
+        loader = _StrictLoader(text)  # reads the whole text: refuses control characters at once
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
-    return parse_config({} if data is None else data, source=source, listen=listen)
+    except RecursionError:
+        raise ConfigError(source, ["not valid YAML: nested too deeply"]) from None
+    except ValueError as exc:  # a scalar that matches a YAML type but is not one (e.g. the date 2024-13-45)
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    try:
+        config = parse_config({} if data is None else data, source=source, listen=listen)
+    except ConfigError as exc:
+        raise ConfigError(source, loader.duplicates + exc.problems) from None
+    if loader.duplicates:
+        raise ConfigError(source, loader.duplicates)
+    return config
 
 
 def default_config(*, listen: str | None = None) -> AggregatorConfig:
