@@ -167,13 +167,13 @@ def _only_config_errors(parse: Any, *args: Any) -> None:
         assert isinstance(result, AggregatorConfig)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs)
 def test_fuzz_decoded_configs_raise_only_config_error(data: dict[Any, Any]) -> None:
     _only_config_errors(parse_config, data)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs)
 def test_fuzz_yaml_of_any_structure_raises_only_config_error(data: dict[Any, Any]) -> None:
     _only_config_errors(parse_yaml, yaml.safe_dump(data, allow_unicode=True))
@@ -182,7 +182,7 @@ def test_fuzz_yaml_of_any_structure_raises_only_config_error(data: dict[Any, Any
 YAML_ALPHABET = st.sampled_from(list("{}[]:,-?&*!|>'\"#%@` \n\t\\0aV1.e") + KEY_NAMES + ["!!set ", "!!binary ", "<<"])
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(YAML_ALPHABET, max_size=60).map("".join) | st.text(max_size=80))
 def test_fuzz_yaml_text_raises_only_config_error(text: str) -> None:
     _only_config_errors(parse_yaml, text)
