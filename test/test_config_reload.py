@@ -87,6 +87,7 @@ def test_a_reload_refused_for_a_mismatched_key_changes_nothing_and_a_renewed_pai
         }
         write_yaml(path, refused)
         sighup_and_wait(agg, "config reload refused: tls: cannot load the certificate and key")
+        wait_for(lambda: agg.find_log(REFUSED), 10, what="the refusal's summary line")
         for host in ("127.0.0.1", "localhost", "127.0.0.1"):  # every new handshake still gets the running one
             assert handshake(port, trusting, host) == (first.serial, 200)
         assert https_push(port, trusting, wire_snapshot("V2"), tokens["V2"]) == 403  # the roster did not change

@@ -200,11 +200,11 @@ def reload_config(app: web.Application, tls: ServerTls | None, path: Path | None
             context = server_context(plan.config.tls)
         except (ssl.SSLError, OSError) as exc:
             _LOGGER.error(
-                "config reload refused: tls: cannot load the certificate and key: %s; the running configuration "
-                "and certificate stay",
+                "config reload refused: tls: cannot load the certificate and key: %s; the running certificate stays",
                 exc,
                 extra={"path": str(path)},
             )
+            _LOGGER.error("config reload refused; the running configuration stays", extra={"problems": 1})
             return
     added, dropped = rt.apply(derive(plan.config))
     if tls is not None and context is not None:

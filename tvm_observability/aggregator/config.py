@@ -186,8 +186,8 @@ class Statuses:
         if reserved:
             _fail(problems, path, f"'offline' and 'unknown' are always present and may not be listed: {reserved!r}")
         if len(set(value)) != len(value):
-            _fail(problems, path, "names must be unique")
-        return INVALID if reserved or len(set(value)) != len(value) else tuple(value)
+            return _fail(problems, path, "names must be unique")
+        return INVALID if reserved else tuple(value)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """Runtime settings: what the running service takes from a configuration, derived in one place.
 
 `derive` turns a validated config into the settings of each component (fleet state, ingest guards, rate
-limiter, token owners); the app applies them in one place (`Runtime.apply`), at start and on every SIGHUP
-reload. `plan_reload` decides from each key's reload mark (config.py) which changes a reload applies and
-which wait for a restart. Pure: no sockets, no event loop.
+limiter, token owners). Each component takes its part in one place of its own, at construction and on
+reload (`FleetState.reconfigure`, `RateLimiter.reconfigure`); `make_app` builds them from these settings and
+`Runtime.apply` hands the new ones over on a SIGHUP reload. `plan_reload` decides from each key's reload mark
+(config.py) which changes a reload applies and which wait for a restart. Pure: no sockets, no event loop.
 """
 
 from __future__ import annotations
