@@ -39,7 +39,7 @@ async def client(aiohttp_client: MakeClient, clock: FakeClock) -> Client:
         {
             "offline_after_s": 15,
             "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in TOKENS.items()},
-            "limits": {"max_body_bytes": 4096, "max_error_codes_per_vehicle": 3, "rate_limit_burst": 5},
+            "limits": {"max_body_bytes": 4096, "max_error_codes_per_push": 3, "rate_limit_burst": 5},
         }
     )
     return await aiohttp_client(make_app(config, clock=clock))

@@ -17,6 +17,7 @@ from tvm_observability.aggregator.config import (
 from tvm_observability.auth import hash_token
 
 HASH = hash_token("secret-token")
+HASH2 = hash_token("another-token")
 
 
 def test_full_config_parses(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ statuses: [idle, on_mission, charging]
 limits: {{max_body_bytes: 8192, max_sensors_per_vehicle: 8, rate_limit_per_vehicle_hz: 2}}
 vehicles:
   V1: {{token_sha256: "{HASH}"}}
-  V-2.b: {{token_sha256: "{HASH}"}}
+  V-2.b: {{token_sha256: "{HASH2}"}}
 log_level: debug
 environment: staging
 """,
@@ -41,6 +42,7 @@ environment: staging
     assert config.offline_after_s == 30.0 and config.state_file == "/var/lib/tvm-observability/state.msgpack"
     assert config.statuses == ("idle", "on_mission", "charging")
     assert config.limits.max_body_bytes == 8192 and config.limits.max_error_codes_per_vehicle == 64
+    assert config.limits.max_error_codes_per_push == 64 and config.limits.max_sensor_series_per_vehicle == 64
     assert set(config.vehicles) == {"V1", "V-2.b"} and config.vehicles["V1"].token_sha256 == HASH
     assert config.auth_required and not config.allow_unknown_vehicles
 
@@ -91,7 +93,7 @@ def test_non_loopback_without_credentials_is_refused() -> None:
     with pytest.raises(ConfigError, match="reachable from other machines"):
         default_config(listen="192.0.2.10:9100")
     assert default_config(listen="127.0.0.2:9100").listen_host == "127.0.0.2"
-    assert default_config(listen="[::1]:9100").listen == "[::1]:9100"
+    assert str(default_config(listen="[::1]:9100").listen) == "[::1]:9100"
 
 
 def test_listen_flag_beats_file() -> None:
@@ -101,7 +103,7 @@ def test_listen_flag_beats_file() -> None:
 
 def test_embedded_default_is_open_but_loopback_only() -> None:
     config = default_config()
-    assert config.listen == "127.0.0.1:9100"
+    assert str(config.listen) == "127.0.0.1:9100"
     assert not config.auth_required and config.allow_unknown_vehicles and config.state_file is None
 
 
@@ -145,3 +147,36 @@ def test_loopback_detection() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("127.8.9.10") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.0.0.1")
     assert not is_loopback("example.org")
+
+
+# -- one token per vehicle, one value per key (issue 10, item 9) ------------------------------------------
+
+
+def test_two_roster_vehicles_with_the_same_token_hash_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"vehicles": {"V1": {"token_sha256": HASH}, "V2": {"token_sha256": HASH}, "V3": None}})
+    assert info.value.problems[0].startswith("vehicles.V2.token_sha256: the same token hash as vehicles.V1")
+    # every problem still reported together: V3 has no token at all
+    assert any(p.startswith("vehicles.V3.token_sha256: required") for p in info.value.problems)
+
+
+def test_a_key_written_twice_is_refused_with_its_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        f"""auth_required: true
+vehicles:
+  V1: {{token_sha256: "{HASH}"}}
+  V1: {{token_sha256: "{HASH2}"}}
+limits:
+  rate_limit_burst: 5
+  rate_limit_burst: 500
+auth_required: false
+""",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"line {line}: key '{key}' written twice (first at line {first}); YAML would keep only the last value"
+        for line, key, first in ((4, "V1", 3), (7, "rate_limit_burst", 6), (8, "auth_required", 1))
+    ]

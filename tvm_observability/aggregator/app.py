@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -39,7 +39,7 @@ from .fleet_view import build_view
 from .ingest import IngestLimits, parse_snapshot
 from .persistence import StateFile, keep_state
 from .ratelimit import RateLimiter
-from .reload import fleet_settings, ingest_limits, token_owners
+from .settings import Settings, derive
 from .status_page import CONTENT_SECURITY_POLICY
 from .status_page import render as render_status_page
 
@@ -59,7 +59,8 @@ _UNKNOWN_STATUS_MEMORY = 10_000
 class Runtime:
     """Mutable service state shared by the handlers and background tasks (one per app)."""
 
-    config: AggregatorConfig
+    settings: Settings
+    """The config in force and what is derived from it; replaced as a whole by `apply`."""
     fleet: FleetState
     metrics: ServiceMetrics
     registry: CollectorRegistry
@@ -67,13 +68,30 @@ class Runtime:
     exposition: Exposition
     """What /metrics serves: the same bytes, rendered from per-vehicle caches."""
     limiter: RateLimiter
-    ingest_limits: IngestLimits
-    token_owner: dict[str, str]
-    """sha256 of each roster token -> its vehicle, to tell 'wrong token' (401) from 'another vehicle's' (403)."""
     state_file: StateFile | None
     ready: bool = False
     state_error: str | None = None
     unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
+
+    @property
+    def config(self) -> AggregatorConfig:
+        return self.settings.config
+
+    @property
+    def ingest_limits(self) -> IngestLimits:
+        return self.settings.ingest
+
+    @property
+    def token_owner(self) -> Mapping[str, str]:
+        return self.settings.token_owner
+
+    def apply(self, settings: Settings) -> tuple[list[str], list[str]]:
+        """Put reloaded settings in force, in one step of the event loop; returns the roster vehicles
+        (added, dropped). The components take their part in their own one place, as at construction."""
+        added, dropped = self.fleet.reconfigure(settings.config.vehicles, settings.fleet)
+        self.limiter.reconfigure(settings.rate)
+        self.settings = settings
+        return added, dropped
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -82,17 +100,16 @@ RUNTIME = web.AppKey("runtime", Runtime)
 def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.Application:
     """Build the aggregator app. State is restored and persisted by the app's cleanup context."""
     clock = clock or SystemClock()
-    fleet = FleetState(config.vehicles, fleet_settings(config), clock=clock)
+    settings = derive(config)
+    fleet = FleetState(config.vehicles, settings.fleet, clock=clock)
     exposition = Exposition(fleet)
     runtime = Runtime(
-        config=config,
+        settings=settings,
         fleet=fleet,
         metrics=ServiceMetrics(exposition.service_registry),
         registry=exposition.registry,
         exposition=exposition,
-        limiter=RateLimiter(config.limits.rate_limit_per_vehicle_hz, config.limits.rate_limit_burst, clock.monotonic),
-        ingest_limits=ingest_limits(config),
-        token_owner=token_owners(config),
+        limiter=RateLimiter(settings.rate, clock.monotonic),
         state_file=StateFile(config.state_file) if config.state_file else None,
     )
     app = web.Application(

@@ -23,11 +23,12 @@ from ..auth import generate_token, hash_token
 from ..errors import TelemetryError
 from ..model import VEHICLE_ID_PATTERN
 from .app import RUNTIME, make_app
-from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is_loopback, load_config
+from .config import AggregatorConfig, ConfigError, default_config, is_loopback, load_config
 from .logs import configure_logging
 from .persistence import StateFile
-from .reload import apply_config
+from .settings import derive, plan_reload
 from .state_image import CorruptState, StateRefused
+from .tls import ServerTls, server_context
 
 try:
     import uvloop as _uvloop
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"telemetry_aggregator: {exc}", file=sys.stderr)
         return 2
     try:
-        tls = tls_context(config.tls) if config.tls else None
+        tls = ServerTls(config.tls) if config.tls else None
     except (ssl.SSLError, OSError) as exc:
         print(f"telemetry_aggregator: tls: cannot load the certificate and key: {exc}", file=sys.stderr)
         return 2
@@ -111,25 +112,17 @@ def _settle_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-def tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """A server context with the configured chain: TLS 1.2 or newer, the ssl module's default ciphers."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    return context
-
-
 async def serve(
     config: AggregatorConfig,
     *,
-    tls: ssl.SSLContext | None = None,
+    tls: ServerTls | None = None,
     reload_from: Path | None = None,
     listen: str | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop accepting, finish requests and save state.
 
-    SIGHUP reloads `reload_from` (roster, token hashes, limits, read_auth, TLS certificate); a bad file is
-    refused with every problem logged, and the running configuration stays.
+    SIGHUP reloads `reload_from` (every key marked as reloading in config.py, the TLS certificate included);
+    a bad file is refused with every problem logged, and the running configuration stays.
     """
     app = make_app(config)
     runner = web.AppRunner(
@@ -148,7 +141,13 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, reload_config, app, tls, reload_from, listen)
     try:
         # A whole fleet reconnecting at once (after an outage or a restart) overflows the default backlog of 128.
-        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=tls, backlog=LISTEN_BACKLOG)
+        site = web.TCPSite(
+            runner,
+            config.listen_host,
+            config.listen_port,
+            ssl_context=tls.listening if tls else None,
+            backlog=LISTEN_BACKLOG,
+        )
         await site.start()
         _LOGGER.info(
             "listening",
@@ -177,48 +176,57 @@ def _warn_exposure(config: AggregatorConfig, tls: bool) -> None:
         _LOGGER.warning(
             "listening beyond loopback without TLS: bearer tokens and fleet data cross the network in clear; "
             "configure tls (or terminate TLS in front of this port)",
-            extra={"listen": config.listen},
+            extra={"listen": str(config.listen)},
         )
     if config.read_auth is None:
         _LOGGER.warning(
             "listening beyond loopback without read_auth: anyone who reaches the port can read /metrics "
             "(vehicle positions included); configure read_auth or restrict the network",
-            extra={"listen": config.listen},
+            extra={"listen": str(config.listen)},
         )
 
 
-def reload_config(app: web.Application, tls: ssl.SSLContext | None, path: Path | None, listen: str | None) -> None:
-    """SIGHUP: validate the config file again and apply it, or keep the running one and log why."""
+def reload_config(app: web.Application, tls: ServerTls | None, path: Path | None, listen: str | None) -> None:
+    """SIGHUP: validate the config file again and apply it, or keep the running one and log why.
+
+    Nothing changes unless everything loaded: the config validated and, with TLS on, a new context loaded the
+    certificate and key (the files are read again even when their paths did not change: a renewed pair)."""
     if path is None:
         _LOGGER.warning("SIGHUP ignored: running on the embedded default configuration, there is no file to reload")
         return
+    rt = app[RUNTIME]
     try:
-        new = load_config(path, listen=listen)
+        plan = plan_reload(rt.config, load_config(path, listen=listen))
     except ConfigError as exc:
         for problem in exc.problems:
             _LOGGER.error("config reload refused: %s", problem, extra={"path": str(path)})
         _LOGGER.error("config reload refused; the running configuration stays", extra={"problems": len(exc.problems)})
         return
-    if (new.tls is None) != (tls is None):
-        _LOGGER.error("config reload refused: turning TLS on or off needs a restart", extra={"path": str(path)})
-        return
-    if tls is not None and new.tls is not None:
+    context = None
+    if tls is not None and plan.config.tls is not None:
         try:
-            tls.load_cert_chain(new.tls.cert_file, new.tls.key_file)
+            context = server_context(plan.config.tls)
         except (ssl.SSLError, OSError) as exc:
-            _LOGGER.error("config reload refused: tls: cannot load the certificate and key: %s", exc)
+            _LOGGER.error(
+                "config reload refused: tls: cannot load the certificate and key: %s; the running certificate stays",
+                exc,
+                extra={"path": str(path)},
+            )
+            _LOGGER.error("config reload refused; the running configuration stays", extra={"problems": 1})
             return
-    result = apply_config(app[RUNTIME], new)
-    logging.getLogger().setLevel(new.log_level.upper())
-    if result.needs_restart:
-        _LOGGER.warning("changed keys take effect only after a restart", extra={"keys": result.needs_restart})
+    added, dropped = rt.apply(derive(plan.config))
+    if tls is not None and context is not None:
+        tls.use(context)
+    logging.getLogger().setLevel(plan.config.log_level.upper())
+    if plan.needs_restart:
+        _LOGGER.warning("changed keys take effect only after a restart", extra={"keys": plan.needs_restart})
     _LOGGER.info(
         "configuration reloaded",
         extra={
-            "roster_vehicles": len(new.vehicles),
-            "added": result.added,
-            "dropped": result.dropped,
-            "tokens_rotated": result.rotated,
+            "roster_vehicles": len(plan.config.vehicles),
+            "added": added,
+            "dropped": dropped,
+            "tokens_rotated": plan.rotated,
         },
     )
 

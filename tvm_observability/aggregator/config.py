@@ -1,21 +1,39 @@
-"""Aggregator configuration: YAML parsed once into a frozen dataclass; every problem reported together."""
+"""Aggregator configuration: YAML parsed once into a frozen dataclass; every problem reported together.
+
+Each config key is declared once, as a dataclass field made by `key(...)`: its default, how it is read and
+checked (its `Kind`), whether a SIGHUP reload applies it or it waits for a restart, and its one-line doc.
+That declaration drives validation, defaults, the reload's `needs_restart` list (settings.py) and the key
+table of docs/configuration.md (`reference_table`, checked by the tests). A new key is one `key(...)` line in
+the dataclass of its section.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
-from collections.abc import Mapping
+import reprlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import yaml
 
 from ..auth import TOKEN_SHA256_PATTERN
-from ..model import DEFAULT_VEHICLE_STATUSES, NAME_PATTERN, VEHICLE_ID_PATTERN
+from ..model import NAME_PATTERN, OFFLINE_STATUS, UNKNOWN_STATUS, VEHICLE_ID_PATTERN
+from .fleet import FleetSettings
+from .ingest import IngestLimits
+from .ratelimit import RateSettings
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9100
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+_FLEET = FleetSettings()
+_INGEST = IngestLimits()
+_RATE = RateSettings()
+"""Defaults of what the config feeds: each is written once, in the component that uses it."""
 
 
 class ConfigError(Exception):
@@ -28,35 +46,357 @@ class ConfigError(Exception):
         super().__init__(f"invalid configuration in {source}:\n{listing}")
 
 
+# -- the declaration of a key ----------------------------------------------------------------------
+
+INVALID: Any = object()
+"""What a `Kind` returns for a value it refused (after recording why)."""
+
+
+class Kind(Protocol):
+    """How one key's YAML value is checked and turned into its config value."""
+
+    @property
+    def doc(self) -> str:
+        """The type column of the reference table."""
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        """The config value, or INVALID with the reason appended to `problems` as `path: reason`."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: how it is read, whether a reload applies it, what it means."""
+
+    kind: Kind
+    reloads: bool
+    doc: str
+    default_doc: str | None = None
+    """The default as the reference table shows it, when the value itself does not say it well."""
+
+
+REQUIRED: Any = object()
+"""The default of a key that has none: it must be given."""
+
+
+def key(default: Any, kind: Kind, doc: str, *, reloads: bool = True, default_doc: str | None = None) -> Any:
+    """A config dataclass field: `default` (REQUIRED for none), its kind, reload mark and doc."""
+    metadata = {"key": Key(kind, reloads, doc, default_doc)}
+    if default is REQUIRED:
+        return field(metadata=metadata)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def keys_of(cls: Any) -> Iterator[tuple[dataclasses.Field[Any], Key]]:
+    """The config keys a section dataclass declares, in order."""
+    for f in dataclasses.fields(cls):
+        if "key" in f.metadata:
+            yield f, f.metadata["key"]
+
+
+def _show(value: Any) -> str:
+    """A bounded repr for messages: a huge or deeply nested value never makes a huge message."""
+    return reprlib.repr(value)
+
+
+def _fail(problems: list[str], path: str, message: str) -> Any:
+    problems.append(f"{path}: {message}")
+    return INVALID
+
+
+# -- kinds -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flag:
+    doc: str = "bool"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        return value if type(value) is bool else _fail(problems, path, f"must be true or false, got {_show(value)}")
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number (or integer) from `low` up to 2**53 (beyond it floats lose whole numbers)."""
+
+    low: float
+    integer: bool = False
+    HIGH: ClassVar[int] = 2**53
+
+    @property
+    def doc(self) -> str:
+        return f"{'int' if self.integer else 'number'} ≥ {self.low:g}"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        kind = "an integer" if self.integer else "a number"
+        valid = type(value) is int if self.integer else type(value) in (int, float)
+        if not valid or (type(value) is float and not math.isfinite(value)) or value < self.low:
+            return _fail(problems, path, f"must be {kind} >= {self.low:g}, got {_show(value)}")
+        if value > self.HIGH:
+            return _fail(problems, path, f"must be {kind} <= 2**53, got {_show(value)}")
+        return value if self.integer else float(value)
+
+
+@dataclass(frozen=True)
+class Text:
+    doc: str = "string"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if isinstance(value, str) and value:
+            return value
+        return _fail(problems, path, f"must be a non-empty string, got {_show(value)}")
+
+
+@dataclass(frozen=True)
+class OptionalPath:
+    doc: str = "path or null"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if value is None or (isinstance(value, str) and value and "\0" not in value):
+            return value
+        return _fail(problems, path, f"must be a path or null, got {_show(value)}")
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple[str, ...]
+
+    @property
+    def doc(self) -> str:
+        return ", ".join(self.options)
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if isinstance(value, str) and value in self.options:
+            return value
+        return _fail(problems, path, f"must be one of {', '.join(self.options)}, got {_show(value)}")
+
+
+@dataclass(frozen=True)
+class Statuses:
+    doc: str = "list of names"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if not isinstance(value, list) or not value:
+            return _fail(problems, path, "must be a non-empty list of status names")
+        bad = [s for s in value if not isinstance(s, str) or NAME_PATTERN.fullmatch(s) is None]
+        if bad:
+            return _fail(problems, path, f"names must match {NAME_PATTERN.pattern}: {_show(bad)}")
+        reserved = [s for s in value if s in (OFFLINE_STATUS, UNKNOWN_STATUS)]
+        if reserved:
+            _fail(problems, path, f"'offline' and 'unknown' are always present and may not be listed: {reserved!r}")
+        if len(set(value)) != len(value):
+            return _fail(problems, path, "names must be unique")
+        return INVALID if reserved else tuple(value)
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Listen:
+    doc: str = "`HOST:PORT`"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        try:
+            return ListenAddress(*parse_listen(value))
+        except ValueError as exc:
+            return _fail(problems, path, str(exc))
+
+
+@dataclass(frozen=True)
+class PemFile:
+    """The path of a file that must be readable when the config is loaded."""
+
+    doc: str = "PEM path"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if not isinstance(value, str) or not value or "\0" in value:
+            return _fail(problems, path, f"must be the path of a PEM file, got {_show(value)}")
+        try:
+            with open(value, "rb"):
+                pass
+        except OSError as exc:
+            return _fail(problems, path, f"cannot read {value}: {exc.strerror or exc}")
+        return value
+
+
+@dataclass(frozen=True)
+class Sha256:
+    doc: str = "sha256 hex"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if value is None or (isinstance(value, str) and TOKEN_SHA256_PATTERN.fullmatch(value) is not None):
+            return value
+        return _fail(problems, path, "must be 64 lowercase hex characters (a sha256)")
+
+
+@dataclass(frozen=True)
+class Username:
+    doc: str = "string"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if value is None or (isinstance(value, str) and value and ":" not in value):
+            return value
+        return _fail(problems, path, "must be a non-empty string without ':'")
+
+
+Rule = Callable[[Mapping[Any, Any], str], list[str]]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping whose keys are declared by the `key(...)` fields of `cls`; `rule` checks keys together."""
+
+    cls: Any
+    rule: Rule | None = None
+    doc: str = "mapping"
+    null_is_default: ClassVar[bool] = True
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if not isinstance(value, dict):
+            return _fail(problems, path, f"must be a mapping with keys {', '.join(_names(self.cls))}")
+        return read_section(self.cls, value, problems, prefix=f"{path}.", rule=self.rule)
+
+
+def read_section(
+    cls: Any, raw: Mapping[Any, Any], problems: list[str], *, prefix: str = "", rule: Rule | None = None
+) -> Any:
+    """Read every declared key of `cls` from `raw`: unknown keys, bad values and `rule` are all reported.
+
+    An absent key (or null, for a section or the roster) keeps its default; a required key is read as null,
+    so its kind says what is missing. INVALID when a required key is bad."""
+    problems.extend(f"{prefix}{name}: unknown key" for name in sorted(map(str, raw)) if name not in _names(cls))
+    values: dict[str, Any] = {}
+    complete = True
+    for f, spec in keys_of(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        given = raw.get(f.name)
+        if not required and (f.name not in raw or (given is None and getattr(spec.kind, "null_is_default", False))):
+            continue
+        value = spec.kind.read(given, prefix + f.name, problems)
+        if value is INVALID:
+            complete = complete and not required
+        else:
+            values[f.name] = value
+    if rule is not None:
+        problems.extend(rule(raw, prefix.rstrip(".")))
+    return cls(**values) if complete else INVALID
+
+
+def _names(cls: Any) -> list[str]:
+    return [f.name for f, _ in keys_of(cls)]
+
+
+# -- the configuration -------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Guards against oversized input, label explosion and runaway clients."""
 
-    max_body_bytes: int = 64 * 1024
-    max_sensors_per_vehicle: int = 32
-    max_error_codes_per_vehicle: int = 64
-    max_unknown_vehicles: int = 1000
-    rate_limit_per_vehicle_hz: float = 10.0
-    rate_limit_burst: int = 20
-    body_timeout_s: float = 10.0
-    """A push body must arrive within this time; slow-body (slowloris) clients are cut off with 408."""
-    idle_timeout_s: float = 75.0
-    """A connection that completes no request within this time is closed (slow or idle headers included)."""
+    max_body_bytes: int = key(64 * 1024, Number(256, integer=True), "larger pushes get 413")
+    max_sensors_per_vehicle: int = key(
+        _INGEST.max_sensors, Number(1, integer=True), "sensors in one push (more: 422 `limit_sensors`)"
+    )
+    max_sensor_series_per_vehicle: int = key(
+        _FLEET.max_sensor_series,
+        Number(1, integer=True),
+        "distinct sensor names a vehicle may introduce over time, each a `sensor` series; later names are "
+        "counted under `other`",
+    )
+    max_error_codes_per_push: int = key(
+        _INGEST.max_error_codes, Number(1, integer=True), "error codes in one push (more: 422 `limit_error_codes`)"
+    )
+    max_error_codes_per_vehicle: int = key(
+        _FLEET.max_error_code_series,
+        Number(1, integer=True),
+        "`error_code` series per vehicle, `other` included: the first N-1 codes get their own, the events "
+        "of later codes count under `other`",
+    )
+    max_unknown_vehicles: int = key(
+        _FLEET.max_unknown_vehicles,
+        Number(0, integer=True),
+        "accepted vehicles outside the roster, when `allow_unknown_vehicles`",
+    )
+    rate_limit_per_vehicle_hz: float = key(
+        _RATE.rate_hz, Number(0.1), "sustained pushes per second per vehicle; above it 429"
+    )
+    rate_limit_burst: int = key(
+        _RATE.burst, Number(1, integer=True), "pushes a vehicle may send at once before the rate applies"
+    )
+    body_timeout_s: float = key(
+        10.0,
+        Number(0.1),
+        "a push body must arrive within this time after its headers, else 408 (slow-body clients)",
+    )
+    idle_timeout_s: float = key(
+        75.0,
+        Number(0.5),
+        "a connection that completes no request within this time is closed (idle keep-alive, headers that never end)",
+        reloads=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class VehicleEntry:
     """A roster vehicle: expected from start-up, with the hash of its bearer token."""
 
-    token_sha256: str | None = None
+    token_sha256: str | None = key(None, Sha256(), "sha256 of the vehicle's bearer token")
+
+
+@dataclass(frozen=True)
+class Roster:
+    """vehicle id -> VehicleEntry; a token hash may belong to one vehicle only."""
+
+    doc: str = "map id → `{token_sha256: hex}`"
+    null_is_default: ClassVar[bool] = True
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if not isinstance(value, dict):
+            return _fail(problems, path, "must be a mapping of vehicle id to {token_sha256: ...}")
+        roster: dict[str, VehicleEntry] = {}
+        owner: dict[str, str] = {}
+        for vid, raw_entry in value.items():
+            where = f"{path}.{vid}"
+            if not isinstance(vid, str) or VEHICLE_ID_PATTERN.fullmatch(vid) is None:
+                _fail(problems, where, f"vehicle id must match {VEHICLE_ID_PATTERN.pattern}")
+                continue
+            entry = {} if raw_entry is None else raw_entry
+            if not isinstance(entry, dict):
+                _fail(problems, where, "must be a mapping such as {token_sha256: <hex>}")
+                continue
+            read = read_section(VehicleEntry, entry, problems, prefix=f"{where}.")
+            if read is INVALID:
+                continue
+            digest = read.token_sha256
+            if digest is not None and digest in owner:
+                _fail(
+                    problems,
+                    f"{where}.token_sha256",
+                    f"the same token hash as {path}.{owner[digest]}: one token would write both vehicles; "
+                    "give each vehicle its own token",
+                )
+                continue
+            if digest is not None:
+                owner[digest] = vid
+            roster[vid] = read
+        return roster
 
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
     """Serve HTTPS with this certificate chain and private key (PEM files)."""
 
-    cert_file: str
-    key_file: str
+    cert_file: str = key(REQUIRED, PemFile(), "certificate chain, leaf first; readable when the config loads")
+    key_file: str = key(REQUIRED, PemFile(), "private key of the certificate; readable when the config loads")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,53 +406,155 @@ class ReadAuth:
     Only hashes are kept: a bearer token's sha256, and for basic auth a username with its password's sha256.
     """
 
-    bearer_token_sha256: str | None = None
-    basic_username: str | None = None
-    basic_password_sha256: str | None = None
+    bearer_token_sha256: str | None = key(
+        None,
+        Sha256(),
+        "`/metrics`, the status page `/` and `/api/v1/vehicles` need `Authorization: Bearer <token>` with this "
+        "token's SHA-256",
+    )
+    basic_username: str | None = key(
+        None, Username(), "or HTTP basic auth: this user, with `basic_password_sha256` (both or neither)"
+    )
+    basic_password_sha256: str | None = key(
+        None, Sha256(), "the SHA-256 of the basic auth password; either credential is accepted when both are set"
+    )
+
+
+def _read_auth_rule(raw: Mapping[Any, Any], path: str) -> list[str]:
+    problems = []
+    if ("basic_username" in raw) != ("basic_password_sha256" in raw):
+        problems.append(f"{path}: basic_username and basic_password_sha256 go together")
+    if "bearer_token_sha256" not in raw and "basic_username" not in raw:
+        problems.append(f"{path}: needs bearer_token_sha256, or basic_username with basic_password_sha256")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
 class AggregatorConfig:
-    listen_host: str = DEFAULT_HOST
-    listen_port: int = DEFAULT_PORT
-    auth_required: bool = True
-    offline_after_s: float = 15.0
-    state_file: str | None = None
-    state_flush_interval_s: float = 2.0
-    allow_unknown_vehicles: bool = False
-    statuses: tuple[str, ...] = DEFAULT_VEHICLE_STATUSES
-    limits: Limits = field(default_factory=Limits)
-    vehicles: Mapping[str, VehicleEntry] = field(default_factory=dict)
-    log_level: str = "info"
-    environment: str = "production"
-    tls: TlsConfig | None = None
-    read_auth: ReadAuth | None = None
+    listen: ListenAddress = key(
+        ListenAddress(DEFAULT_HOST, DEFAULT_PORT),
+        Listen(),
+        "address for pushes, `/metrics` and health; `[::1]:9100` for IPv6; port 0 picks a free port (logged in "
+        "the `listening` line); `--listen` beats it",
+        reloads=False,
+        default_doc=f"`{DEFAULT_HOST}:{DEFAULT_PORT}`",
+    )
+    auth_required: bool = key(
+        True,
+        Flag(),
+        "require each vehicle's bearer token; `false` only on a loopback address",
+        default_doc="`true` in a file",
+    )
+    offline_after_s: float = key(
+        _FLEET.offline_after_s,
+        Number(0.5),
+        'heartbeat age beyond which a vehicle is offline: `vehicle_up` 0, `vehicle_status{status="offline"}` 1',
+    )
+    state_file: str | None = key(
+        None,
+        OptionalPath(),
+        "msgpack image of per-vehicle state and counters, rewritten atomically; see "
+        "[operations](operations.md#persistence)",
+        reloads=False,
+    )
+    state_flush_interval_s: float = key(
+        2.0, Number(0.05), "how often the state file is rewritten while something changed"
+    )
+    allow_unknown_vehicles: bool = key(
+        False,
+        Flag(),
+        "accept vehicles that are not on the roster; needs `auth_required: false` (they have no credential)",
+    )
+    statuses: tuple[str, ...] = key(
+        _FLEET.statuses,
+        Statuses(),
+        "vehicle statuses exported in `vehicle_status`; a reported status outside the list is exported as "
+        "`unknown` and logged once; `offline` and `unknown` are always added and may not be listed",
+        default_doc=", ".join(_FLEET.statuses),
+    )
+    limits: Limits = key(Limits(), Section(Limits), "guards against oversized input and runaway clients")
+    vehicles: Mapping[str, VehicleEntry] = key(
+        {},
+        Roster(),
+        "the roster: expected vehicles, exported from start-up, each with the SHA-256 of its own token",
+    )
+    log_level: str = key("info", Choice(LOG_LEVELS), "JSON logs on stderr")
+    environment: str = key("production", Text(), "`metadata.environment` in every log line", reloads=False)
+    tls: TlsConfig | None = key(
+        None,
+        Section(TlsConfig),
+        "serve HTTPS with this certificate chain and key (TLS 1.2+); both files must load as a pair, else exit 2 "
+        "(a reload with a pair that does not load is refused, the running certificate stays); a renewed pair "
+        "reloads; recommended whenever `listen` is not loopback (a warning "
+        "is logged otherwise)",
+        reloads=False,
+        default_doc="no TLS",
+    )
+    read_auth: ReadAuth | None = key(
+        None, Section(ReadAuth, _read_auth_rule), "credentials for reading fleet data", default_doc="off"
+    )
 
     @property
-    def listen(self) -> str:
-        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"{host}:{self.listen_port}"
+    def listen_host(self) -> str:
+        return self.listen.host
+
+    @property
+    def listen_port(self) -> int:
+        return self.listen.port
 
 
 EMBEDDED_DEFAULT = AggregatorConfig(auth_required=False, allow_unknown_vehicles=True, environment="development")
 """Used without --config: loopback only, any vehicle accepted without credentials."""
 
-_LOG_LEVELS = ("debug", "info", "warning", "error")
-_TOP_KEYS = {
-    "listen",
-    "auth_required",
-    "offline_after_s",
-    "state_file",
-    "state_flush_interval_s",
-    "allow_unknown_vehicles",
-    "statuses",
-    "limits",
-    "vehicles",
-    "log_level",
-    "environment",
-    "tls",
-    "read_auth",
-}
+
+# -- reading a file ----------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML that refuses anchors and aliases before anything is expanded (a few hundred bytes of nested
+    aliases expand to gigabytes) and explicit tags (`!!int x` and the like crash PyYAML's constructors), and
+    reports every duplicated mapping key instead of keeping the last."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._duplicates: list[tuple[int, str]] = []
+
+    @property
+    def duplicates(self) -> list[str]:
+        """Every key written twice in one mapping, in the order of the file."""
+        return [message for _, message in sorted(self._duplicates)]
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.MarkedYAMLError(
+                problem="anchors and aliases (&name, *name) are not allowed in this config; write the values out",
+                problem_mark=event.start_mark,
+            )
+        if getattr(event, "tag", None) not in (None, "!"):
+            raise yaml.MarkedYAMLError(
+                problem=f"tags ({_show(event.tag)}) are not allowed in this config; write plain values",
+                problem_mark=event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        mapping = super().construct_mapping(node, deep=deep)
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            name = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if name in first_line:
+                self._duplicates.append(
+                    (
+                        line,
+                        f"line {line}: key {_show(name)} written twice (first at line {first_line[name]}); YAML "
+                        "would keep only the last value",
+                    )
+                )
+            else:
+                first_line[name] = line
+        return mapping
 
 
 def load_config(path: str | Path, *, listen: str | None = None) -> AggregatorConfig:
@@ -122,13 +564,32 @@ def load_config(path: str | Path, *, listen: str | None = None) -> AggregatorCon
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
+    return parse_yaml(text, source=source, listen=listen)
+
+
+def parse_yaml(text: str, *, source: str = "<config>", listen: str | None = None) -> AggregatorConfig:
+    """Validate config text; raise ConfigError (and nothing else) listing every problem."""
     try:
-        data = yaml.safe_load(text)
+        loader = _StrictLoader(text)  # reads the whole text: refuses control characters at once
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as exc:
         raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
-    if data is None:
-        data = {}
-    return parse_config(data, source=source, listen=listen)
+    except RecursionError:
+        raise ConfigError(source, ["not valid YAML: nested too deeply"]) from None
+    except ValueError as exc:  # a scalar that matches a YAML type but is not one (e.g. the date 2024-13-45)
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from None
+    try:
+        config = parse_config({} if data is None else data, source=source, listen=listen)
+    except ConfigError as exc:
+        raise ConfigError(source, loader.duplicates + exc.problems) from None
+    if loader.duplicates:
+        raise ConfigError(source, loader.duplicates)
+    return config
 
 
 def default_config(*, listen: str | None = None) -> AggregatorConfig:
@@ -137,7 +598,7 @@ def default_config(*, listen: str | None = None) -> AggregatorConfig:
     problems: list[str] = []
     if listen is not None:
         config = _with_listen(config, listen, "--listen", problems)
-    problems += _exposure_problems(config)
+    problems += cross_key_problems(config)
     if problems:
         raise ConfigError("the embedded default configuration", problems)
     return config
@@ -147,27 +608,26 @@ def parse_config(data: Any, *, source: str = "<config>", listen: str | None = No
     """Validate a decoded config mapping; raise ConfigError listing every problem."""
     if not isinstance(data, dict):
         raise ConfigError(source, ["top level must be a mapping of keys to values"])
-    problems = [f"{key}: unknown key" for key in sorted(map(str, data)) if key not in _TOP_KEYS]
-    r = _Reader(problems)
-    config = AggregatorConfig(
-        auth_required=r.boolean(data, "auth_required", True),
-        offline_after_s=r.number(data, "offline_after_s", 15.0, low=0.5),
-        state_file=r.optional_str(data, "state_file"),
-        state_flush_interval_s=r.number(data, "state_flush_interval_s", 2.0, low=0.05),
-        allow_unknown_vehicles=r.boolean(data, "allow_unknown_vehicles", False),
-        statuses=r.statuses(data),
-        limits=r.limits(data.get("limits")),
-        vehicles=r.vehicles(data.get("vehicles")),
-        log_level=r.choice(data, "log_level", "info", _LOG_LEVELS),
-        environment=r.string(data, "environment", "production"),
-        tls=r.tls(data.get("tls")),
-        read_auth=r.read_auth(data.get("read_auth")),
-    )
-    if "listen" in data:
-        config = _with_listen(config, data["listen"], "listen", problems)
+    problems: list[str] = []
+    config: AggregatorConfig = read_section(AggregatorConfig, data, problems)
     if listen is not None:
         config = _with_listen(config, listen, "--listen", problems)
-    problems += _exposure_problems(config)
+    problems += cross_key_problems(config)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def cross_key_problems(config: AggregatorConfig) -> list[str]:
+    """The rules across keys, checked on every config that is to run (a reload's too, with the running listen
+    address): beyond loopback vehicles need credentials; with auth_required every roster vehicle has a token
+    and no unknown vehicle is accepted."""
+    problems = []
+    if not config.auth_required and not is_loopback(config.listen_host):
+        problems.append(
+            f"listen: {config.listen} is reachable from other machines, but no vehicle credentials are configured "
+            "(auth_required is false); listen on 127.0.0.1 or configure vehicles with token_sha256"
+        )
     if config.auth_required:
         problems += [
             f"vehicles.{vid}.token_sha256: required while auth_required is true "
@@ -179,22 +639,20 @@ def parse_config(data: Any, *, source: str = "<config>", listen: str | None = No
             problems.append(
                 "allow_unknown_vehicles: unknown vehicles have no credential, so this needs auth_required: false"
             )
-    if problems:
-        raise ConfigError(source, problems)
-    return config
+    return problems
 
 
 def parse_listen(value: Any) -> tuple[str, int]:
     """Split HOST:PORT (or [IPv6]:PORT); raise ValueError with a readable message."""
     if not isinstance(value, str) or ":" not in value:
-        raise ValueError(f"must be HOST:PORT, got {value!r}")
+        raise ValueError(f"must be HOST:PORT, got {_show(value)}")
     host, _, port_text = value.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not host:
-        raise ValueError(f"must be HOST:PORT with a host, got {value!r}")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"port must be 0-65535, got {port_text!r}")
+        raise ValueError(f"must be HOST:PORT with a host, got {_show(value)}")
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {_show(port_text)}")
     return host, int(port_text)
 
 
@@ -208,216 +666,81 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _with_listen(config: AggregatorConfig, value: Any, key: str, problems: list[str]) -> AggregatorConfig:
-    try:
-        host, port = parse_listen(value)
-    except ValueError as exc:
-        problems.append(f"{key}: {exc}")
-        return config
-    return replace(config, listen_host=host, listen_port=port)
+def _with_listen(config: AggregatorConfig, value: Any, path: str, problems: list[str]) -> AggregatorConfig:
+    address = Listen().read(value, path, problems)
+    return config if address is INVALID else replace(config, listen=address)
 
 
-def _exposure_problems(config: AggregatorConfig) -> list[str]:
-    if config.auth_required or is_loopback(config.listen_host):
-        return []
-    return [
-        f"listen: {config.listen} is reachable from other machines, but no vehicle credentials are configured "
-        "(auth_required is false); listen on 127.0.0.1 or configure vehicles with token_sha256"
-    ]
+# -- the reference table of docs/configuration.md ----------------------------------------------------
 
 
-class _Reader:
-    """Typed reads from the raw mapping; each failure is recorded and a default returned."""
+def reference_rows(cls: Any = AggregatorConfig, prefix: str = "") -> Iterator[tuple[str, str, bool, str]]:
+    """(key, type and default, reloads, meaning) of every leaf key, sections expanded."""
+    for f, spec in keys_of(cls):
+        if isinstance(spec.kind, Section):
+            yield from reference_rows(spec.kind.cls, f"{prefix}{f.name}.")
+            continue
+        if spec.default_doc is not None:
+            default = spec.default_doc
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            default = "required"
+        else:
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            default = f"`{_yaml_scalar(value)}`"
+        yield prefix + f.name, f"{spec.kind.doc} ({default})", spec.reloads, spec.doc
 
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
 
-    def _fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
+def section_docs(cls: Any = AggregatorConfig, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(section key, meaning) of every section, for the notes under the table."""
+    for f, spec in keys_of(cls):
+        if isinstance(spec.kind, Section):
+            toggle = "" if f.default is not None else f"; turning it on or off: {_mark(spec.reloads)}"
+            default = f" (default: {spec.default_doc}{toggle})" if spec.default_doc else ""
+            yield prefix + f.name, spec.doc + default
+            yield from section_docs(spec.kind.cls, f"{prefix}{f.name}.")
 
-    def boolean(self, data: Mapping[str, Any], key: str, default: bool, prefix: str = "") -> bool:
-        value = data.get(key, default)
-        if type(value) is not bool:
-            self._fail(prefix + key, f"must be true or false, got {value!r}")
-            return default
-        return value
 
-    def number(
-        self, data: Mapping[str, Any], key: str, default: float, *, low: float, prefix: str = "", integer: bool = False
-    ) -> Any:
-        value = data.get(key, default)
-        valid = type(value) is int if integer else type(value) in (int, float)
-        if not valid or not math.isfinite(value) or value < low:
-            kind = "an integer" if integer else "a number"
-            self._fail(prefix + key, f"must be {kind} >= {low}, got {value!r}")
-            return default
-        return value if integer else float(value)
+def reference_table() -> str:
+    """The key table of docs/configuration.md, generated from the declarations above."""
+    lines = ["| key | type (default) | on SIGHUP | meaning |", "| --- | --- | --- | --- |"]
+    for name, kind, reloads, doc in reference_rows():
+        lines.append(f"| `{name}` | {kind} | {_mark(reloads)} | {doc} |")
+    lines.append("")
+    lines.extend(f"- `{name}`: {doc}" for name, doc in section_docs())
+    return "\n".join(lines) + "\n"
 
-    def string(self, data: Mapping[str, Any], key: str, default: str) -> str:
-        value = data.get(key, default)
-        if not isinstance(value, str) or not value:
-            self._fail(key, f"must be a non-empty string, got {value!r}")
-            return default
-        return value
 
-    def optional_str(self, data: Mapping[str, Any], key: str) -> str | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value:
-            self._fail(key, f"must be a path or null, got {value!r}")
-            return None
-        return value
+def _mark(reloads: bool) -> str:
+    return "reloads" if reloads else "restart"
 
-    def choice(self, data: Mapping[str, Any], key: str, default: str, options: tuple[str, ...]) -> str:
-        value = data.get(key, default)
-        if value not in options:
-            self._fail(key, f"must be one of {', '.join(options)}, got {value!r}")
-            return default
-        return str(value)
 
-    def statuses(self, data: Mapping[str, Any]) -> tuple[str, ...]:
-        value = data.get("statuses", list(DEFAULT_VEHICLE_STATUSES))
-        if not isinstance(value, list) or not value:
-            self._fail("statuses", "must be a non-empty list of status names")
-            return DEFAULT_VEHICLE_STATUSES
-        bad = [s for s in value if not isinstance(s, str) or NAME_PATTERN.fullmatch(s) is None]
-        reserved = [s for s in value if s in ("offline", "unknown")]
-        if bad:
-            self._fail("statuses", f"names must match {NAME_PATTERN.pattern}: {bad!r}")
-        if reserved:
-            self._fail("statuses", f"'offline' and 'unknown' are always present and may not be listed: {reserved!r}")
-        if len(set(value)) != len(value):
-            self._fail("statuses", "names must be unique")
-        return tuple(value) if not bad else DEFAULT_VEHICLE_STATUSES
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, float) and value.is_integer():
+        return f"{value:g}"
+    if isinstance(value, dict):
+        return "{}"
+    return str(value)
 
-    def limits(self, value: Any) -> Limits:
-        if value is None:
-            return Limits()
-        if not isinstance(value, dict):
-            self._fail("limits", "must be a mapping")
-            return Limits()
-        defaults = Limits()
-        known = set(Limits.__slots__)
-        for key in sorted(map(str, value)):
-            if key not in known:
-                self._fail(f"limits.{key}", "unknown key")
-        return Limits(
-            max_body_bytes=self.number(
-                value, "max_body_bytes", defaults.max_body_bytes, low=256, prefix="limits.", integer=True
-            ),
-            max_sensors_per_vehicle=self.number(
-                value,
-                "max_sensors_per_vehicle",
-                defaults.max_sensors_per_vehicle,
-                low=1,
-                prefix="limits.",
-                integer=True,
-            ),
-            max_error_codes_per_vehicle=self.number(
-                value,
-                "max_error_codes_per_vehicle",
-                defaults.max_error_codes_per_vehicle,
-                low=1,
-                prefix="limits.",
-                integer=True,
-            ),
-            max_unknown_vehicles=self.number(
-                value, "max_unknown_vehicles", defaults.max_unknown_vehicles, low=0, prefix="limits.", integer=True
-            ),
-            rate_limit_per_vehicle_hz=self.number(
-                value, "rate_limit_per_vehicle_hz", defaults.rate_limit_per_vehicle_hz, low=0.1, prefix="limits."
-            ),
-            rate_limit_burst=self.number(
-                value, "rate_limit_burst", defaults.rate_limit_burst, low=1, prefix="limits.", integer=True
-            ),
-            body_timeout_s=self.number(value, "body_timeout_s", defaults.body_timeout_s, low=0.1, prefix="limits."),
-            idle_timeout_s=self.number(value, "idle_timeout_s", defaults.idle_timeout_s, low=0.5, prefix="limits."),
-        )
 
-    def _section(self, value: Any, name: str, keys: tuple[str, ...]) -> Mapping[str, Any] | None:
-        if not isinstance(value, dict):
-            self._fail(name, f"must be a mapping with keys {', '.join(keys)}")
-            return None
-        for key in sorted(map(str, value)):
-            if key not in keys:
-                self._fail(f"{name}.{key}", "unknown key")
-        return value
+TABLE_BEGIN, TABLE_END = "<!-- config-keys:begin -->\n", "<!-- config-keys:end -->"
 
-    def _readable_file(self, section: Mapping[str, Any], name: str, key: str) -> str:
-        path = section.get(key)
-        if not isinstance(path, str) or not path:
-            self._fail(f"{name}.{key}", f"must be the path of a PEM file, got {path!r}")
-            return ""
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            self._fail(f"{name}.{key}", f"cannot read {path}: {exc.strerror or exc}")
-        return path
 
-    def tls(self, value: Any) -> TlsConfig | None:
-        if value is None:
-            return None
-        section = self._section(value, "tls", ("cert_file", "key_file"))
-        if section is None:
-            return None
-        return TlsConfig(
-            cert_file=self._readable_file(section, "tls", "cert_file"),
-            key_file=self._readable_file(section, "tls", "key_file"),
-        )
+def write_reference(doc: Path) -> None:
+    """Replace the key table between the markers in `doc` (docs/configuration.md) with `reference_table()`."""
+    text = doc.read_text(encoding="utf-8")
+    head, rest = text.split(TABLE_BEGIN, 1)
+    tail = rest.split(TABLE_END, 1)[1]
+    doc.write_text(head + TABLE_BEGIN + reference_table() + TABLE_END + tail, encoding="utf-8")
 
-    def _sha256(self, section: Mapping[str, Any], path: str, key: str) -> str | None:
-        digest = section.get(key)
-        if digest is not None and (not isinstance(digest, str) or TOKEN_SHA256_PATTERN.fullmatch(digest) is None):
-            self._fail(f"{path}.{key}", "must be 64 lowercase hex characters (a sha256)")
-            return None
-        return digest
 
-    def read_auth(self, value: Any) -> ReadAuth | None:
-        if value is None:
-            return None
-        keys = ("bearer_token_sha256", "basic_username", "basic_password_sha256")
-        section = self._section(value, "read_auth", keys)
-        if section is None:
-            return None
-        username = section.get("basic_username")
-        if username is not None and (not isinstance(username, str) or not username or ":" in username):
-            self._fail("read_auth.basic_username", "must be a non-empty string without ':'")
-            username = None
-        auth = ReadAuth(
-            bearer_token_sha256=self._sha256(section, "read_auth", "bearer_token_sha256"),
-            basic_username=username,
-            basic_password_sha256=self._sha256(section, "read_auth", "basic_password_sha256"),
-        )
-        if ("basic_username" in section) != ("basic_password_sha256" in section):
-            self._fail("read_auth", "basic_username and basic_password_sha256 go together")
-        if "bearer_token_sha256" not in section and "basic_username" not in section:
-            self._fail("read_auth", "needs bearer_token_sha256, or basic_username with basic_password_sha256")
-        return auth
+if __name__ == "__main__":  # python -m tvm_observability.aggregator.config [docs/configuration.md]
+    import sys
 
-    def vehicles(self, value: Any) -> Mapping[str, VehicleEntry]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self._fail("vehicles", "must be a mapping of vehicle id to {token_sha256: ...}")
-            return {}
-        roster: dict[str, VehicleEntry] = {}
-        for vid, raw_entry in value.items():
-            path = f"vehicles.{vid}"
-            if not isinstance(vid, str) or VEHICLE_ID_PATTERN.fullmatch(vid) is None:
-                self._fail(path, f"vehicle id must match {VEHICLE_ID_PATTERN.pattern}")
-                continue
-            entry = {} if raw_entry is None else raw_entry
-            if not isinstance(entry, dict):
-                self._fail(path, "must be a mapping such as {token_sha256: <hex>}")
-                continue
-            for key in sorted(map(str, entry)):
-                if key != "token_sha256":
-                    self._fail(f"{path}.{key}", "unknown key")
-            digest = entry.get("token_sha256")
-            if digest is not None and (not isinstance(digest, str) or TOKEN_SHA256_PATTERN.fullmatch(digest) is None):
-                self._fail(f"{path}.token_sha256", "must be 64 lowercase hex characters (sha256 of the token)")
-                digest = None
-            roster[vid] = VehicleEntry(token_sha256=digest)
-        return roster
+    if len(sys.argv) > 1:
+        write_reference(Path(sys.argv[1]))
+    else:
+        sys.stdout.write(reference_table())

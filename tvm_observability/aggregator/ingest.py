@@ -32,10 +32,13 @@ MAX_ERROR_COUNT = 2**53
 
 @dataclass(frozen=True, slots=True)
 class IngestLimits:
-    """Per-snapshot cardinality guards."""
+    """Per-push cardinality guards: a push carrying more is refused (422); these are the defaults of the
+    config's `limits.max_sensors_per_vehicle` and `limits.max_error_codes_per_push`."""
 
     max_sensors: int = 32
+    """Sensors in one push."""
     max_error_codes: int = 64
+    """Error codes in one push."""
 
 
 def parse_snapshot(raw: Any, limits: IngestLimits = IngestLimits()) -> VehicleSnapshot:
