@@ -57,6 +57,7 @@ class VehicleBridge(Node):
         self.pusher = Pusher(
             self.params.telemetry_url,
             token,
+            vehicle_id=self.params.builder.vehicle_id,
             ca_file=self.params.ca_file,
             request_timeout_s=self.params.request_timeout_s,
             backoff_initial_s=self.params.backoff_initial_s,
