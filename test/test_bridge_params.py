@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from tvm_observability.bridge.params import PARAMETERS, ParamError, parse_params, read_token
+from tvm_observability.bridge.params import PARAMETERS, ParamError, default_values, parse_params, read_token
 
 
 def values(**overrides):
-    base = {spec.name: spec.default for spec in PARAMETERS}
+    base = default_values()
     base["vehicle_id"] = "V5"
     base.update(overrides)
     return base

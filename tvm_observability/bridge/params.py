@@ -76,6 +76,11 @@ SENSOR_FIELDS: tuple[ParamSpec, ...] = (
 )
 
 
+def default_values() -> dict[str, Any]:
+    """Every PARAMETERS entry at its default (vehicle_id empty, so not yet valid)."""
+    return {spec.name: list(spec.default) if isinstance(spec.default, list) else spec.default for spec in PARAMETERS}
+
+
 class ParamError(Exception):
     """Unusable parameters; `problems` names each one."""
 
