@@ -23,6 +23,7 @@ from std_msgs.msg import String
 from .. import codec
 from . import converters
 from .params import (
+    EXIT_BAD_PARAMETERS,
     PARAMETERS,
     SENSOR_FIELDS,
     ParamError,
@@ -268,7 +269,7 @@ def _message_type(sensor: str, name: str) -> Any:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script `vehicle_bridge`: 0 after a clean shutdown, 2 on bad parameters."""
+    """Console script `vehicle_bridge`: 0 after a clean shutdown, EXIT_BAD_PARAMETERS (2) on bad parameters."""
     rclpy.init(args=args)
     bridge: VehicleBridge | None = None
     code = 0
@@ -276,7 +277,7 @@ def main(args: list[str] | None = None) -> int:
         bridge = VehicleBridge()
         rclpy.spin(bridge)
     except ParamError:  # logged by the node, with its full name
-        code = 2
+        code = EXIT_BAD_PARAMETERS
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

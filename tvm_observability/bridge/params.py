@@ -98,6 +98,10 @@ def default_values() -> dict[str, Any]:
     return {spec.name: list(spec.default) if isinstance(spec.default, list) else spec.default for spec in PARAMETERS}
 
 
+EXIT_BAD_PARAMETERS = 2
+"""vehicle_bridge's exit code when its parameters are unusable (the launch files stop instead of respawning)."""
+
+
 class ParamError(Exception):
     """Unusable parameters; `problems` names each one."""
 
