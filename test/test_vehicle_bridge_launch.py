@@ -89,6 +89,12 @@ class TestVehicleInMetrics(unittest.TestCase):
             30,
             what="the injected CAM_USB error counted once",
         )
+        # Sensor liveness needs a full window of messages after the bridge has discovered the simulator.
+        wait_for(
+            lambda: sample(scrape(url), "vehicle_sensor_status", vehicle_id=VEHICLE, sensor="lidar", status="ok") == 1,
+            30,
+            what="lidar ok (its scan rate measured)",
+        )
         samples = scrape(url)
         self.assertEqual(sample(samples, "vehicle_up", vehicle_id=VEHICLE), 1.0)
         battery = sample(samples, "vehicle_battery_level", vehicle_id=VEHICLE)
@@ -98,7 +104,6 @@ class TestVehicleInMetrics(unittest.TestCase):
         self.assertEqual(
             sample(samples, "vehicle_sensor_status", vehicle_id=VEHICLE, sensor="camera", status="error"), 1.0
         )
-        self.assertEqual(sample(samples, "vehicle_sensor_status", vehicle_id=VEHICLE, sensor="lidar", status="ok"), 1.0)
 
 
 @launch_testing.post_shutdown_test()
