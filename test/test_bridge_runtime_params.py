@@ -111,6 +111,12 @@ def test_restart_only_parameters_are_refused_with_a_reason(live):
     assert live.bridge.params.builder.vehicle_id == "V7"
 
 
+def test_rclpys_own_parameters_are_left_to_rclpy(live):
+    (sim_time,) = live.set(use_sim_time=True)
+    assert sim_time.successful, sim_time.reason
+    assert live.get("use_sim_time") == [True]
+
+
 def test_invalid_runtime_values_are_refused_and_change_nothing(live):
     (period,) = live.set(publish_period_s=-1.0)
     assert not period.successful and period.reason.startswith("publish_period_s: must be a number in [0.05, 3600]")

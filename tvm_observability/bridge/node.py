@@ -113,8 +113,11 @@ class VehicleBridge(Node):
 
     def _on_set_parameters(self, changes: list[Parameter[Any]]) -> SetParametersResult:
         """A runtime parameter is validated with the others and applied at once; a restart-only one, or an
-        invalid value, is refused with the reason (`ros2 param set` prints it) and changes nothing."""
-        requested = {p.name: _plain(p.value) for p in changes}
+        invalid value, is refused with the reason (`ros2 param set` prints it) and changes nothing. Parameters the
+        bridge does not declare (rclpy's own, such as use_sim_time) are left to rclpy."""
+        requested = {p.name: _plain(p.value) for p in changes if p.name in self._values}
+        if not requested:
+            return SetParametersResult(successful=True)
         try:
             params = update_params(self._values, requested)
         except ParamError as exc:
