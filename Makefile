@@ -13,13 +13,13 @@ DEPS := setup.py pyproject.toml requirements-dev.txt
 $(VENV)/.installed: $(DEPS) requirements-ros-kilted.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
-	$(VENV)/bin/pip install $(PIP_QUIET) -e . -r requirements-dev.txt -r requirements-ros-kilted.txt
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[aggregator,test]' -r requirements-dev.txt -r requirements-ros-kilted.txt
 	@touch $@
 
 $(JAZZY_VENV)/.installed: $(DEPS) requirements-ros-jazzy.txt
 	$(PYTHON) -m venv $(JAZZY_VENV)
 	$(JAZZY_VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
-	$(JAZZY_VENV)/bin/pip install $(PIP_QUIET) -e . -r requirements-dev.txt -r requirements-ros-jazzy.txt
+	$(JAZZY_VENV)/bin/pip install $(PIP_QUIET) -e '.[aggregator,test]' -r requirements-dev.txt -r requirements-ros-jazzy.txt
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -46,8 +46,8 @@ test: lint typecheck unit test-jazzy
 
 # Benchmarks (docs/benchmarks.md) and the long load run (docs/reliability-load.md). Both pin the server under test
 # to core 0 and the load to core 1; both take minutes. BENCH_ARGS / SOAK_ARGS pass options (see --help).
-$(VENV)/.bench-installed: $(VENV)/.installed requirements-bench.txt
-	$(VENV)/bin/pip install $(PIP_QUIET) -r requirements-bench.txt
+$(VENV)/.bench-installed: $(VENV)/.installed setup.py
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[aggregator,uvloop]'
 	@touch $@
 
 bench: $(VENV)/.bench-installed

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import runpy
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "tvm_observability"
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The aggregator's libraries, listed once where telemetry_aggregator checks them at start-up.
+AGGREGATOR_REQUIRES = runpy.run_path(os.path.join(HERE, PACKAGE, "aggregator", "__init__.py"))[
+    "requirement_specifiers"
+]()
 
 
 def _tree(root: str) -> list[tuple[str, list[str]]]:
@@ -32,16 +38,25 @@ setup(
         *_tree("config"),
     ],
     python_requires=">=3.10",
-    # Lower bounds are what ROS 2 Humble's apt packages provide (the bridge runs on them); the aggregator
-    # checks at start that it has aiohttp>=3.9, prometheus-client>=0.17 (tvm_observability/aggregator/__init__.py).
-    install_requires=[
-        "aiohttp>=3.8",
-        "msgpack>=1.0",
-        "pyyaml>=5.4",
-        "prometheus-client>=0.9",
-        "python-json-logger>=2.0",
-    ],
-    extras_require={"uvloop": ["uvloop>=0.17"]},  # faster event loop for the aggregator (docs/benchmarks.md)
+    # What a robot needs (vehicle_bridge, vehicle_simulator and the shared wire contract). Lower bounds are what
+    # ROS 2 Humble's apt packages provide: on a robot these come from package.xml's rosdep keys.
+    install_requires=["aiohttp>=3.8", "msgpack>=1.0"],
+    extras_require={
+        # The server: `pip install .[aggregator]` (not packaged for Ubuntu 22.04 at these versions).
+        "aggregator": AGGREGATOR_REQUIRES,
+        "uvloop": ["uvloop>=0.17"],  # optional faster event loop for the aggregator (docs/benchmarks.md)
+        # The test suite. colcon runs pytest (not unittest) because pytest is listed here. Those with a rosdep
+        # key are package.xml test_depends too; the others are pip-only (docs/vehicle-bridge.md, Dependencies).
+        "test": [
+            "pytest>=8,<9",  # launch_testing's pytest plugins (colcon test, the launch test) do not work with 9
+            "pytest-timeout>=2.3",
+            "pytest-asyncio>=0.23",
+            "pytest-aiohttp>=1.0",
+            "hypothesis>=6.100",
+            "cryptography>=41",  # throwaway CAs and certificates in the TLS tests
+            "trustme>=1.0",
+        ],
+    },
     zip_safe=True,
     maintainer="tvm_observability maintainers",
     maintainer_email="maintainers@tvm-observability.invalid",

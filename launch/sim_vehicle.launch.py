@@ -3,6 +3,9 @@
     ros2 launch tvm_observability sim_vehicle.launch.py vehicle_id:=V1 namespace:=v1 \
         aggregator_url:=http://127.0.0.1:9100 token_file:=/tmp/v1.token \
         fault_error_sensor:=camera fault_error_code:=CAM_USB
+
+The bridge follows vehicle_bridge.launch.py's exit policy: respawned after a crash; invalid parameters stop the
+whole launch (simulator included) with a non-zero exit.
 """
 
 from __future__ import annotations
@@ -53,4 +56,4 @@ def generate_launch_description() -> LaunchDescription:
             {name: ParameterValue(LaunchConfiguration(name), value_type=kind) for name, (_, kind) in _FAULTS.items()}
         ],
     )
-    return LaunchDescription([*bridge.bridge_arguments(), *fault_args, simulator, bridge.bridge_node()])
+    return LaunchDescription([*bridge.bridge_arguments(), *fault_args, simulator, *bridge.bridge_actions()])

@@ -4,6 +4,9 @@
         aggregator_url:=https://fleet.example:9100 token_file:=/etc/tvm_observability/v5.token
 
 Every other parameter comes from params_file (default: the installed config/vehicle_bridge.yaml).
+
+A crashed bridge is respawned after a delay; a bridge that exits on invalid parameters stops the launch, which
+exits non-zero (tvm_observability/bridge/launch_policy.py).
 """
 
 from __future__ import annotations
@@ -11,11 +14,15 @@ from __future__ import annotations
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch import Action, LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, RegisterEventHandler
+from launch.event_handlers import OnProcessExit
+from launch.events.process import ProcessExited
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+
+from tvm_observability.bridge.launch_policy import RESPAWN_DELAY_S, check_bridge_exit
 
 
 def bridge_arguments() -> list[DeclareLaunchArgument]:
@@ -51,8 +58,20 @@ def bridge_node() -> Node:
             },
         ],
         arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+        respawn=True,
+        respawn_delay=RESPAWN_DELAY_S,
     )
 
 
+def _on_bridge_exit(event: ProcessExited, _context: LaunchContext) -> None:
+    check_bridge_exit(event.returncode, event.process_name)  # raises on a configuration error: the launch fails
+
+
+def bridge_actions() -> list[Action]:
+    """The bridge node and the exit policy applied to it (shared with sim_vehicle.launch.py)."""
+    node = bridge_node()
+    return [node, RegisterEventHandler(OnProcessExit(target_action=node, on_exit=_on_bridge_exit))]
+
+
 def generate_launch_description() -> LaunchDescription:
-    return LaunchDescription([*bridge_arguments(), bridge_node()])
+    return LaunchDescription([*bridge_arguments(), *bridge_actions()])

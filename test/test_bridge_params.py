@@ -6,11 +6,18 @@ import os
 
 import pytest
 
-from tvm_observability.bridge.params import PARAMETERS, ParamError, parse_params, read_token
+from tvm_observability.bridge.params import (
+    PARAMETERS,
+    ParamError,
+    default_values,
+    parse_params,
+    read_token,
+    update_params,
+)
 
 
 def values(**overrides):
-    base = {spec.name: spec.default for spec in PARAMETERS}
+    base = default_values()
     base["vehicle_id"] = "V5"
     base.update(overrides)
     return base
@@ -136,3 +143,26 @@ def test_shipped_config_documents_every_parameter_and_is_valid():
 def test_token_file_that_is_a_directory(tmp_path):
     with pytest.raises(ParamError, match="token_file: cannot read"):
         read_token(str(tmp_path))
+
+
+def test_runtime_update_validates_with_the_running_values():
+    running = values(publish_period_s=1.0)
+    assert update_params(running, {"publish_period_s": 0.5, "link_error_after_s": 4}).publish_period_s == 0.5
+    with pytest.raises(ParamError) as info:
+        update_params(running, {"publish_period_s": 0.5, "vehicle_id": "V6", "sensor.lidar.topic": "scan2"})
+    assert info.value.problems == [
+        "vehicle_id: restart-only; set it in the params file and restart",
+        "sensor.lidar.topic: restart-only; set it in the params file and restart",
+    ]
+    with pytest.raises(ParamError, match="publish_period_s: must be"):
+        update_params(running, {"publish_period_s": 0})
+
+
+def test_the_bridge_doc_lists_exactly_the_runtime_parameters():
+    import re
+
+    from support import REPO
+
+    text = (REPO / "docs" / "vehicle-bridge.md").read_text(encoding="utf-8")
+    block = text.split("<!-- runtime parameters: begin -->")[1].split("<!-- runtime parameters: end -->")[0]
+    assert re.findall(r"`([a-z_]+)`", block) == [spec.name for spec in PARAMETERS if spec.runtime]

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from tvm_observability.bridge.pusher import Pusher
+from tvm_observability.model import ROUTING_HEADER
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
@@ -62,7 +63,9 @@ async def serve(recorder: Recorder, ssl_context: ssl.SSLContext | None = None) -
 
 
 def fast_pusher(url: str, **kwargs) -> Pusher:
-    pusher = Pusher(url, "tok", request_timeout_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.2, **kwargs)
+    pusher = Pusher(
+        url, "tok", vehicle_id="V7", request_timeout_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.2, **kwargs
+    )
     pusher.start()
     return pusher
 
@@ -82,6 +85,8 @@ async def test_latest_body_wins_while_a_request_is_in_flight():
         assert recorder.bodies == [b"b0", b"b3"]
         assert recorder.headers[0]["Authorization"] == "Bearer tok"
         assert recorder.headers[0]["Content-Type"] == "application/msgpack"
+        # Every POST, retries and later bodies included, names the vehicle for a routing load balancer.
+        assert [h.get(ROUTING_HEADER) for h in recorder.headers] == ["V7", "V7"]
     finally:
         assert await asyncio.to_thread(pusher.close)
         await runner.cleanup()
@@ -95,6 +100,7 @@ async def test_unavailable_is_retried_with_the_same_body_then_recovers():
         pusher.offer(b"only")
         await until(lambda: pusher.status().accepted == 1, what="accepted after retries")
         assert recorder.bodies == [b"only"] * 3
+        assert [h.get(ROUTING_HEADER) for h in recorder.headers] == ["V7"] * 3
         status = pusher.status()
         assert (status.failures, status.consecutive_failures, status.rejected) == (2, 0, False)
     finally:
@@ -120,7 +126,9 @@ async def test_a_refusal_is_not_retried_and_marks_the_link_rejected():
 
 
 async def test_unreachable_aggregator_backs_off_and_close_is_prompt():
-    pusher = Pusher("http://127.0.0.1:9/api/v1/telemetry", None, backoff_initial_s=0.05, backoff_max_s=10.0)
+    pusher = Pusher(
+        "http://127.0.0.1:9/api/v1/telemetry", None, vehicle_id="V7", backoff_initial_s=0.05, backoff_max_s=10.0
+    )
     pusher.start()
     pusher.offer(b"b0")
     await until(lambda: pusher.status().failures >= 3, what="a few failures")

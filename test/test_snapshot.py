@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tvm_observability import codec
 from tvm_observability.aggregator import ingest
 from tvm_observability.bridge.converters import DiagnosticEntry
-from tvm_observability.bridge.snapshot import BuilderSettings, SensorSpec, SnapshotBuilder, label_safe
+from tvm_observability.bridge.params import default_values, parse_params
+from tvm_observability.bridge.snapshot import SensorSpec, SnapshotBuilder, label_safe
 from tvm_observability.model import Battery, Pose, Position
 
 LIDAR = SensorSpec("lidar", "scan", "sensor_msgs/msg/LaserScan", 5.0, "lidar")
 CAMERA = SensorSpec("camera", "camera/image_raw", "sensor_msgs/msg/Image", 5.0, "camera")
-IMU = SensorSpec("imu", diagnostic_prefix="imu")
-SETTINGS = BuilderSettings(vehicle_id="V1", sensors=(LIDAR, CAMERA, IMU), max_error_codes=4)
+IMU = SensorSpec("imu", "", "", 0.0, "imu")
+# The parameters' defaults (bridge.params declares them once), with three sensors and a small code budget.
+DEFAULTS = parse_params({**default_values(), "vehicle_id": "V1"}).builder
+SETTINGS = replace(DEFAULTS, sensors=(LIDAR, CAMERA, IMU), max_error_codes=4)
 
 
 def diag(name: str, level: str, code: str | None = None) -> DiagnosticEntry:

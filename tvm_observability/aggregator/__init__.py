@@ -1,14 +1,26 @@
 """The central telemetry_aggregator service: ingest, fleet state, Prometheus exposition.
 
-The package's install_requires are loose enough for the ROS apt packages on a Humble robot (which
-runs only the bridge); the aggregator itself needs newer libraries, checked here with a clear message.
+AGGREGATOR_REQUIRES lists, once, the libraries the aggregator needs beyond the shared code and their lowest
+versions: setup.py turns it into the `aggregator` extra (`pip install .[aggregator]` on the server), and
+`telemetry_aggregator` checks it at start-up (`check_requirements`), before anything else, with a clear message.
+A robot installs only the bridge's dependencies (package.xml), which Humble's apt packages satisfy; these are
+newer than Ubuntu 22.04 has, or not packaged there at all.
+
+Importing this package checks nothing. setup.py loads this file on its own, so it imports only the standard
+library.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-AGGREGATOR_REQUIRES = {"aiohttp": (3, 9), "prometheus-client": (0, 17), "python-json-logger": (2, 0)}
+AGGREGATOR_REQUIRES = {"aiohttp": "3.9", "prometheus-client": "0.17", "python-json-logger": "2.0", "pyyaml": "5.4"}
+"""pip name -> lowest version the aggregator runs with."""
+
+
+def requirement_specifiers() -> list[str]:
+    """AGGREGATOR_REQUIRES as pip requirement strings ('aiohttp>=3.9', ...)."""
+    return [f"{name}>={minimum}" for name, minimum in AGGREGATOR_REQUIRES.items()]
 
 
 def _release(text: str) -> tuple[int, ...]:
@@ -19,20 +31,18 @@ def _release(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def _check_requirements() -> None:
+def check_requirements() -> None:
+    """Exit (SystemExit, status 1) naming every library missing or older than AGGREGATOR_REQUIRES asks."""
     too_old = []
     for name, minimum in AGGREGATOR_REQUIRES.items():
         try:
             installed = version(name)
         except PackageNotFoundError:
-            installed = "0"
-        if _release(installed) < minimum:
-            too_old.append(f"{name}>={'.'.join(map(str, minimum))} (found {installed})")
+            installed = "none"
+        if installed == "none" or _release(installed) < _release(minimum):
+            too_old.append(f"{name}>={minimum} (found {installed})")
     if too_old:
-        raise ImportError(
-            "telemetry_aggregator needs " + ", ".join(too_old) + "; install them with pip, e.g. "
-            "`pip install --upgrade " + " ".join(f"'{n.split(' ')[0]}'" for n in too_old) + "`"
+        raise SystemExit(
+            "telemetry_aggregator needs " + ", ".join(too_old) + ": run it from a virtual environment with "
+            "`pip install '.[aggregator]'` in this repository's checkout (docs/operations.md)"
         )
-
-
-_check_requirements()

@@ -22,6 +22,7 @@ from .. import __version__, codec
 from ..auth import generate_token, hash_token
 from ..errors import TelemetryError
 from ..model import VEHICLE_ID_PATTERN
+from . import check_requirements
 from .app import RUNTIME, make_app
 from .config import AggregatorConfig, ConfigError, default_config, is_loopback, load_config
 from .logs import configure_logging
@@ -45,6 +46,7 @@ LISTEN_BACKLOG = 4096
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
+    check_requirements()
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         return _token_command(args[1:])

@@ -11,9 +11,10 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import BatteryState, NavSatFix
@@ -22,13 +23,14 @@ from std_msgs.msg import String
 from .. import codec
 from . import converters
 from .params import (
+    EXIT_BAD_PARAMETERS,
     PARAMETERS,
     SENSOR_FIELDS,
-    BridgeParams,
     ParamError,
     parse_params,
     read_token,
     sensor_param,
+    update_params,
 )
 from .pusher import Pusher, link_level
 from .snapshot import SnapshotBuilder
@@ -43,7 +45,17 @@ class VehicleBridge(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
-        self.params = self._declare_parameters()
+        try:
+            self._start()
+        except ParamError as exc:
+            # The full name (/v5/vehicle_bridge): on a robot with several namespaces it says which bridge it is.
+            self.get_logger().error(f"{self.get_fully_qualified_name()}: {exc}")
+            self.destroy_node()
+            raise
+
+    def _start(self) -> None:
+        self._values = self._declare_parameters()
+        self.params = parse_params(self._values)
         token = None
         if self.params.token_file:
             token, warning = read_token(self.params.token_file)
@@ -57,6 +69,7 @@ class VehicleBridge(Node):
         self.pusher = Pusher(
             self.params.telemetry_url,
             token,
+            vehicle_id=self.params.builder.vehicle_id,
             ca_file=self.params.ca_file,
             request_timeout_s=self.params.request_timeout_s,
             backoff_initial_s=self.params.backoff_initial_s,
@@ -70,13 +83,16 @@ class VehicleBridge(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, self.params.topics.diagnostics, 10)
         self.pusher.start()
         self._timer = self.create_timer(self.params.publish_period_s, self._tick)
+        # After the declarations (declaring runs these callbacks too): `ros2 param set` is applied or refused.
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
             f"vehicle {self.params.builder.vehicle_id} boot {self.builder.boot_id}: pushing to "
             f"{self.params.telemetry_url} every {self.params.publish_period_s:g} s, "
             f"watching {', '.join(s.name for s in self.params.builder.sensors) or 'no sensors'}"
         )
 
-    def _declare_parameters(self) -> BridgeParams:
+    def _declare_parameters(self) -> dict[str, Any]:
+        """Declare every parameter on the node; their values (not yet validated)."""
         values: dict[str, Any] = {}
         for spec in PARAMETERS:
             values[spec.name] = self._declare(spec.name, spec.default, spec.description)
@@ -88,13 +104,35 @@ class VehicleBridge(Node):
                 for spec in SENSOR_FIELDS:
                     key = sensor_param(name, spec.name)
                     values[key] = self._declare(key, spec.default, spec.description)
-        return parse_params(values)
+        return values
 
     def _declare(self, name: str, default: Any, description: str) -> Any:
         # dynamic_typing: `-p publish_period_s:=2` (an int) must reach validation, not crash declaration.
         descriptor = ParameterDescriptor(description=description, dynamic_typing=True)
-        value = self.declare_parameter(name, default, descriptor).value
-        return list(value) if isinstance(value, list | tuple) or type(value).__name__ == "array" else value
+        return _plain(self.declare_parameter(name, default, descriptor).value)
+
+    def _on_set_parameters(self, changes: list[Parameter[Any]]) -> SetParametersResult:
+        """A runtime parameter is validated with the others and applied at once; a restart-only one, or an
+        invalid value, is refused with the reason (`ros2 param set` prints it) and changes nothing. Parameters the
+        bridge does not declare (rclpy's own, such as use_sim_time) are left to rclpy."""
+        requested = {p.name: _plain(p.value) for p in changes if p.name in self._values}
+        if not requested:
+            return SetParametersResult(successful=True)
+        try:
+            params = update_params(self._values, requested)
+        except ParamError as exc:
+            reason = "; ".join(exc.problems)
+            self.get_logger().warning(f"parameter change refused: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        self._values.update(requested)
+        if params.publish_period_s != self.params.publish_period_s:
+            self.destroy_timer(self._timer)
+            self._timer = self.create_timer(params.publish_period_s, self._tick)
+            self._next_tick = _now() + params.publish_period_s
+        self.builder.settings = params.builder
+        self.params = params
+        self.get_logger().info("parameters changed: " + ", ".join(f"{k}={v!r}" for k, v in requested.items()))
+        return SetParametersResult(successful=True)
 
     def _subscribe(self, sensor_types: dict[str, Any]) -> None:
         topics = self.params.topics
@@ -219,6 +257,11 @@ def _now() -> float:
     return time.monotonic()
 
 
+def _plain(value: Any) -> Any:
+    """A parameter value as validation expects it: arrays (array.array, tuples) as lists."""
+    return list(value) if isinstance(value, list | tuple) or type(value).__name__ == "array" else value
+
+
 def _message_type(sensor: str, name: str) -> Any:
     """The message class for 'pkg/msg/Type'; ParamError when it does not exist here."""
     package, _, type_name = name.partition("/msg/")
@@ -229,16 +272,15 @@ def _message_type(sensor: str, name: str) -> Any:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script `vehicle_bridge`: 0 after a clean shutdown, 2 on bad parameters."""
+    """Console script `vehicle_bridge`: 0 after a clean shutdown, EXIT_BAD_PARAMETERS (2) on bad parameters."""
     rclpy.init(args=args)
     bridge: VehicleBridge | None = None
     code = 0
     try:
         bridge = VehicleBridge()
         rclpy.spin(bridge)
-    except ParamError as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(str(exc))
-        code = 2
+    except ParamError:  # logged by the node, with its full name
+        code = EXIT_BAD_PARAMETERS
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

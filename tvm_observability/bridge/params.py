@@ -38,32 +38,49 @@ class ParamSpec:
     description: str
     dynamic_typing: bool = False
     """For list parameters whose default is empty (ROS cannot infer their type)."""
+    runtime: bool = False
+    """True: `ros2 param set` applies it to the running node. False (restart-only): a change is refused with
+    a reason, because it shapes what the node built at start (subscriptions, the HTTP session, the boot's
+    error-code budget, the vehicle's identity)."""
 
 
+# runtime=True: `ros2 param set` changes it on the running node; every other parameter is restart-only.
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("vehicle_id", "", "Required. This vehicle's id, the vehicle_id label ([A-Za-z0-9_.-]{1,64})."),
     ParamSpec("aggregator_url", "http://127.0.0.1:9100", "Base URL of the telemetry_aggregator (http or https)."),
     ParamSpec("token_file", "", "File holding this vehicle's bearer token (mode 0600). Empty: no credentials."),
     ParamSpec("ca_file", "", "PEM CA bundle to verify an https aggregator. Empty: the system trust store."),
-    ParamSpec("publish_period_s", 1.0, "Seconds between snapshots."),
+    ParamSpec("publish_period_s", 1.0, "Seconds between snapshots.", runtime=True),
     ParamSpec("request_timeout_s", 2.0, "Timeout of one push (connect + response)."),
     ParamSpec("backoff_initial_s", 1.0, "First retry delay while the aggregator is unreachable."),
     ParamSpec("backoff_max_s", 5.0, "Cap of the exponential retry delay (jittered to 50-100%)."),
-    ParamSpec("link_error_after_s", 10.0, "Own diagnostics go ERROR after this long without an accepted push."),
+    ParamSpec(
+        "link_error_after_s", 10.0, "Own diagnostics go ERROR after this long without an accepted push.", runtime=True
+    ),
     ParamSpec("battery_topic", "battery_state", "sensor_msgs/BatteryState topic."),
     ParamSpec("fix_topic", "fix", "sensor_msgs/NavSatFix topic."),
     ParamSpec("odom_topic", "odom", "nav_msgs/Odometry topic."),
     ParamSpec("status_topic", "vehicle_status", "std_msgs/String topic with the vehicle status."),
     ParamSpec("diagnostics_topic", "/diagnostics", "diagnostic_msgs/DiagnosticArray topic (absolute by default)."),
-    ParamSpec("battery_stale_s", 30.0, "Battery older than this is reported unknown (0: never)."),
-    ParamSpec("position_stale_s", 10.0, "Position older than this is reported unknown (0: never)."),
-    ParamSpec("pose_stale_s", 5.0, "Pose older than this is reported unknown (0: never)."),
+    ParamSpec("battery_stale_s", 30.0, "Battery older than this is reported unknown (0: never).", runtime=True),
+    ParamSpec("position_stale_s", 10.0, "Position older than this is reported unknown (0: never).", runtime=True),
+    ParamSpec("pose_stale_s", 5.0, "Pose older than this is reported unknown (0: never).", runtime=True),
     ParamSpec(
-        "status_stale_s", 0.0, "Status older than this is reported unknown (0: never; often published on change)."
+        "status_stale_s",
+        0.0,
+        "Status older than this is reported unknown (0: never; often published on change).",
+        runtime=True,
     ),
-    ParamSpec("diagnostics_stale_s", 10.0, "A diagnostic status older than this no longer counts for its sensor."),
+    ParamSpec(
+        "diagnostics_stale_s",
+        10.0,
+        "A diagnostic status older than this no longer counts for its sensor.",
+        runtime=True,
+    ),
     ParamSpec("liveness_window_s", 2.0, "Window over which sensor message rates are measured."),
-    ParamSpec("statuses", list(DEFAULT_VEHICLE_STATUSES), "Known vehicle statuses; others are reported unknown."),
+    ParamSpec(
+        "statuses", list(DEFAULT_VEHICLE_STATUSES), "Known vehicle statuses; others are reported unknown.", runtime=True
+    ),
     ParamSpec("max_error_codes", 32, "Distinct error codes per boot; further codes count under 'other'."),
     ParamSpec("sensors", [], "Names of the sensors to watch (see sensor.<name>.* parameters).", dynamic_typing=True),
 )
@@ -74,6 +91,15 @@ SENSOR_FIELDS: tuple[ParamSpec, ...] = (
     ParamSpec("min_rate_hz", 1.0, "Below this rate over liveness_window_s the sensor is stale."),
     ParamSpec("diagnostic_prefix", "", "Diagnostic statuses whose name starts with this belong to the sensor."),
 )
+
+
+def default_values() -> dict[str, Any]:
+    """Every PARAMETERS entry at its default (vehicle_id empty, so not yet valid)."""
+    return {spec.name: list(spec.default) if isinstance(spec.default, list) else spec.default for spec in PARAMETERS}
+
+
+EXIT_BAD_PARAMETERS = 2
+"""vehicle_bridge's exit code when its parameters are unusable (the launch files stop instead of respawning)."""
 
 
 class ParamError(Exception):
@@ -191,6 +217,21 @@ def parse_params(values: Mapping[str, Any]) -> BridgeParams:
     if problems:
         raise ParamError(problems)
     return params
+
+
+_RUNTIME = frozenset(spec.name for spec in PARAMETERS if spec.runtime)
+
+
+def update_params(current: Mapping[str, Any], changes: Mapping[str, Any]) -> BridgeParams:
+    """The running node's parameters after `changes` (name -> new value) to its `current` values.
+
+    Raises ParamError naming each refused change: a restart-only parameter (`sensor.<name>.*` included), or a
+    value that does not validate together with the others. Nothing is applied unless everything is valid.
+    """
+    restart_only = [name for name in changes if name not in _RUNTIME]
+    if restart_only:
+        raise ParamError([f"{name}: restart-only; set it in the params file and restart" for name in restart_only])
+    return parse_params({**current, **changes})
 
 
 _STALE_PARAMS = ("battery_stale_s", "position_stale_s", "pose_stale_s", "status_stale_s")

@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 import aiohttp
 
 from ..codec import CONTENT_TYPE
+from ..model import ROUTING_HEADER
 
 _LOGGER = logging.getLogger(__name__)
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -87,6 +88,7 @@ class Pusher:
         url: str,
         token: str | None,
         *,
+        vehicle_id: str,
         ca_file: str = "",
         request_timeout_s: float = 2.0,
         backoff_initial_s: float = 1.0,
@@ -94,7 +96,8 @@ class Pusher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
-        self._headers = {"Content-Type": CONTENT_TYPE}
+        # The routing header lets a load balancer route on the vehicle without decoding the body (decision 0001).
+        self._headers = {"Content-Type": CONTENT_TYPE, ROUTING_HEADER: vehicle_id}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
         self._ca_file = ca_file

@@ -19,7 +19,6 @@ from collections import deque
 from dataclasses import dataclass, replace
 
 from ..model import (
-    DEFAULT_VEHICLE_STATUSES,
     MAX_MESSAGE_CHARS,
     OVERFLOW_ERROR_CODE,
     SENSOR_STATUSES,
@@ -39,30 +38,32 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.:/-]+")
 
 @dataclass(frozen=True, slots=True)
 class SensorSpec:
-    """A sensor to watch: message-rate liveness on `topic` (if set) and diagnostics named `diagnostic_prefix*`."""
+    """A sensor to watch: message-rate liveness on `topic` (if set) and diagnostics named `diagnostic_prefix*`.
+
+    No defaults here: bridge.params declares them (SENSOR_FIELDS) and builds every SensorSpec."""
 
     name: str
-    topic: str = ""
-    message_type: str = ""
-    min_rate_hz: float = 0.0
-    diagnostic_prefix: str = ""
+    topic: str
+    message_type: str
+    min_rate_hz: float
+    diagnostic_prefix: str
 
 
 @dataclass(frozen=True, slots=True)
 class BuilderSettings:
-    """Everything the builder needs to know besides the inputs (validated by bridge.params)."""
+    """Everything the builder needs to know besides the inputs. No defaults here: each field's default and
+    meaning is the parameter of the same name in bridge.params (PARAMETERS), which validates and builds this."""
 
     vehicle_id: str
-    statuses: tuple[str, ...] = DEFAULT_VEHICLE_STATUSES
-    sensors: tuple[SensorSpec, ...] = ()
-    battery_stale_s: float = 30.0
-    position_stale_s: float = 10.0
-    pose_stale_s: float = 5.0
-    status_stale_s: float = 0.0
-    """0 disables the limit: many robots publish their status only on change."""
-    diagnostics_stale_s: float = 10.0
-    liveness_window_s: float = 2.0
-    max_error_codes: int = 32
+    statuses: tuple[str, ...]
+    sensors: tuple[SensorSpec, ...]
+    battery_stale_s: float
+    position_stale_s: float
+    pose_stale_s: float
+    status_stale_s: float
+    diagnostics_stale_s: float
+    liveness_window_s: float
+    max_error_codes: int
 
 
 def label_safe(text: str) -> str:
