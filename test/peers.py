@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -19,14 +20,41 @@ from support import REPO, request, wait_for
 
 from tvm_observability.demo import prometheus_setup
 
+PACKAGES = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "amtool": "prometheus-alertmanager",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "chromium": "chromium",
+    "systemd-analyze": "systemd",
+}
+"""The Debian package that provides each peer binary the tests drive (.ci/run installs these packages)."""
+
+
+def in_ci() -> bool:
+    """True when the CI variable is set (CI runs `CI=true bash .ci/run`): there, a missing peer is a failure."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
 
 def require_binary(name: str) -> str:
-    """Path of `name` on PATH, or skip the test saying which Debian package provides it."""
+    """Path of `name` on PATH. Missing: under CI the test fails (a green run must have run it), elsewhere it
+    is skipped; either way the message names the Debian package that provides it."""
     path = shutil.which(name)
     if path is None:
-        package = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}.get(name, name)
-        pytest.skip(f"{name} not found on PATH (apt-get install {package})")
+        message = f"{name} not found on PATH (apt-get install {PACKAGES.get(name, name)})"
+        if in_ci():
+            pytest.fail(f"{message}; CI must run every peer test", pytrace=False)
+        pytest.skip(message)
     return path
+
+
+def has_binary(name: str) -> bool:
+    """For a test that runs with or without an optional peer (the demo's Prometheus): whether `name` is on PATH.
+    Under CI it must be, so CI always runs the variant with the peer."""
+    if in_ci():
+        require_binary(name)
+        return True
+    return shutil.which(name) is not None
 
 
 def stop_gracefully(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float = 20.0) -> int:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
+from peers import has_binary
 
 from tvm_observability.demo.fleet_demo import fleet_rows, parse_exposition, render
 
@@ -60,6 +60,6 @@ def test_demo_runs_a_real_fleet_and_stops_by_itself(ros_env):
     rows = [line.split() for line in last_table.splitlines() if line.startswith(("V1", "V2"))]
     assert [r[0] for r in rows] == ["V1", "V2"]
     assert all(r[1] != "offline" for r in rows), last_table
-    with_prometheus = shutil.which("prometheus") is not None
+    with_prometheus = has_binary("prometheus")
     assert ("prometheus: http://127.0.0.1:" in out) == with_prometheus
     assert f"stopped {5 + with_prometheus} processes, all clean" in out
