@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from typing import IO, Any
 import yaml
 
 from ..auth import generate_token, hash_token
-from . import prometheus_setup
+from . import processes, prometheus_setup
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "vehicle_bridge.yaml"
 OFFLINE_AFTER_S = 5.0
@@ -58,8 +57,9 @@ _FAULTY: dict[str, object] = {
 @dataclass
 class Child:
     name: str
-    proc: subprocess.Popen[bytes]
-    log: IO[bytes]
+    proc: subprocess.Popen[Any]
+    log: IO[bytes] | None
+    """The log file the child writes to; None where a reader thread copies its output (the aggregator)."""
 
 
 @dataclass
@@ -126,18 +126,18 @@ def start_aggregator(demo: Demo) -> None:
     }
     config_path = demo.workdir / "aggregator.yaml"
     _write_private(config_path, yaml.safe_dump(config))
-    args = [sys.executable, "-m", "tvm_observability.aggregator.cli", "--config", str(config_path)]
-    child = _spawn(demo, "aggregator", args, dict(os.environ))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and child.proc.poll() is None:
-        for line in (demo.workdir / "aggregator.log").read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("message") == "listening":
-                    demo.url = "http://" + record["context"]["addresses"][0]
-                    return
-        time.sleep(0.1)
-    raise RuntimeError(f"the aggregator did not start; see {demo.workdir / 'aggregator.log'}")
+    aggregator = processes.AggregatorProcess(
+        processes.aggregator_command(config_path),
+        keep=200,
+        log_file=demo.workdir / "aggregator.log",
+        start_new_session=True,  # as _spawn: Ctrl-C reaches the demo only
+        preexec_fn=_die_with_parent,
+    )
+    try:
+        demo.url = aggregator.start(30)
+    finally:
+        if aggregator.proc is not None:
+            demo.children.append(Child("aggregator", aggregator.proc, None))
 
 
 def start_prometheus(demo: Demo) -> str | None:
@@ -270,7 +270,8 @@ def stop(demo: Demo) -> list[tuple[str, int | None]]:
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait(5)
-            child.log.close()
+            if child.log is not None:
+                child.log.close()
             codes.append((child.name, child.proc.returncode))
     for handle in demo.locks:
         handle.close()
