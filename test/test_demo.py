@@ -33,6 +33,15 @@ def test_parse_exposition_reads_labels_and_special_values():
     assert ("vehicle_last_heartbeat_seconds_ago", {"vehicle_id": "V2"}, float("inf")) in samples
 
 
+def test_parse_exposition_unescapes_label_values():
+    text = (
+        '# TYPE vehicle_errors_total counter\nvehicle_errors_total{error_code="A\\"B,C=D\\\\E",vehicle_id="V1"} 2.0\n'
+    )
+    assert list(parse_exposition(text)) == [
+        ("vehicle_errors_total", {"error_code": 'A"B,C=D\\E', "vehicle_id": "V1"}, 2.0)
+    ]
+
+
 def test_fleet_rows():
     rows = fleet_rows(EXPOSITION)
     assert rows == [

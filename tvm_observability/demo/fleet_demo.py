@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import fcntl
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..auth import generate_token, hash_token
 from . import processes, prometheus_setup
@@ -43,8 +43,6 @@ REFRESH_S = 2.0
 # Demo domains sit above the range the test suite allocates (1..101), below Fast DDS's 232 limit.
 _DOMAINS = range(120, 233)
 _DOMAIN_LOCKS = Path(tempfile.gettempdir()) / "tvm_observability_demo_domains"
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 _FAULTY: dict[str, object] = {
     "fault_after_s": 10.0,
     "fault_stop_sensor": "lidar",
@@ -192,12 +190,10 @@ def start_vehicle(demo: Demo, index: int, vid: str) -> None:
 
 
 def parse_exposition(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of each sample line of a Prometheus text exposition."""
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match and not line.startswith("#"):
-            labels = dict(_LABEL.findall(match.group(2) or ""))
-            yield match.group(1), labels, float(match.group(3))
+    """(name, labels, value) of each sample of a Prometheus text exposition (prometheus_client's parser)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            yield sample.name, sample.labels, sample.value
 
 
 def fleet_rows(text: str) -> list[list[str]]:
