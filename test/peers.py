@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
+import importlib
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
 import aiohttp
@@ -35,6 +37,10 @@ PACKAGES = {
 """The Debian package that provides each peer binary the tests drive (.ci/run installs these packages)."""
 
 
+ROS_INSTALL = "pip install -r requirements-ros-kilted.txt"
+"""How rclpy gets into a venv without a ROS installation."""
+
+
 def in_ci() -> bool:
     """True when the CI variable is set (CI runs `CI=true bash .ci/run`): there, a missing peer is a failure."""
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
@@ -50,6 +56,16 @@ def require_binary(name: str) -> str:
             pytest.fail(f"{message}; CI must run every peer test", pytrace=False)
         pytest.skip(message)
     return path
+
+
+def require_module(name: str, install: str) -> ModuleType:
+    """The module `name`; missing: under CI the test fails, elsewhere it is skipped (install: how to get it)."""
+    if in_ci():
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            pytest.fail(f"{name} cannot be imported ({exc}; {install}); CI must run every test that needs it")
+    return pytest.importorskip(name, reason=f"{name} is not installed ({install})")
 
 
 def has_binary(name: str) -> bool:
