@@ -64,8 +64,10 @@ _PACKAGE = "tvm_observability"
 
 def _tracked_top_level() -> set[str]:
     """The repository's top-level entries (git's view: generated directories such as test-artifacts are not)."""
-    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    return {line.split("/", 1)[0] for line in listed.splitlines()}
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=False)
+    if listed.returncode != 0:  # not a git checkout (a source tarball): what is there, less the obviously built
+        return {p.name for p in REPO.iterdir() if not p.name.startswith(".venv") and p.name != "test-artifacts"}
+    return {line.split("/", 1)[0] for line in listed.stdout.splitlines()}
 
 
 def _named_docs() -> list[Path]:
