@@ -44,7 +44,7 @@ test-jazzy: venv-jazzy
 
 test: lint typecheck unit test-jazzy
 
-# Benchmarks (docs/benchmarks.md) and the long load run (docs/reliability-load.md). Both pin the server under test
+# Benchmarks (docs/benchmarks.md) and the long load run (docs/reliability.md, "Load and soak"). Both pin the server under test
 # to core 0 and the load to core 1; both take minutes. BENCH_ARGS / SOAK_ARGS pass options (see --help).
 $(VENV)/.bench-installed: $(VENV)/.installed setup.py
 	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[aggregator,uvloop]'

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import socket
@@ -23,10 +22,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from tvm_observability.auth import hash_token
+from tvm_observability.demo import processes
 
 from .loadgen import vehicle_id
 
@@ -39,7 +40,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 @dataclass
 class Server:
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[Any]
     host: str = "127.0.0.1"
     port: int = 0
     stderr: list[str] = field(default_factory=list)
@@ -145,22 +146,12 @@ def start_aggregator(
     config.update(overrides)
     path = workdir / "aggregator.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    entry = ["tvm_observability.aggregator.cli"] if variant is None else ["bench.handler_variants", variant]
-    argv = [sys.executable, "-m", *entry, "--config", str(path)]
-    server = _spawn("aggregator", pinned(argv, SERVER_CORE))
-    listening: dict[str, str] = {}
-
-    def ready() -> bool:
-        for line in list(server.stderr):
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("message") == "listening":
-                    listening["address"] = record["context"]["addresses"][0]
-        return bool(listening)
-
-    _wait(server, ready)
-    server.port = int(listening["address"].rpartition(":")[2])
-    return server, tokens
+    entry = [processes.CLI_MODULE] if variant is None else ["bench.handler_variants", variant]
+    command = pinned(processes.aggregator_command(path, entry=entry), SERVER_CORE)
+    aggregator = processes.AggregatorProcess(command, env=_env(), keep=200)
+    aggregator.start(60)  # raises AggregatorStartError, a RuntimeError, with the aggregator's last output
+    assert aggregator.proc is not None
+    return Server("aggregator", aggregator.proc, port=aggregator.port), tokens
 
 
 def start_pushgateway(workdir: Path, *, consistency_check: bool) -> Server:
@@ -192,9 +183,15 @@ def start_bare() -> Server:
     return server
 
 
+def _env() -> dict[str, str]:
+    """This checkout first on the servers' import path (bench.* and tvm_observability)."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+
+
 def _spawn(name: str, argv: list[str]) -> Server:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env()
+    )
     server = Server(name, proc)
     assert proc.stderr is not None
     threading.Thread(target=_drain, args=(server, proc.stderr), daemon=True).start()

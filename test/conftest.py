@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from peers import ROS_INSTALL, require_module
 from support import ros_domain
 
 from tvm_observability.auth import generate_token, hash_token
@@ -17,9 +18,7 @@ from tvm_observability.auth import generate_token, hash_token
 @pytest.fixture
 def ros_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
     """A private ROS_DOMAIN_ID (localhost-only discovery) for this test, in os.environ and as a dict."""
-    pytest.importorskip(
-        "rclpy", reason="rclpy is not installed (source ROS 2 or pip install -r requirements-ros-kilted.txt)"
-    )
+    require_module("rclpy", ROS_INSTALL)
     with ros_domain() as env:
         for key, value in env.items():
             monkeypatch.setenv(key, value)

@@ -19,6 +19,8 @@ class LinkProxy:
         self.delay_s = 0.0
         self.mode = "up"
         self.connections = 0
+        self.holding = 0
+        """Answers held back right now (slow mode)."""
         self._server = socket.create_server(("127.0.0.1", 0))
         self._server.settimeout(0.1)
         self.port = int(self._server.getsockname()[1])
@@ -87,7 +89,13 @@ class LinkProxy:
         with contextlib.suppress(OSError):
             while chunk := source.recv(65536):
                 if answers and self.delay_s:
-                    time.sleep(self.delay_s)
+                    with self._lock:
+                        self.holding += 1
+                    try:
+                        time.sleep(self.delay_s)
+                    finally:
+                        with self._lock:
+                            self.holding -= 1
                 if self.mode == "hole":
                     break
                 sink.sendall(chunk)

@@ -2,31 +2,79 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
+import importlib
+import itertools
 import json
+import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 import yaml
 from support import REPO, request, wait_for
 
 from tvm_observability.demo import prometheus_setup
 
+PACKAGES = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "amtool": "prometheus-alertmanager",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "chromium": "chromium",
+    "systemd-analyze": "systemd",
+}
+"""The Debian package that provides each peer binary the tests drive (.ci/run installs these packages)."""
+
+
+ROS_INSTALL = "source ROS 2, or pip install -r requirements-ros-kilted.txt"
+"""How rclpy gets into a venv without a ROS installation."""
+
+
+def in_ci() -> bool:
+    """True when the CI variable is set (CI runs `CI=true bash .ci/run`): there, a missing peer is a failure."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
 
 def require_binary(name: str) -> str:
-    """Path of `name` on PATH, or skip the test saying which Debian package provides it."""
+    """Path of `name` on PATH. Missing: under CI the test fails (a green run must have run it), elsewhere it
+    is skipped; either way the message names the Debian package that provides it."""
     path = shutil.which(name)
     if path is None:
-        package = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}.get(name, name)
-        pytest.skip(f"{name} not found on PATH (apt-get install {package})")
+        message = f"{name} not found on PATH (apt-get install {PACKAGES.get(name, name)})"
+        if in_ci():
+            pytest.fail(f"{message}; CI must run every peer test", pytrace=False)
+        pytest.skip(message)
     return path
+
+
+def require_module(name: str, install: str) -> ModuleType:
+    """The module `name`; missing: under CI the test fails, elsewhere it is skipped (install: how to get it)."""
+    if in_ci():
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            pytest.fail(f"{name} cannot be imported ({exc}; {install}); CI must run every test that needs it")
+    return pytest.importorskip(name, reason=f"{name} is not installed ({install})")
+
+
+def has_binary(name: str) -> bool:
+    """For a test that runs with or without an optional peer (the demo's Prometheus): whether `name` is on PATH.
+    Under CI it must be, so CI always runs the variant with the peer."""
+    if in_ci():
+        require_binary(name)
+        return True
+    return shutil.which(name) is not None
 
 
 def stop_gracefully(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
@@ -43,11 +91,8 @@ def stop_gracefully(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeo
 _Peer = TypeVar("_Peer", bound="PeerServer")
 
 
-class PeerServer:
-    """A Debian peer server (Prometheus, Alertmanager) on an ephemeral loopback port; stderr collected.
-
-    Both log `msg="Listening on" address=host:port` with the port they bound, which is how port 0 is resolved.
-    """
+class PeerProcess:
+    """A peer process started for a test: stderr collected, stopped with SIGTERM (then SIGKILL) on exit."""
 
     name = "peer"
 
@@ -55,19 +100,23 @@ class PeerServer:
         self.args = args
         self.log: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
 
-    def __enter__(self: _Peer) -> _Peer:
+    def _launch(self, find: Callable[[str], str | None]) -> str:
+        """Start; return the first `find(line)` value of its stderr (an address it announces)."""
         self.proc = subprocess.Popen(
             self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        address = wait_for(self._address, 60, what=f"{self.name} to listen")
-        if not isinstance(address, str):
+
+        def found() -> str | bool | None:
+            if self.proc is not None and self.proc.poll() is not None:
+                return True  # exited: wait_for returns, reported below
+            return next(filter(None, map(find, list(self.log))), None)
+
+        value = wait_for(found, 60, what=f"{self.name} to start")
+        if not isinstance(value, str):
             raise AssertionError(f"{self.name} exited:\n" + "".join(self.log[-30:]))
-        self.url = f"http://{address}"
-        wait_for(lambda: request(self.url + "/-/ready").status == 200, 60, what=f"{self.name} to be ready")
-        return self
+        return value
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
@@ -78,10 +127,21 @@ class PeerServer:
         for line in proc.stderr:
             self.log.append(line)
 
-    def _address(self) -> str | bool | None:
-        if self.proc is not None and self.proc.poll() is not None:
-            return True  # exited: wait_for returns, __enter__ reports the log
-        return next(filter(None, map(prometheus_setup.listening_address, list(self.log))), None)
+
+class PeerServer(PeerProcess):
+    """A Debian peer server (Prometheus, Alertmanager) on an ephemeral loopback port; stderr collected.
+
+    Both log `msg="Listening on" address=host:port` with the port they bound, which is how port 0 is resolved.
+    """
+
+    def __init__(self, args: list[str]) -> None:
+        super().__init__(args)
+        self.url = ""
+
+    def __enter__(self: _Peer) -> _Peer:
+        self.url = f"http://{self._launch(prometheus_setup.listening_address)}"
+        wait_for(lambda: request(self.url + "/-/ready").status == 200, 60, what=f"{self.name} to be ready")
+        return self
 
     def get_json(self, path: str) -> Any:
         resp = request(self.url + path)
@@ -193,3 +253,82 @@ class WebhookReceiver:
             if a["status"] == "firing" and (a["labels"]["alertname"], a["labels"].get("vehicle_id", "")) in keys
         ]
         return min(times, default=None)
+
+
+def chromium_command(binary: str, profile: Path) -> list[str]:
+    """Headless Chromium with its own profile directory, quiet: no sandbox (containers), no GPU, no network
+    of its own (updates, sync, QUIC)."""
+    return [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+    ]
+
+
+class HeadlessChromium(PeerProcess):
+    """A real headless Chromium driven over the DevTools protocol (aiohttp's websocket client): `evaluate`
+    loads `url` and runs an expression in it, so a test can read the layout the browser computed (element
+    positions, computed styles), which --dump-dom cannot show. DevTools runs it whatever the page's CSP."""
+
+    def __init__(self, binary: str, profile: Path, url: str, width: int, height: int) -> None:
+        super().__init__(
+            [
+                *chromium_command(binary, profile),
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ]
+        )
+        self.url = url
+        self.devtools = ""
+
+    def __enter__(self) -> HeadlessChromium:
+        self.devtools = self._launch(_devtools_address)
+        return self
+
+    def _page_socket(self) -> str | None:
+        pages = json.loads(request(f"http://{self.devtools}/json/list").body)
+        return next((p["webSocketDebuggerUrl"] for p in pages if p["type"] == "page"), None)
+
+    def evaluate(self, expression: str, timeout: float = 60.0) -> Any:
+        """Load the page (waiting for its load event) and return the value of `expression` in it."""
+        socket_url = wait_for(self._page_socket, timeout, what="chromium's page target")
+        return asyncio.run(asyncio.wait_for(self._load_and_evaluate(socket_url, expression), timeout))
+
+    async def _load_and_evaluate(self, socket_url: str, expression: str) -> Any:
+        async with aiohttp.ClientSession() as session, session.ws_connect(socket_url, max_msg_size=0) as ws:
+            ids = itertools.count(1)
+
+            async def until(wanted: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+                while True:
+                    message: dict[str, Any] = await ws.receive_json()
+                    if wanted(message):
+                        return message
+
+            async def call(method: str, **params: Any) -> Any:
+                call_id = next(ids)
+                await ws.send_json({"id": call_id, "method": method, "params": params})
+                message = await until(lambda m: m.get("id") == call_id)
+                assert "error" not in message, message
+                return message["result"]
+
+            await call("Page.enable")
+            await call("Page.navigate", url=self.url)
+            await until(lambda m: m.get("method") == "Page.loadEventFired")
+            result = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+            assert "exceptionDetails" not in result, result
+            return result["result"].get("value")
+
+
+def _devtools_address(line: str) -> str | None:
+    """host:port from Chromium's `DevTools listening on ws://host:port/devtools/browser/<id>` line."""
+    return line.split("ws://", 1)[1].split("/", 1)[0] if line.startswith("DevTools listening on ws://") else None

@@ -10,9 +10,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -22,6 +20,7 @@ from urllib.parse import urlsplit
 from prometheus_client.parser import text_string_to_metric_families
 
 from tvm_observability import codec
+from tvm_observability.demo import processes
 
 REPO = Path(__file__).resolve().parent.parent
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -176,44 +175,44 @@ class ChildProcess:
 
 
 class AggregatorProcess(ChildProcess):
-    """A real `telemetry_aggregator` process on an ephemeral loopback port; JSON logs collected."""
+    """A real `telemetry_aggregator` process on an ephemeral loopback port; JSON logs collected.
+
+    The process itself is run by tvm_observability.demo.processes, as in the demo and the benchmarks.
+    """
 
     def __init__(
         self, config: Path | None = None, *, listen: str = "127.0.0.1:0", env: Mapping[str, str] | None = None
     ):
-        self.args = [sys.executable, "-m", "tvm_observability.aggregator.cli", "--listen", listen]
-        if config is not None:
-            self.args += ["--config", str(config)]
-        self.env = {**os.environ, **(env or {})}
-        self.logs: list[dict[str, Any]] = []
-        self.raw_stderr: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
+        command = processes.aggregator_command(config, listen=listen)
+        self.process = processes.AggregatorProcess(command, env={**os.environ, **(env or {})})
+
+    @property  # type: ignore[override]
+    def proc(self) -> subprocess.Popen[str] | None:
+        return self.process.proc
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        """Every JSON log record so far."""
+        return list(self.process.records)
+
+    @property
+    def raw_stderr(self) -> list[str]:
+        """Every output line so far (the logs go to stderr)."""
+        return list(self.process.lines)
 
     def start(self, timeout: float = 20.0) -> AggregatorProcess:
-        self.logs.clear()
-        self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
-        )
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        record = wait_for(lambda: self.find_log("listening") or self._exited(), timeout, what="aggregator to listen")
-        if not isinstance(record, dict):
-            raise AssertionError(f"aggregator exited with {self.proc.returncode}: {''.join(self.raw_stderr)}")
-        self.url = "http://" + record["context"]["addresses"][0]
+        try:
+            self.process.start(timeout)
+        except processes.AggregatorStartError as exc:
+            raise AssertionError(str(exc)) from None
         return self
 
-    def _exited(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            self.raw_stderr.append(line)
-            with contextlib.suppress(json.JSONDecodeError):
-                self.logs.append(json.loads(line))
-
     def find_log(self, message: str) -> dict[str, Any] | None:
-        return next((r for r in list(self.logs) if r.get("message") == message), None)
+        return self.process.find_log(message)
 
     def __enter__(self) -> AggregatorProcess:
         return self.start()

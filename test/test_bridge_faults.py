@@ -26,10 +26,6 @@ pytestmark = pytest.mark.ros
 OUTAGE_S = float(os.environ.get("TVM_OUTAGE_S", "60"))
 PERIOD_S = 0.5
 BACKOFF_MAX_S = 1.0
-LATENESS_LIMIT_S = 1.5
-"""As in test_vehicle_bridge_e2e.py: generous for busy CI machines."""
-RESUME_LIMIT_S = PERIOD_S + BACKOFF_MAX_S + 3.0
-"""One period plus the capped retry delay, with slack for a loaded machine (the measured value is printed)."""
 RSS_GROWTH_LIMIT_KIB = 16 * 1024
 
 
@@ -67,12 +63,23 @@ def health_during(vehicle: FakeVehicle, since: float) -> list[tuple[float, dict[
     return [h for h in vehicle.bridge_health if h[0] >= since]
 
 
-def assert_callbacks_kept_time(reports: list[tuple[float, dict[str, str], int]]) -> tuple[float, float]:
+def assert_node_never_waited_on_the_network(reports: list[tuple[float, dict[str, str], int]]) -> tuple[float, float]:
+    """Counts, not clocks: over the window the node built and reported more snapshots than its push thread
+    attempted pushes (each attempt here takes a request timeout or a held answer), so its timer and its own
+    diagnostics ran while pushes hung. A node that waited on the network would build one per attempt.
+    Returns the timer lateness and health-report gap measured (printed; timing claims belong to benchmarks)."""
+    first, last = reports[0][1], reports[-1][1]
+    built = int(last["snapshots_built"]) - int(first["snapshots_built"])
+    attempts = sum(int(last[key]) - int(first[key]) for key in ("pushes_accepted", "pushes_failed"))
+    assert attempts >= 1, (first, last)
+    assert built > attempts + 2 and len(reports) - 1 > attempts + 2, (built, attempts, len(reports))
     lateness = max(float(values["max_tick_lateness_s"]) for _, values, _ in reports)
     gap = max(b[0] - a[0] for a, b in itertools.pairwise(reports))
-    assert lateness < LATENESS_LIMIT_S, lateness
-    assert gap < 3.0, gap  # the bridge's own diagnostics never stalled behind the network
     return lateness, gap
+
+
+def accepted_pushes(vehicle: FakeVehicle) -> int:
+    return int(vehicle.latest_health().get("pushes_accepted", "0"))
 
 
 def test_long_link_outage_with_error_events_loses_and_doubles_nothing(
@@ -100,24 +107,25 @@ def test_long_link_outage_with_error_events_loses_and_doubles_nothing(
                 time.sleep(max(0.0, cut_at + OUTAGE_S - time.monotonic()))
                 during = health_during(vehicle, cut_at)
                 assert during[-1][2] == 2  # the bridge reports its link as ERROR
-                lateness, gap = assert_callbacks_kept_time(during)
+                lateness, gap = assert_node_never_waited_on_the_network(during)
                 rss_after = bridge.rss_kib()
 
                 link.restore()
                 restored_at = time.monotonic()
-                wait_for(lambda: v1(agg.url, "vehicle_errors_total", error_code="CAM_USB") == 4, 30)
+                wait_for(lambda: v1(agg.url, "vehicle_errors_total", error_code="CAM_USB") == 4, 60)
                 resumed_s = time.monotonic() - restored_at
                 assert v1(agg.url, "vehicle_up") == 1
-                time.sleep(3 * PERIOD_S)
-                assert v1(agg.url, "vehicle_errors_total", error_code="CAM_USB") == 4  # and not doubled later
-                assert bridge.stop() == 0
+                # Three more pushes answered after the counts arrived, then still 4: not doubled later.
+                base = accepted_pushes(vehicle)
+                wait_for(lambda: accepted_pushes(vehicle) >= base + 3, 60, what="three more accepted pushes")
+                assert v1(agg.url, "vehicle_errors_total", error_code="CAM_USB") == 4
+                assert bridge.stop() == 0, bridge.output[-3000:]
         finally:
             link.close()
     print(
         f"\n{OUTAGE_S:g} s outage: counts exact, resumed {resumed_s:.2f} s after the link came back, "
         f"max tick lateness {lateness:.3f} s, max health gap {gap:.2f} s, RSS {rss_before} -> {rss_after} KiB"
     )
-    assert resumed_s < RESUME_LIMIT_S
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB
 
 
@@ -137,23 +145,27 @@ def test_aggregator_answering_after_10_s(ros_env, vehicle, tmp_path, fleet_token
                 for _ in range(2):
                     vehicle.error_event("camera: driver", "CAM_USB")
                 wait_for(lambda: vehicle.latest_health().get("error_events") == "2", 30)
-                wait_for(lambda: len(health_during(vehicle, slow_at)) >= 30, 60, what="15 s of bridge health")
+                wait_for(lambda: len(health_during(vehicle, slow_at)) >= 30, 120, what="30 bridge health reports")
                 during = health_during(vehicle, slow_at)
                 accepted_slow = int(during[-1][1]["pushes_accepted"]) - int(during[0][1]["pushes_accepted"])
                 assert int(during[-1][1]["pushes_failed"]) > int(during[0][1]["pushes_failed"])
-                lateness, gap = assert_callbacks_kept_time(during)
+                lateness, gap = assert_node_never_waited_on_the_network(during)
                 rss_after = bridge.rss_kib()
 
                 link.slow(0.0)
                 fast_at = time.monotonic()
-                base = int(vehicle.latest_health()["pushes_accepted"])
-                wait_for(lambda: int(vehicle.latest_health()["pushes_accepted"]) > base + 1, 30, what="pushes resume")
+                base = accepted_pushes(vehicle)
+                wait_for(lambda: accepted_pushes(vehicle) > base + 1, 60, what="pushes resume")
                 resumed_s = time.monotonic() - fast_at
-                wait_for(lambda: v1(agg.url, "vehicle_errors_total", error_code="CAM_USB") == 2, 30)
-                time.sleep(12)  # answers and late deliveries still in flight from the slow phase arrive
+                wait_for(lambda: v1(agg.url, "vehicle_errors_total", error_code="CAM_USB") == 2, 60)
+                # Every answer held in the slow phase has been passed on (or dropped), and pushes made after it
+                # were answered: whatever was in flight has arrived, and the count is still exact.
+                wait_for(lambda: link.holding == 0, 60, what="the answers held in the slow phase")
+                base = accepted_pushes(vehicle)
+                wait_for(lambda: accepted_pushes(vehicle) >= base + 3, 60, what="three more accepted pushes")
                 assert v1(agg.url, "vehicle_errors_total", error_code="CAM_USB") == 2
                 assert v1(agg.url, "vehicle_up") == 1
-                assert bridge.stop() == 0
+                assert bridge.stop() == 0, bridge.output[-3000:]
         finally:
             link.close()
     print(
@@ -161,7 +173,6 @@ def test_aggregator_answering_after_10_s(ros_env, vehicle, tmp_path, fleet_token
         f"{resumed_s:.2f} s after answers were quick again, max tick lateness {lateness:.3f} s, "
         f"max health gap {gap:.2f} s, RSS {rss_before} -> {rss_after} KiB"
     )
-    assert resumed_s < RESUME_LIMIT_S + 2.0  # a push timed out just before may still be backing off
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB
 
 
@@ -199,7 +210,7 @@ def test_https_with_a_ca_file_end_to_end(ros_env, vehicle, tmp_path, fleet_token
             # A bridge without the CA file (system trust store) refuses the server, and so sends nothing.
             wait_for(lambda: "certificate verify failed" in stranger.output.lower(), 30, what="V2 refuses the cert")
             assert sample(metrics(), "vehicle_up", vehicle_id="V2") == 0
-            assert bridge.stop() == 0
+            assert bridge.stop() == 0, bridge.output[-3000:]
             assert stranger.stop() == 0
     for output in (bridge.output, stranger.output):
         for token in fleet_tokens.values():

@@ -2,18 +2,19 @@
 
 Regenerate the golden files after an intended change with:
     UPDATE_GOLDEN=1 .venv/bin/pytest test/test_collector.py
-and review the diff: every changed line is a change to what Prometheus sees.
+and review the diff: every changed line is a change to what Prometheus sees. A run that rewrites a file
+fails (it compared nothing); the next run without UPDATE_GOLDEN is the check.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from peers import in_ci, require_binary
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from support import FakeClock, parse_metrics, wire_snapshot
@@ -67,9 +68,12 @@ def fixture_fleet() -> tuple[FleetState, CollectorRegistry, FakeClock]:
 
 def _check_golden(name: str, rendered: bytes) -> None:
     path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
+    golden = path.read_bytes()
+    if rendered != golden and os.environ.get("UPDATE_GOLDEN"):
+        assert not in_ci(), "UPDATE_GOLDEN is for a developer's machine, never for CI"
         path.write_bytes(rendered)
-    assert rendered == path.read_bytes(), f"exposition differs from {path}; see this module's docstring"
+        pytest.fail(f"rewrote {path}: review `git diff {path}`, then run again without UPDATE_GOLDEN")
+    assert rendered == golden, f"exposition differs from {path}; see this module's docstring"
 
 
 def test_text_exposition_matches_golden() -> None:
@@ -136,9 +140,7 @@ def test_heartbeat_age_is_computed_at_scrape_time() -> None:
 
 @pytest.mark.peer
 def test_promtool_accepts_the_exposition() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+    promtool = require_binary("promtool")
     _, registry, _ = fixture_fleet()
     result = subprocess.run(
         [promtool, "check", "metrics"], check=False, input=generate_latest(registry), capture_output=True, timeout=60

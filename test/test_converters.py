@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from peers import ROS_INSTALL, require_module
 
-sensor_msgs = pytest.importorskip("sensor_msgs.msg", reason="ROS message packages are not installed")
+sensor_msgs = require_module("sensor_msgs.msg", ROS_INSTALL)
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from std_msgs.msg import String  # noqa: E402

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
+from peers import has_binary
 
 from tvm_observability.demo.fleet_demo import fleet_rows, parse_exposition, render
 
@@ -31,6 +31,15 @@ def test_parse_exposition_reads_labels_and_special_values():
     samples = list(parse_exposition(EXPOSITION))
     assert ("vehicles_total", {}, 2.0) in samples
     assert ("vehicle_last_heartbeat_seconds_ago", {"vehicle_id": "V2"}, float("inf")) in samples
+
+
+def test_parse_exposition_unescapes_label_values():
+    text = (
+        '# TYPE vehicle_errors_total counter\nvehicle_errors_total{error_code="A\\"B,C=D\\\\E",vehicle_id="V1"} 2.0\n'
+    )
+    assert list(parse_exposition(text)) == [
+        ("vehicle_errors_total", {"error_code": 'A"B,C=D\\E', "vehicle_id": "V1"}, 2.0)
+    ]
 
 
 def test_fleet_rows():
@@ -60,6 +69,6 @@ def test_demo_runs_a_real_fleet_and_stops_by_itself(ros_env):
     rows = [line.split() for line in last_table.splitlines() if line.startswith(("V1", "V2"))]
     assert [r[0] for r in rows] == ["V1", "V2"]
     assert all(r[1] != "offline" for r in rows), last_table
-    with_prometheus = shutil.which("prometheus") is not None
+    with_prometheus = has_binary("prometheus")
     assert ("prometheus: http://127.0.0.1:" in out) == with_prometheus
     assert f"stopped {5 + with_prometheus} processes, all clean" in out

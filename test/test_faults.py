@@ -28,6 +28,10 @@ def errors_of(samples: Samples, vehicle_id: str) -> dict[str, int]:
     }
 
 
+EPSILON_S = 0.01
+"""Rounding between this process's clocks and the aggregator's exported values."""
+
+
 @pytest.fixture
 def roster() -> dict[str, str]:
     return {f"V{i}": generate_token() for i in range(1, 6)}
@@ -55,6 +59,8 @@ def test_kill_9_under_a_pushing_fleet_loses_and_doubles_nothing(tmp_path, write_
             agg.start()
             accepted = {vid: p.accepted for vid, p in fleet.items()}
             wait_for(lambda a=accepted: all(fleet[v].accepted > a[v] + 5 for v in ("V1", "V2", "V3", "V4")), 30)
+        live = ("V1", "V2", "V3", "V4")  # up while they push (checked now: once they stop, offline_after_s runs)
+        wait_for(lambda: _all_up(agg.url, live), 30, what="the live vehicles up after the crashes")
         for pusher in fleet.values():
             if pusher.is_alive():
                 pusher.stop()
@@ -70,11 +76,13 @@ def test_kill_9_under_a_pushing_fleet_loses_and_doubles_nothing(tmp_path, write_
         final = scrape(agg.url)
         assert sample(final, "vehicle_status", vehicle_id="V5", status="offline") == 1
         assert sample(final, "vehicle_last_heartbeat_seconds_ago", vehicle_id="V5") > 3
-        for vid in ("V1", "V2", "V3", "V4"):
-            assert sample(final, "vehicle_up", vehicle_id=vid) == 1
-            assert sample(final, "vehicle_last_heartbeat_seconds_ago", vehicle_id=vid) < 3
     finally:
         agg.stop()
+
+
+def _all_up(url: str, vehicle_ids: tuple[str, ...]) -> bool:
+    samples = scrape(url)
+    return all(sample(samples, "vehicle_up", vehicle_id=vid) == 1 for vid in vehicle_ids)
 
 
 def _settled(url: str, fleet: dict[str, VehiclePusher]) -> Samples | None:
@@ -117,23 +125,32 @@ def test_vehicle_reboot_mid_run_keeps_every_count(tmp_path, write_config, roster
 def test_clock_skew_of_hours_breaks_neither_age_nor_order(write_config, roster) -> None:
     tokens = {"V1": roster["V1"], "V2": roster["V2"]}
     with AggregatorProcess(write_config(tokens)) as agg:
-        now = time.time()
+        # Ages and times are bracketed by this process's own clocks around the pushes and the scrape (the same
+        # machine's clocks), so the checks are about order and hold on a machine however loaded.
+        now, started = time.time(), time.monotonic()
         assert push(agg.url, wire_snapshot("V1", seq=1, sent_at=now - 5 * 3600), tokens["V1"]).status == 200
         assert push(agg.url, wire_snapshot("V2", seq=1, sent_at=now + 3 * 3600), tokens["V2"]).status == 200
         samples = scrape(agg.url)
+        elapsed, after = time.monotonic() - started, time.time()
         for vid, skew in (("V1", -5 * 3600), ("V2", 3 * 3600)):
             assert sample(samples, "vehicle_up", vehicle_id=vid) == 1
-            assert sample(samples, "vehicle_last_heartbeat_seconds_ago", vehicle_id=vid) < 5
-            assert abs(sample(samples, "vehicle_last_heartbeat_timestamp_seconds", vehicle_id=vid) - now) < 60
-            assert abs(sample(samples, "vehicle_clock_skew_seconds", vehicle_id=vid) - skew) < 60
+            # From the aggregator's clock: no older than the time since the push, not the vehicle's hours.
+            assert sample(samples, "vehicle_last_heartbeat_seconds_ago", vehicle_id=vid) <= elapsed + EPSILON_S
+            received = sample(samples, "vehicle_last_heartbeat_timestamp_seconds", vehicle_id=vid)
+            assert now - EPSILON_S <= received <= after + EPSILON_S
+            measured_skew = sample(samples, "vehicle_clock_skew_seconds", vehicle_id=vid)
+            assert skew - (after - now) - EPSILON_S <= measured_skew <= skew + EPSILON_S
         # The vehicle clock jumps back a day (NTP fix): order is by seq, not by the vehicle's clock.
         jumped = wire_snapshot("V1", seq=2, sent_at=now - 29 * 3600, errors={"estop": 1})
+        jump_at = time.monotonic()
         assert push(agg.url, jumped, tokens["V1"]).json()["status"] == "accepted"
         stale = wire_snapshot("V1", seq=1, sent_at=now + 3600, errors={"estop": 5})
         assert push(agg.url, stale, tokens["V1"]).json()["status"] == "duplicate"
         samples = scrape(agg.url)
         assert errors_of(samples, "V1") == {"estop": 1}
-        assert sample(samples, "vehicle_last_heartbeat_seconds_ago", vehicle_id="V1") < 5
+        # The jumped-back snapshot refreshed the heartbeat: it is younger than the time since that push.
+        since_jump = time.monotonic() - jump_at
+        assert sample(samples, "vehicle_last_heartbeat_seconds_ago", vehicle_id="V1") <= since_jump + EPSILON_S
 
 
 # -- disk full / unwritable state file ---------------------------------------------------------
@@ -237,15 +254,17 @@ def test_state_disk_failure_keeps_serving_reports_and_recovers(tmp_path, write_c
         assert errors_of(samples, "V1") == vehicle.truth
         readyz = request(agg.url + "/readyz").json()
         assert readyz["persistence"].startswith("failing: ")
-        errors_logged = [r for r in agg.logs if r["message"].startswith("cannot write state file")]
-        assert len(errors_logged) == 1  # reported once, not once per flush
-        time.sleep(0.5)
-        assert len([r for r in agg.logs if r["message"].startswith("cannot write state file")]) == 1
+        failures = "telemetry_state_save_failures_total"
+        wait_for(lambda: sample(scrape(agg.url), failures) >= 3, 10, what="three failed flushes")  # retried
 
         disk_fault.heal(agg)
         wait_for(lambda: request(agg.url + "/readyz").status == 200, 10, what="/readyz to recover")
         assert sample(scrape(agg.url), "telemetry_state_persistence_healthy") == 1
-        assert agg.find_log("state file writable again") is not None
+        wait_for(lambda: agg.find_log("state file writable again"), 10, what="the recovery in the log")
+        # The log is read in order: every line before the recovery has been read, so absence is a fact now.
+        messages = [r["message"] for r in agg.logs]
+        before = messages[: messages.index("state file writable again")]
+        assert len([m for m in before if m.startswith("cannot write state file")]) == 1  # once, not per flush
         saved = StateFile(state_file).load()["vehicles"]["V1"]["boots"][-1]["errors"]
         assert saved == vehicle.boot_counts
     with AggregatorProcess(config) as agg:  # what was pushed during the fault survived a restart

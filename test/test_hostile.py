@@ -4,7 +4,6 @@ no change to the fleet state, the service still up, and a /metrics exposition th
 from __future__ import annotations
 
 import select
-import shutil
 import socket
 import subprocess
 import time
@@ -15,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from hostile_corpus import BASE_SEQ, CORPUS, Case, baseline_wire
+from peers import require_binary
 from support import AggregatorProcess, Samples, parse_metrics, push, request, wait_for
 
 from tvm_observability.aggregator.persistence import StateFile
@@ -22,7 +22,6 @@ from tvm_observability.auth import generate_token, hash_token
 
 BODY_TIMEOUT_S = 1.0
 IDLE_TIMEOUT_S = 2.0
-PROMTOOL = shutil.which("promtool")
 _VOLATILE = {"vehicle_last_heartbeat_seconds_ago"}
 """Fleet samples that change with time alone, not with state."""
 
@@ -34,6 +33,8 @@ class Hostile:
         self.agg = agg
         self.tokens = tokens
         self.state_file = state_file
+        self.expositions: dict[str, str] = {}
+        """The /metrics text after each corpus case, by case name: promtool checks them after the corpus."""
 
     def metrics_text(self) -> str:
         resp = request(self.agg.url + "/metrics")
@@ -165,15 +166,6 @@ def _drip_headers(sock: socket.socket, head: bytes) -> int:
     raise AssertionError(f"a client dripping headers was still connected after {10 * IDLE_TIMEOUT_S:g} s")
 
 
-def promtool_check(text: str) -> None:
-    if PROMTOOL is None:
-        return
-    result = subprocess.run(
-        [PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30, check=False
-    )
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-
-
 def test_corpus_is_large_and_names_are_unique() -> None:
     assert len(CORPUS) >= 60
     assert len({c.name for c in CORPUS}) == len(CORPUS)
@@ -187,7 +179,7 @@ def test_hostile_request(hostile: Hostile, case: Case) -> None:
 
     text = hostile.metrics_text()
     after = parse_metrics(text)  # the exposition still parses, whatever the request carried
-    promtool_check(text)
+    hostile.expositions[case.name] = text
     assert status == case.status, f"{case.name}: got {status}, want {case.status}"
     assert fleet_state(after) == fleet_state(before), f"{case.name} changed the fleet state"
     rejected_before = counters(before, "telemetry_snapshots_rejected_total", "reason")
@@ -205,6 +197,18 @@ def test_hostile_request(hostile: Hostile, case: Case) -> None:
         )
     assert request(hostile.agg.url + "/healthz").status == 200
     assert hostile.agg.proc is not None and hostile.agg.proc.poll() is None
+
+
+@pytest.mark.peer
+def test_promtool_accepts_every_exposition_after_the_corpus(hostile: Hostile) -> None:
+    """Runs after the corpus: promtool, Prometheus's own parser, accepts /metrics after every case."""
+    promtool = require_binary("promtool")
+    texts = {**hostile.expositions, "now": hostile.metrics_text()}
+    for name, text in texts.items():
+        result = subprocess.run(
+            [promtool, "check", "metrics"], input=text.encode(), capture_output=True, timeout=30, check=False
+        )
+        assert result.returncode == 0, f"{name}: " + result.stdout.decode() + result.stderr.decode()
 
 
 def test_only_the_baseline_is_left_after_the_corpus(hostile: Hostile) -> None:

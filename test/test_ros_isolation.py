@@ -10,7 +10,7 @@ from support import ros_domain
 
 @pytest.mark.ros
 def test_private_domains_do_not_hear_each_other(ros_env: dict[str, str]) -> None:
-    rclpy = pytest.importorskip("rclpy")
+    import rclpy  # the ros_env fixture has made sure it imports
     from rclpy.executors import SingleThreadedExecutor
     from std_msgs.msg import String
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from peers import require_binary
+from peers import HeadlessChromium, chromium_command, require_binary
 from support import REPO, AggregatorProcess, FakeClock, push, request, wait_for, wire_snapshot
 
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
@@ -117,41 +117,69 @@ def test_status_routes_over_http(tmp_path, write_config):
 
 
 def _chromium(chromium: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    profile = tmp_path / "chromium-profile"
-    base = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        f"--user-data-dir={profile}",
-    ]
-    return subprocess.run([*base, *args], capture_output=True, text=True, timeout=120, check=False)
+    command = [*chromium_command(chromium, tmp_path / "chromium-profile"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.mark.peer
-@pytest.mark.parametrize(("device", "size"), [("phone", "390,844"), ("desktop", "1280,720")])
-def test_status_page_in_real_chromium(tmp_path, write_config, device, size):
+def test_status_page_in_real_chromium_shows_hostile_text_as_text(tmp_path, write_config):
     chromium = require_binary("chromium")
     config = write_config(auth_required=False, vehicles={"V1": {}, "V2": {}, "V3": {}, "V4": {}})
     with AggregatorProcess(config) as agg:
         _push_demo_fleet(agg.url)
-        dom = _chromium(chromium, tmp_path, f"--window-size={size}", "--dump-dom", agg.url + "/")
+        dom = _chromium(chromium, tmp_path, "--window-size=1280,720", "--dump-dom", agg.url + "/")
         assert dom.returncode == 0, dom.stderr[-2000:]
         # The browser parsed the hostile message as text: no element was created from it, no script ran.
         assert "<title>Fleet status (3/4 online)</title>" in dom.stdout
         assert "pwned" not in dom.stdout.split("</title>")[0]
         assert "&lt;script&gt;" in dom.stdout and "<img" not in dom.stdout
         assert dom.stdout.index('id="vehicle-V2"') < dom.stdout.index('id="vehicle-V1"')
+
+
+_LAYOUT = """(() => {
+  const box = e => { const r = e.getBoundingClientRect(); return {left: r.left, top: r.top, width: r.width}; };
+  const rows = [...document.querySelectorAll("tbody tr")];
+  return {
+    header: getComputedStyle(document.querySelector("thead")).display,
+    rows: rows.map(r => ({id: r.id, top: box(r).top, cells: [...r.querySelectorAll("td")].map(box)})),
+    viewport: document.documentElement.clientWidth,
+    content: document.documentElement.scrollWidth,
+  };
+})()"""
+"""What the browser laid out: the header's display, each row's cells' boxes, the page's and the viewport's width."""
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize(("device", "width", "height"), [("phone", 390, 844), ("desktop", 1280, 720)])
+def test_status_page_layout_in_real_chromium(tmp_path, write_config, device, width, height):
+    """A table with a header row on a desktop; on a phone, cards: no header, each row's cells stacked, and
+    nothing wider than the screen."""
+    chromium = require_binary("chromium")
+    config = write_config(auth_required=False, vehicles={"V1": {}, "V2": {}, "V3": {}, "V4": {}})
+    with AggregatorProcess(config) as agg:
+        _push_demo_fleet(agg.url)
+        with HeadlessChromium(chromium, tmp_path / "profile", agg.url + "/", width, height) as browser:
+            layout = browser.evaluate(_LAYOUT)
+        rows = layout["rows"]
+        assert [r["id"] for r in rows] == ["vehicle-V2", "vehicle-V4", "vehicle-V3", "vehicle-V1"]
+        assert [r["top"] for r in rows] == sorted(r["top"] for r in rows)  # worst first, top to bottom
+        assert layout["content"] <= layout["viewport"], layout  # no sideways scrolling on either
+        for row in rows:
+            lefts = [c["left"] for c in row["cells"]]
+            tops = [c["top"] for c in row["cells"]]
+            assert len(lefts) >= 5, row
+            if device == "phone":
+                assert layout["header"] == "none"
+                assert max(lefts) - min(lefts) < 1, row  # one column: the cells stacked
+                assert tops == sorted(tops) and len(set(tops)) == len(tops), row
+            else:
+                assert layout["header"] != "none"
+                assert max(tops) - min(tops) < 1, row  # one line: the cells side by side
+                assert lefts == sorted(lefts) and len(set(lefts)) == len(lefts), row
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / f"status-page-{device}.png"
         shot.unlink(missing_ok=True)
-        result = _chromium(chromium, tmp_path, f"--window-size={size}", f"--screenshot={shot}", agg.url + "/")
+        result = _chromium(chromium, tmp_path, f"--window-size={width},{height}", f"--screenshot={shot}", agg.url + "/")
         assert result.returncode == 0, result.stderr[-2000:]
         wait_for(lambda: shot.is_file() and shot.stat().st_size > 10_000, 10, what="a non-trivial screenshot")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from peers import require_binary
 from support import REPO
 
 UNIT = REPO / "config" / "systemd" / "telemetry-aggregator.service"
@@ -16,14 +16,16 @@ EXPOSURE_THRESHOLD = 2.0
 """systemd's scale: 0 (locked down) to 10 (unsafe); below 2 it calls the unit OK. docs/reliability.md has ours."""
 
 pytestmark = pytest.mark.peer
-SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+@pytest.fixture
+def systemd_analyze() -> str:
+    return require_binary("systemd-analyze")
 
 
 @pytest.fixture
 def unit_copy(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's console script (verify checks that it exists)."""
-    if SYSTEMD_ANALYZE is None:
-        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
     script = Path(sys.executable).with_name("telemetry_aggregator")
     if not script.exists():
         pytest.skip(f"{script} is not installed (pip install -e .)")
@@ -33,18 +35,18 @@ def unit_copy(tmp_path: Path) -> Path:
     return copy
 
 
-def test_unit_passes_systemd_analyze_verify(unit_copy: Path) -> None:
+def test_unit_passes_systemd_analyze_verify(systemd_analyze: str, unit_copy: Path) -> None:
     result = subprocess.run(
-        [SYSTEMD_ANALYZE, "verify", unit_copy.name], cwd=unit_copy.parent, capture_output=True, text=True, check=False
+        [systemd_analyze, "verify", unit_copy.name], cwd=unit_copy.parent, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr  # no warnings either
 
 
-def test_unit_exposure_is_low(unit_copy: Path) -> None:
+def test_unit_exposure_is_low(systemd_analyze: str, unit_copy: Path) -> None:
     """`--offline` reads the unit file alone, so this runs in containers without systemd as PID 1."""
     result = subprocess.run(
-        [SYSTEMD_ANALYZE, "security", "--offline=true", f"--threshold={int(EXPOSURE_THRESHOLD * 10)}", unit_copy.name],
+        [systemd_analyze, "security", "--offline=true", f"--threshold={int(EXPOSURE_THRESHOLD * 10)}", unit_copy.name],
         cwd=unit_copy.parent,
         capture_output=True,
         text=True,

@@ -16,9 +16,7 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
-import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -34,9 +32,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from ..auth import generate_token, hash_token
-from . import prometheus_setup
+from . import processes, prometheus_setup
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "vehicle_bridge.yaml"
 OFFLINE_AFTER_S = 5.0
@@ -44,8 +43,6 @@ REFRESH_S = 2.0
 # Demo domains sit above the range the test suite allocates (1..101), below Fast DDS's 232 limit.
 _DOMAINS = range(120, 233)
 _DOMAIN_LOCKS = Path(tempfile.gettempdir()) / "tvm_observability_demo_domains"
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 _FAULTY: dict[str, object] = {
     "fault_after_s": 10.0,
     "fault_stop_sensor": "lidar",
@@ -58,8 +55,9 @@ _FAULTY: dict[str, object] = {
 @dataclass
 class Child:
     name: str
-    proc: subprocess.Popen[bytes]
-    log: IO[bytes]
+    proc: subprocess.Popen[Any]
+    log: IO[bytes] | None
+    """The log file the child writes to; None where a reader thread copies its output (the aggregator)."""
 
 
 @dataclass
@@ -126,18 +124,18 @@ def start_aggregator(demo: Demo) -> None:
     }
     config_path = demo.workdir / "aggregator.yaml"
     _write_private(config_path, yaml.safe_dump(config))
-    args = [sys.executable, "-m", "tvm_observability.aggregator.cli", "--config", str(config_path)]
-    child = _spawn(demo, "aggregator", args, dict(os.environ))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and child.proc.poll() is None:
-        for line in (demo.workdir / "aggregator.log").read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("message") == "listening":
-                    demo.url = "http://" + record["context"]["addresses"][0]
-                    return
-        time.sleep(0.1)
-    raise RuntimeError(f"the aggregator did not start; see {demo.workdir / 'aggregator.log'}")
+    aggregator = processes.AggregatorProcess(
+        processes.aggregator_command(config_path),
+        keep=200,
+        log_file=demo.workdir / "aggregator.log",
+        start_new_session=True,  # as _spawn: Ctrl-C reaches the demo only
+        preexec_fn=_die_with_parent,
+    )
+    try:
+        demo.url = aggregator.start(30)
+    finally:
+        if aggregator.proc is not None:
+            demo.children.append(Child("aggregator", aggregator.proc, None))
 
 
 def start_prometheus(demo: Demo) -> str | None:
@@ -192,12 +190,10 @@ def start_vehicle(demo: Demo, index: int, vid: str) -> None:
 
 
 def parse_exposition(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of each sample line of a Prometheus text exposition."""
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match and not line.startswith("#"):
-            labels = dict(_LABEL.findall(match.group(2) or ""))
-            yield match.group(1), labels, float(match.group(3))
+    """(name, labels, value) of each sample of a Prometheus text exposition (prometheus_client's parser)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            yield sample.name, sample.labels, sample.value
 
 
 def fleet_rows(text: str) -> list[list[str]]:
@@ -270,7 +266,8 @@ def stop(demo: Demo) -> list[tuple[str, int | None]]:
             except subprocess.TimeoutExpired:
                 child.proc.kill()
                 child.proc.wait(5)
-            child.log.close()
+            if child.log is not None:
+                child.log.close()
             codes.append((child.name, child.proc.returncode))
     for handle in demo.locks:
         handle.close()
