@@ -207,6 +207,18 @@ async def test_openmetrics_when_asked(client: Client) -> None:
     assert plain.headers["Content-Type"].startswith("text/plain")
 
 
+async def test_metrics_answers_any_accept_header(client: Client) -> None:
+    """Issue 10 item 3: an OpenMetrics Accept header with an unusual version was a 500."""
+    for accept in (
+        "application/openmetrics-text; version=abc",
+        "text/plain; version=x",
+        "application/openmetrics-text; version=7",
+    ):
+        resp = await client.get("/metrics", headers={"Accept": accept})
+        assert resp.status == 200, accept
+        parse_metrics((await resp.text()).replace("# EOF\n", ""))
+
+
 async def test_health_endpoints(client: Client) -> None:
     assert (await (await client.get("/healthz")).json()) == {"alive": True}
     ready = await client.get("/readyz")

@@ -31,7 +31,7 @@ from ..errors import (
 )
 from ..model import TELEMETRY_PATH, VehicleSnapshot
 from .access import read_auth_middleware
-from .collector import Exposition, ServiceMetrics
+from .collector import Exposition, ServiceMetrics, disable_created_series
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
@@ -86,6 +86,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 
 def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.Application:
     """Build the aggregator app. State is restored and persisted by the app's cleanup context."""
+    disable_created_series()
     clock = clock or SystemClock()
     fleet = FleetState(config.vehicles, fleet_settings(config), clock=clock)
     exposition = Exposition(fleet)
