@@ -75,3 +75,10 @@ class Forbidden(TelemetryError):
 class RateLimited(TelemetryError):
     status = 429
     reason = "rate_limited"
+
+
+class RoutingMismatch(TelemetryError):
+    """The `X-Vehicle-Id` routing header names another vehicle than the credential or the body."""
+
+    status = 400
+    reason = "routing_mismatch"

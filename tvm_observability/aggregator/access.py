@@ -7,7 +7,6 @@ Vehicle pushes have their own per-vehicle credentials (see app.py), and health p
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -68,7 +67,7 @@ def _basic(authorization: str | None) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), a non-ASCII header byte or non-UTF-8 credentials (UnicodeError)
         return None
     username, sep, password = decoded.partition(":")
     return (username, password) if sep else None

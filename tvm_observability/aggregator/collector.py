@@ -451,6 +451,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "forbidden",
     "unknown_vehicle",
     "rate_limited",
+    "routing_mismatch",
 )
 """Every `reason` a push can be rejected for; all start at 0 so rate() works from the first scrape."""
 
