@@ -199,7 +199,7 @@ def test_sighup_rotates_tokens_changes_the_roster_and_refuses_a_bad_config(tmp_p
         assert push(agg.url, wire_snapshot("V1", seq=2), tokens["V1"]).status == 401  # the old token is revoked
         assert push(agg.url, wire_snapshot("V1", seq=3), rotated["V1"]).status == 200
         assert push(agg.url, wire_snapshot("V3", seq=1), rotated["V3"]).status == 200
-        assert push(agg.url, wire_snapshot("V2", seq=2), tokens["V2"]).status == 403
+        assert push(agg.url, wire_snapshot("V2", seq=2), tokens["V2"]).status == 401  # a retired token is no credential
         samples = scrape(agg.url)
         assert sample(samples, "vehicle_on_roster", vehicle_id="V3") == 1
         assert sample(samples, "vehicle_on_roster", vehicle_id="V2") is None
