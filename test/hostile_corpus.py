@@ -89,8 +89,8 @@ class Case:
     path: str = "/api/v1/telemetry"
     content_type: str | None = codec.CONTENT_TYPE
     auth: str | None = "V1"
-    """Whose token goes in `Authorization: Bearer`: a vehicle id, None for no header, or a raw header value
-    when it starts with `raw:`."""
+    """Whose token goes in `Authorization: Bearer`: a vehicle id (`V1+tail`: V1's valid token followed by
+    `tail`), None for no header, or a raw header value when it starts with `raw:`."""
     headers: dict[str, str] = field(default_factory=dict)
     transport: str = "http"
     """http: one ordinary request; chunked: body sent with chunked encoding; stall: headers and a part of the
@@ -337,6 +337,16 @@ CORPUS: list[Case] = [
     ),
     Case("no token, schema error", "credentials", lambda: with_field("seq", "x"), 401, "unauthenticated", auth=None),
     Case("wrong token, not msgpack", "credentials", _garbage, 401, "unauthenticated", auth="raw:Bearer nope"),
+    # -- a valid token in a header line the HTTP parser refuses (it quotes the line in its log) ----------------
+    *(
+        Case(f"valid token followed by {name}", "malformed Authorization lines", _valid_body, 400, auth="V1+" + tail)
+        for name, tail in (
+            ("a control byte", "\x01"),
+            ("DEL", "\x7f"),
+            ("NUL", "\x00more"),
+            ("9,000 bytes (over the header line limit)", "x" * 9000),
+        )
+    ),
     # -- the routing header (docs/decisions/0001-routing-key.md) -------------------------------------------------
     Case(
         "routing header names V2, token V1", "routing header", _valid_body, 400, "routing_mismatch", headers=_ROUTE_V2

@@ -16,6 +16,7 @@ from aiohttp.typedefs import Middleware
 
 from ..auth import bearer_token, token_matches
 from .config import ReadAuth
+from .logs import LogSummary
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.access")
 
@@ -27,14 +28,18 @@ def read_auth_middleware(current: ReadAuthSource, protected: frozenset[str]) -> 
     """A middleware guarding the `protected` paths; `current()` gives the credentials in force (a config
     reload changes them)."""
 
+    refusal_log = LogSummary(_LOGGER, "read refused")
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         auth = current()
         if auth is None or request.path not in protected or allowed(auth, request.headers.get("Authorization")):
             return await handler(request)
-        _LOGGER.warning(
-            "read refused: missing or wrong credentials", extra={"path": request.path, "remote": request.remote}
-        )
+        remote = request.remote or "unknown"
+        if refusal_log.admit("read_refused", remote):
+            _LOGGER.warning(
+                "read refused: missing or wrong credentials", extra={"path": request.path, "remote": remote}
+            )
         challenges = []
         if auth.bearer_token_sha256 is not None:
             challenges.append('Bearer realm="metrics"')

@@ -39,6 +39,7 @@ from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
 from .ingest import IngestLimits, parse_snapshot
+from .logs import LogSummary
 from .persistence import StateFile
 from .ratelimit import RateLimiter
 from .reload import fleet_settings, ingest_limits, token_owners
@@ -82,6 +83,8 @@ class Runtime:
     ready: bool = False
     state_error: str | None = None
     unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
+    refusal_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "push rejected"))
+    """Refusals are counted exactly, but logged at most LogSummary's burst per reason and client per interval."""
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -229,6 +232,16 @@ def _authenticate(rt: Runtime, token: str | None) -> str | None:
     return owner
 
 
+def is_configured_token(rt: Runtime, word: str) -> bool:
+    """Whether `word` is a credential of the running config (a vehicle's or read_auth's): such a word must
+    never reach a log, whatever layer logs it."""
+    digest = hash_token(word)
+    read_auth = rt.config.read_auth
+    if read_auth is not None and digest in (read_auth.bearer_token_sha256, read_auth.basic_password_sha256):
+        return True
+    return digest in rt.token_owner
+
+
 def _routing_vehicle(request: web.Request, credential: str | None) -> str | None:
     """The routing header's vehicle (decision record 0001), checked against the credential; None when absent
     (bridges older than the header)."""
@@ -253,17 +266,19 @@ def _reject(
     rt: Runtime, exc: TelemetryError, request: web.Request, request_id: str, vehicle_id: str | None
 ) -> web.Response:
     rt.metrics.rejected.labels(exc.reason).inc()
-    _LOGGER.warning(
-        "push rejected: %s",
-        exc.detail,
-        extra={
-            "request_id": request_id,
-            "vehicle_id": vehicle_id,
-            "reason": exc.reason,
-            "status": exc.status,
-            "remote": request.remote,
-        },
-    )
+    remote = request.remote or "unknown"
+    if rt.refusal_log.admit(exc.reason, remote):
+        _LOGGER.warning(
+            "push rejected: %s",
+            exc.detail,
+            extra={
+                "request_id": request_id,
+                "vehicle_id": vehicle_id,
+                "reason": exc.reason,
+                "status": exc.status,
+                "remote": remote,
+            },
+        )
     headers = {"X-Request-Id": request_id}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'

@@ -12,6 +12,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ from .. import __version__, codec
 from ..auth import generate_token, hash_token
 from ..errors import TelemetryError
 from ..model import VEHICLE_ID_PATTERN
-from .app import RUNTIME, make_app
+from .app import RUNTIME, is_configured_token, make_app
 from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is_loopback, load_config
-from .logs import configure_logging
+from .logs import configure_logging, redaction_filters
 from .persistence import StateFile
 from .reload import apply_config
 
@@ -124,6 +125,8 @@ async def serve(
     refused with every problem logged, and the running configuration stays.
     """
     app = make_app(config)
+    for redaction in redaction_filters():
+        redaction.is_token = partial(is_configured_token, app[RUNTIME])
     runner = web.AppRunner(
         app,
         access_log=None,
