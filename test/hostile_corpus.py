@@ -71,6 +71,7 @@ def with_key(section: str, key: Any, value: Any) -> bytes:
 
 
 _DELETE = object()
+_ROUTE_V2 = {"X-Vehicle-Id": "V2"}
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,8 @@ class Case:
     path: str = "/api/v1/telemetry"
     content_type: str | None = codec.CONTENT_TYPE
     auth: str | None = "V1"
-    """Whose token goes in `Authorization: Bearer`: a vehicle id, None for no header, or a raw header value
-    when it starts with `raw:`."""
+    """Whose token goes in `Authorization: Bearer`: a vehicle id (`V1+tail`: V1's valid token followed by
+    `tail`), None for no header, or a raw header value when it starts with `raw:`."""
     headers: dict[str, str] = field(default_factory=dict)
     transport: str = "http"
     """http: one ordinary request; chunked: body sent with chunked encoding; stall: headers and a part of the
@@ -114,6 +115,10 @@ def _injection(name: str, body: bytes | Callable[[], bytes]) -> Case:
 
 def _valid_body() -> bytes:
     return codec.encode_wire(valid_wire())
+
+
+def _body_of(vehicle_id: str) -> Callable[[], bytes]:
+    return lambda: codec.encode_wire(valid_wire(vehicle_id))
 
 
 def _garbage() -> bytes:
@@ -289,6 +294,24 @@ CORPUS: list[Case] = [
     Case("WebDAV method", "wrong methods", _valid_body, 405, method="PROPFIND"),
     Case("TRACE", "wrong methods", b"", 405, method="TRACE"),
     Case("POST to /metrics", "wrong methods", _valid_body, 405, path="/metrics"),
+    *(
+        Case(
+            f"GET /metrics, Accept: {accept}",
+            "odd Accept headers",
+            b"",
+            200,
+            method="GET",
+            path="/metrics",
+            content_type=None,
+            headers={"Accept": accept},
+        )
+        for accept in (
+            "application/openmetrics-text; version=abc",
+            "application/openmetrics-text; version=9.9.9; escaping=bogus",
+            "text/plain; version=x.y",
+            "application/openmetrics-text;;;version",
+        )
+    ),
     Case("POST to an unknown API version", "wrong methods", _valid_body, 404, path="/api/v2/telemetry"),
     Case("path traversal", "wrong methods", _valid_body, 404, path="/api/v1/../../etc/passwd"),
     # -- credentials -----------------------------------------------------------------------------------
@@ -299,16 +322,51 @@ CORPUS: list[Case] = [
     Case("the token's sha256 as the token", "credentials", _valid_body, 401, "unauthenticated", auth="hash:V1"),
     Case("4 KB token", "credentials", _valid_body, 401, "unauthenticated", auth="raw:Bearer " + "t" * 4000),
     Case("V2's valid token writing V1", "credentials", _valid_body, 403, "forbidden", auth="V2"),
+    Case("V3's valid token writing V2", "credentials", _body_of("V2"), 403, "forbidden", auth="V3"),
+    Case("vehicle not on the roster", "credentials", _body_of("V9"), 403, "unknown_vehicle"),
+    # -- unauthenticated pushes: one answer, whatever the body says (no roster enumeration, no schema detail) ---
+    Case("token with non-UTF-8 bytes", "credentials", _valid_body, 401, "unauthenticated", auth="raw:Bearer \xff\xfe"),
+    Case("Basic with non-UTF-8 bytes", "credentials", _valid_body, 401, "unauthenticated", auth="raw:Basic \xff=="),
     Case(
-        "V3's valid token writing V2",
+        "wrong token, vehicle off the roster",
         "credentials",
-        lambda: codec.encode_wire(valid_wire("V2")),
-        403,
-        "forbidden",
-        auth="V3",
+        _body_of("V9"),
+        401,
+        "unauthenticated",
+        auth="raw:Bearer x",
+    ),
+    Case("no token, schema error", "credentials", lambda: with_field("seq", "x"), 401, "unauthenticated", auth=None),
+    Case("wrong token, not msgpack", "credentials", _garbage, 401, "unauthenticated", auth="raw:Bearer nope"),
+    # -- a valid token in a header line the HTTP parser refuses (it quotes the line in its log) ----------------
+    *(
+        Case(f"valid token followed by {name}", "malformed Authorization lines", _valid_body, 400, auth="V1+" + tail)
+        for name, tail in (
+            ("a control byte", "\x01"),
+            ("DEL", "\x7f"),
+            ("NUL", "\x00more"),
+            ("9,000 bytes (over the header line limit)", "x" * 9000),
+        )
+    ),
+    # -- the routing header (docs/decisions/0001-routing-key.md) -------------------------------------------------
+    Case(
+        "routing header names V2, token V1", "routing header", _valid_body, 400, "routing_mismatch", headers=_ROUTE_V2
     ),
     Case(
-        "vehicle not on the roster", "credentials", lambda: codec.encode_wire(valid_wire("V9")), 403, "unknown_vehicle"
+        "routing header and token V2, body V1",
+        "routing header",
+        _valid_body,
+        400,
+        "routing_mismatch",
+        auth="V2",
+        headers=_ROUTE_V2,
+    ),
+    Case(
+        "routing header not a vehicle id",
+        "routing header",
+        _valid_body,
+        400,
+        "routing_mismatch",
+        headers={"X-Vehicle-Id": "V1\u00e9 or 1=1"},
     ),
     # -- replayed and out-of-order sequences (acknowledged, ignored: a retry must not loop) ------------
     Case("replay of the applied snapshot", "replays", lambda: codec.encode_wire(baseline_wire("V1")), 200),

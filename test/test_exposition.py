@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -14,7 +15,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from support import parse_metrics, sample, wire_snapshot
 
 from tvm_observability.aggregator import state_image
-from tvm_observability.aggregator.collector import Exposition, ServiceMetrics
+from tvm_observability.aggregator.collector import FORMATS, Exposition, ServiceMetrics, disable_created_series
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
 
@@ -40,6 +41,7 @@ def make(roster=("V1", "V2", "V3")):
         FleetSettings(statuses=("idle", "on_mission"), offline_after_s=15.0, max_unknown_vehicles=10),
         clock=clock,
     )
+    disable_created_series()  # what the app factory sets at start-up
     exposition = Exposition(fleet)
     metrics = ServiceMetrics(exposition.service_registry)
     return clock, fleet, exposition, metrics
@@ -154,3 +156,50 @@ def test_promtool_accepts_render(tmp_path):
     body, _ = exposition.render("")
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False)
     assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), result
+
+
+ODD_ACCEPTS = [
+    "application/openmetrics-text; version=abc",
+    "application/openmetrics-text; version=",
+    "application/openmetrics-text; version=1.0.0.0.0",
+    "application/openmetrics-text; version=99.0.0; escaping=nonsense",
+    "application/openmetrics-text; version=0.0.1",
+    "text/plain; version=1.0.0; escaping=bogus",
+    "text/plain; version=x",
+    "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+    ";;;,,,;=;",
+    "\u00e9\x00\x7f",
+    "*/*",
+]
+
+
+def test_any_accept_header_gets_one_of_two_formats_and_the_cache_stays_bounded():
+    """Issue 10 item 3: an unusual `version=` was a 500, and every distinct one grew the header cache."""
+    _, fleet, exposition, _ = make()
+    apply(fleet, "V1", seq=1)
+    content_types = {content_type for _, content_type in FORMATS}
+    for accept in ODD_ACCEPTS + [f"application/openmetrics-text; version=1.0.{i}" for i in range(200)]:
+        body, content_type = exposition.render(accept)
+        assert content_type in content_types, accept
+        assert body == exposition.render(OPENMETRICS if "openmetrics" in content_type else "")[0], accept
+    assert len(exposition._headers) <= len(FORMATS)
+
+
+def test_openmetrics_refused_with_q0_gets_text():
+    _, _, exposition, _ = make()
+    assert exposition.render("application/openmetrics-text; q=0, text/plain")[1].startswith("text/plain")
+    assert exposition.render("application/openmetrics-text; q=0.5")[1].startswith("application/openmetrics-text")
+
+
+def test_service_metrics_change_no_process_wide_setting():
+    """Issue 9: constructing ServiceMetrics must not turn off `*_created` series for the whole process."""
+    snippet = (
+        "from prometheus_client import CollectorRegistry, Counter, generate_latest\n"
+        "from tvm_observability.aggregator.collector import ServiceMetrics\n"
+        "ServiceMetrics(CollectorRegistry())\n"
+        "other = CollectorRegistry()\n"
+        "Counter('unrelated', 'a library user', registry=other).inc()\n"
+        "print(generate_latest(other).decode())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60, check=True)
+    assert "unrelated_created" in result.stdout

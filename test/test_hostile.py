@@ -48,7 +48,8 @@ class Hostile:
             return case.auth[4:]
         if case.auth.startswith("hash:"):
             return "Bearer " + hash_token(self.tokens[case.auth[5:]])
-        return "Bearer " + self.tokens[case.auth]
+        vehicle_id, _, suffix = case.auth.partition("+")
+        return "Bearer " + self.tokens[vehicle_id] + suffix
 
 
 @pytest.fixture(scope="module")

@@ -125,8 +125,9 @@ def test_rules_and_dashboards_only_use_metrics_the_aggregator_exports():
     from support import parse_metrics
     from test_collector import fixture_fleet
 
-    from tvm_observability.aggregator.collector import ServiceMetrics
+    from tvm_observability.aggregator.collector import ServiceMetrics, disable_created_series
 
+    disable_created_series()  # as the app factory does at start-up
     _, fleet_registry, _ = fixture_fleet()
     service_registry = CollectorRegistry()
     service = ServiceMetrics(service_registry)

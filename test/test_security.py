@@ -4,9 +4,11 @@ logged, token rotation and roster changes on SIGHUP, and a flooding vehicle that
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -199,7 +201,7 @@ def test_sighup_rotates_tokens_changes_the_roster_and_refuses_a_bad_config(tmp_p
         assert push(agg.url, wire_snapshot("V1", seq=2), tokens["V1"]).status == 401  # the old token is revoked
         assert push(agg.url, wire_snapshot("V1", seq=3), rotated["V1"]).status == 200
         assert push(agg.url, wire_snapshot("V3", seq=1), rotated["V3"]).status == 200
-        assert push(agg.url, wire_snapshot("V2", seq=2), tokens["V2"]).status == 403
+        assert push(agg.url, wire_snapshot("V2", seq=2), tokens["V2"]).status == 401  # a retired token is no credential
         samples = scrape(agg.url)
         assert sample(samples, "vehicle_on_roster", vehicle_id="V3") == 1
         assert sample(samples, "vehicle_on_roster", vehicle_id="V2") is None
@@ -311,3 +313,64 @@ def test_listening_beyond_loopback_warns_about_plain_http_and_open_metrics(tmp_p
         assert https_request(f"https://127.0.0.1:{port}/healthz", trusting).status == 200
         time.sleep(0.5)
         assert not [r for r in agg.logs if r["level"] == "WARNING"]
+
+
+# -- no token in any log, from any layer (issue 10 item 11) -------------------------------------------
+
+
+def raw_exchange(url: str, data: bytes, source: str = "127.0.0.1") -> bytes:
+    """Send raw bytes from the loopback address `source` and return the answer's first bytes (b"" if none)."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30, source_address=(source, 0)) as sock:
+        sock.sendall(data)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while b"\r\n" not in answer and (chunk := sock.recv(4096)):
+                answer += chunk
+        return answer
+
+
+def test_no_token_reaches_the_log_from_malformed_authorization_lines(tmp_path: Path) -> None:
+    """aiohttp's parser logs an ERROR traceback quoting the raw header line it refuses: with a valid token in
+    that line, the token was in the log. Each malformed request comes from its own loopback address, so that
+    the per-client log rate lets every one of them through to the log, where it must arrive scrubbed."""
+    token, reader = generate_token(), generate_token()
+    config = {
+        "listen": "127.0.0.1:0",
+        "environment": "test",
+        "log_level": "debug",
+        "vehicles": roster_of({"V1": token}),
+        "read_auth": {"bearer_token_sha256": hash_token(reader)},
+    }
+    path = write_yaml(tmp_path / "aggregator.yaml", config)
+    body = codec.encode_wire(wire_snapshot("V1"))
+    lines: list[bytes] = []
+    for secret in (token.encode(), reader.encode()):
+        lines += [
+            b"Authorization: Bearer " + secret + b"\x01",
+            b"Authorization: Bearer " + secret + b"\x7f",
+            b"Authorization: Bearer " + secret + b"\x00tail",
+            b"Authorization: Bearer " + secret + b"x" * 9000,  # longer than the header line limit
+            b"Authorization:\x01Bearer " + secret,
+            b"Authorization: " + secret + b"\x01",  # no scheme
+            b"Authori\x01zation: Bearer " + secret,
+            b"X-Anything: " + secret + b"\x01",  # the token in an unrelated header
+            b"Authorization: Basic " + base64.b64encode(b"prometheus:" + secret) + b"\x01",
+        ]
+    with AggregatorProcess(path) as agg:
+        for index, line in enumerate(lines):
+            request_path = b"/api/v1/telemetry" if index % 2 == 0 else b"/metrics"
+            head = b"POST " + request_path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+            head += line + b"\r\nContent-Length: %d\r\n\r\n" % len(body)
+            answer = raw_exchange(agg.url, head + body, source=f"127.0.0.{index + 2}")
+            assert answer.startswith(b"HTTP/1.") and answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:80]
+        errors = wait_for(
+            lambda: len([r for r in agg.logs if r["message"].startswith("Error handling request")]) >= len(lines),
+            20,
+            what="one parser error logged per malformed request",
+        )
+        assert errors
+        assert agg.stop() == 0
+    logged = "".join(agg.raw_stderr)
+    assert token not in logged and reader not in logged
+    assert logged.count("[redacted]") >= len(lines)

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from support import REPO, parse_metrics
 from test_collector import fixture_fleet
 
-from tvm_observability.aggregator.collector import ServiceMetrics
+from tvm_observability.aggregator.collector import ServiceMetrics, disable_created_series
 from tvm_observability.aggregator.config import TABLE_BEGIN, TABLE_END, load_config, reference_rows, reference_table
 
 
@@ -33,6 +33,7 @@ def test_configuration_reference_is_the_generated_key_table() -> None:
 
 def test_operations_doc_names_every_metric() -> None:
     _, fleet_registry, _ = fixture_fleet()
+    disable_created_series()  # as the app factory does at start-up
     service_registry = CollectorRegistry()
     ServiceMetrics(service_registry)
     names = {

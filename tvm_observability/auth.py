@@ -8,6 +8,8 @@ import re
 import secrets
 
 TOKEN_SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+BEARER_TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~+/-]+=*")
+"""RFC 6750's b64token: what a bearer token may be made of (generated tokens are URL-safe base64)."""
 TOKEN_BYTES = 32
 
 
@@ -27,11 +29,12 @@ def token_matches(token: str, token_sha256: str) -> bool:
 
 
 def bearer_token(authorization: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None."""
+    """The token of an `Authorization: Bearer <token>` header, or None (also for a token outside RFC 6750's
+    syntax: a control or non-ASCII byte can then never reach hashing, and is simply not a credential)."""
     if not authorization:
         return None
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token:
+    if scheme.lower() != "bearer" or BEARER_TOKEN_PATTERN.fullmatch(token) is None:
         return None
     return token

@@ -138,5 +138,12 @@ class StaleBoot(TelemetryError):
     reason = "stale_boot"
 
 
+class RoutingMismatch(TelemetryError):
+    """The `X-Vehicle-Id` routing header names another vehicle than the credential or the body."""
+
+    status = 400
+    reason = "routing_mismatch"
+
+
 REJECTION_REASONS: tuple[str, ...] = tuple(REFUSALS)
 """Every `reason` a push can be refused for, in the order defined above."""

@@ -7,7 +7,6 @@ Vehicle pushes have their own per-vehicle credentials (see app.py), and health p
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from aiohttp.typedefs import Middleware
 
 from ..auth import bearer_token, token_matches
 from .config import ReadAuth
+from .logs import LogSummary
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.access")
 
@@ -28,14 +28,18 @@ def read_auth_middleware(current: ReadAuthSource, protected: frozenset[str]) -> 
     """A middleware guarding the `protected` paths; `current()` gives the credentials in force (a config
     reload changes them)."""
 
+    refusal_log = LogSummary(_LOGGER, "read refused")
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         auth = current()
         if auth is None or request.path not in protected or allowed(auth, request.headers.get("Authorization")):
             return await handler(request)
-        _LOGGER.warning(
-            "read refused: missing or wrong credentials", extra={"path": request.path, "remote": request.remote}
-        )
+        remote = request.remote or "unknown"
+        if refusal_log.admit("read_refused", remote):
+            _LOGGER.warning(
+                "read refused: missing or wrong credentials", extra={"path": request.path, "remote": remote}
+            )
         challenges = []
         if auth.bearer_token_sha256 is not None:
             challenges.append('Bearer realm="metrics"')
@@ -68,7 +72,7 @@ def _basic(authorization: str | None) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error), a non-ASCII header byte or non-UTF-8 credentials (UnicodeError)
         return None
     username, sep, password = decoded.partition(":")
     return (username, password) if sep else None

@@ -1,13 +1,15 @@
 """The aiohttp application: ingest, /metrics, health. Built by `make_app`, which the CLI and tests share.
 
-Request path of a push: content type -> size -> token present -> msgpack decode (codec) ->
-schema (ingest) -> credential -> rate limit -> fleet state. Every refusal is a typed
+Request path of a push: content type -> credential (the token alone names its vehicle) -> routing header ->
+size -> msgpack decode (codec) -> schema (ingest) -> body's vehicle against credential and header -> rate
+limit -> fleet state. Every refusal is a typed
 TelemetryError: JSON reason + status, counted by reason, logged without secrets, and no state change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 import secrets
@@ -19,24 +21,26 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .. import codec
-from ..auth import bearer_token, hash_token, token_matches
+from ..auth import bearer_token, hash_token
 from ..errors import (
     BodyTimeout,
     BodyTooLarge,
     Forbidden,
     RateLimited,
+    RoutingMismatch,
     TelemetryError,
     Unauthenticated,
     UnknownVehicle,
     UnsupportedMediaType,
 )
-from ..model import TELEMETRY_PATH, VehicleSnapshot
+from ..model import ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
 from .access import read_auth_middleware
-from .collector import Exposition, ServiceMetrics
+from .collector import Exposition, ServiceMetrics, disable_created_series
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
 from .ingest import IngestLimits, parse_snapshot
+from .logs import LogSummary
 from .persistence import StateFile, keep_state
 from .ratelimit import RateLimiter
 from .settings import Settings, derive
@@ -72,6 +76,8 @@ class Runtime:
     ready: bool = False
     state_error: str | None = None
     unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
+    refusal_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "push rejected"))
+    """Refusals are counted exactly, but logged at most LogSummary's burst per reason and client per interval."""
 
     @property
     def config(self) -> AggregatorConfig:
@@ -99,6 +105,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 
 def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.Application:
     """Build the aggregator app. State is restored and persisted by the app's cleanup context."""
+    disable_created_series()
     clock = clock or SystemClock()
     settings = derive(config)
     fleet = FleetState(config.vehicles, settings.fleet, clock=clock)
@@ -160,22 +167,23 @@ async def handle_telemetry(request: web.Request) -> web.Response:
     """POST /api/v1/telemetry: one msgpack snapshot from one vehicle."""
     rt = request.app[RUNTIME]
     request_id = _request_id(request)
-    snap: VehicleSnapshot | None = None
+    vehicle_id: str | None = None
     try:
         _check_content_type(request)
-        token = bearer_token(request.headers.get("Authorization"))
-        if rt.config.auth_required and token is None:
-            raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
+        vehicle_id = credential = _authenticate(rt, bearer_token(request.headers.get("Authorization")))
+        routed = _routing_vehicle(request, credential)
         body = await _read_body(request, rt.config.limits.max_body_bytes, rt.config.limits.body_timeout_s)
         snap = parse_snapshot(codec.decode(body), rt.ingest_limits)
-        _authorise(rt, snap.vehicle_id, token)
-        if not rt.limiter.allow(snap.vehicle_id):
+        vehicle_id = snap.vehicle_id
+        _authorise(rt, snap.vehicle_id, credential, routed)
+        if not rt.limiter.check(snap.vehicle_id):
             raise RateLimited(
                 f"more than {rt.config.limits.rate_limit_per_vehicle_hz:g} pushes/s from {snap.vehicle_id}"
             )
         outcome = rt.fleet.apply(snap, body)
+        rt.limiter.take(snap.vehicle_id)  # only admitted vehicles ever get a bucket
     except TelemetryError as exc:
-        return _reject(rt, exc, request, request_id, snap.vehicle_id if snap else None)
+        return _reject(rt, exc, request, request_id, vehicle_id)
     rt.metrics.received.inc()
     if outcome is Outcome.DUPLICATE:
         rt.metrics.duplicates.inc()
@@ -219,38 +227,70 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
         raise BodyTimeout(f"body not received within {timeout_s:g} s") from None
 
 
-def _authorise(rt: Runtime, vehicle_id: str, token: str | None) -> None:
-    entry = rt.config.vehicles.get(vehicle_id)
-    if entry is None:
-        if not rt.config.allow_unknown_vehicles:
-            raise UnknownVehicle(f"vehicle {vehicle_id} is not on the roster")
-        return
+def _authenticate(rt: Runtime, token: str | None) -> str | None:
+    """The roster vehicle whose credential `token` is (None while auth_required is off), before the body is
+    read: every unauthenticated push gets the same 401, whatever vehicle or schema its body would claim."""
     if not rt.config.auth_required:
-        return
-    if token is None or entry.token_sha256 is None:
+        return None
+    if token is None:
         raise Unauthenticated("missing bearer token (Authorization: Bearer <token>)")
-    if token_matches(token, entry.token_sha256):
-        return
-    if hash_token(token) in rt.token_owner:
+    digest = hash_token(token)
+    owner = rt.token_owner.get(digest)  # token hashes are unique per roster (refused at load otherwise)
+    if owner is None:
+        raise Unauthenticated("bearer token not valid")
+    expected = rt.config.vehicles[owner].token_sha256
+    if expected is None or not hmac.compare_digest(digest, expected):
+        raise Unauthenticated("bearer token not valid")
+    return owner
+
+
+def is_configured_token(rt: Runtime, word: str) -> bool:
+    """Whether `word` is a credential of the running config (a vehicle's or read_auth's): such a word must
+    never reach a log, whatever layer logs it."""
+    digest = hash_token(word)
+    read_auth = rt.config.read_auth
+    if read_auth is not None and digest in (read_auth.bearer_token_sha256, read_auth.basic_password_sha256):
+        return True
+    return digest in rt.token_owner
+
+
+def _routing_vehicle(request: web.Request, credential: str | None) -> str | None:
+    """The routing header's vehicle (decision record 0001), checked against the credential; None when absent
+    (bridges older than the header)."""
+    routed = request.headers.get(ROUTING_HEADER)
+    if routed is not None and credential is not None and routed != credential:
+        raise RoutingMismatch(f"{ROUTING_HEADER} names another vehicle than the credential's")
+    return routed
+
+
+def _authorise(rt: Runtime, vehicle_id: str, credential: str | None, routed: str | None) -> None:
+    """May this push (its credential, routing header) write `vehicle_id`, the body's vehicle?"""
+    if routed is not None and routed != vehicle_id:
+        raise RoutingMismatch(f"{ROUTING_HEADER} names another vehicle than the body's vehicle_id")
+    on_roster = vehicle_id in rt.config.vehicles
+    if credential is not None and credential != vehicle_id and on_roster:
         raise Forbidden(f"this credential may not write vehicle {vehicle_id}")
-    raise Unauthenticated("bearer token not valid")
+    if not on_roster and (credential is not None or not rt.config.allow_unknown_vehicles):
+        raise UnknownVehicle(f"vehicle {vehicle_id} is not on the roster")
 
 
 def _reject(
     rt: Runtime, exc: TelemetryError, request: web.Request, request_id: str, vehicle_id: str | None
 ) -> web.Response:
     rt.metrics.rejected.labels(exc.reason).inc()
-    _LOGGER.warning(
-        "push rejected: %s",
-        exc.detail,
-        extra={
-            "request_id": request_id,
-            "vehicle_id": vehicle_id,
-            "reason": exc.reason,
-            "status": exc.status,
-            "remote": request.remote,
-        },
-    )
+    remote = request.remote or "unknown"
+    if rt.refusal_log.admit(exc.reason, remote):
+        _LOGGER.warning(
+            "push rejected: %s",
+            exc.detail,
+            extra={
+                "request_id": request_id,
+                "vehicle_id": vehicle_id,
+                "reason": exc.reason,
+                "status": exc.status,
+                "remote": remote,
+            },
+        )
     headers = {"X-Request-Id": request_id}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'

@@ -13,6 +13,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ from ..auth import generate_token, hash_token
 from ..errors import TelemetryError
 from ..model import VEHICLE_ID_PATTERN
 from . import check_requirements
-from .app import RUNTIME, make_app
+from .app import RUNTIME, is_configured_token, make_app
 from .config import AggregatorConfig, ConfigError, default_config, is_loopback, load_config
-from .logs import configure_logging
+from .logs import configure_logging, redaction_filters
 from .persistence import StateFile
 from .settings import derive, plan_reload
 from .state_image import CorruptState, StateRefused
@@ -127,6 +128,8 @@ async def serve(
     a bad file is refused with every problem logged, and the running configuration stays.
     """
     app = make_app(config)
+    for redaction in redaction_filters():
+        redaction.is_token = partial(is_configured_token, app[RUNTIME])
     runner = web.AppRunner(
         app,
         access_log=None,

@@ -20,9 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+import prometheus_client
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, UnknownMetricFamily
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.exposition import generate_latest as generate_text
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
@@ -356,8 +360,8 @@ class Exposition:
         self._headers: dict[str, tuple[str, ...]] = {}
 
     def render(self, accept: str) -> tuple[bytes, str]:
-        """The /metrics body and its content type for this Accept header."""
-        encoder, content_type = choose_encoder(accept)
+        """The /metrics body and its content type for this Accept header (one of `FORMATS`, see `negotiate`)."""
+        encoder, content_type = negotiate(accept)
         fleet = self.fleet
         if fleet.all_statuses != self._statuses:
             self._cache.clear()
@@ -392,8 +396,9 @@ class Exposition:
         parts.append(encoder(self.service_registry).decode())
         return "".join(parts).encode(), content_type
 
-    def _family_headers(self, encoder: Callable[[Collector], bytes], content_type: str) -> tuple[str, ...]:
-        """The HELP/TYPE lines of each per-vehicle family, as the chosen encoder writes them."""
+    def _family_headers(self, encoder: Encoder, content_type: str) -> tuple[str, ...]:
+        """The HELP/TYPE lines of each per-vehicle family, as the chosen encoder writes them (one entry per
+        format of `FORMATS`: the cache is bounded by what `negotiate` can answer)."""
         headers = self._headers.get(content_type)
         if headers is None:
             headers = tuple(_without_eof(encoder(_Registry([f.empty()])).decode()) for f in _PER_VEHICLE)
@@ -401,15 +406,56 @@ class Exposition:
         return headers
 
 
+Encoder = Callable[[Collector], bytes]
+TEXT_FORMAT: tuple[Encoder, str] = (generate_text, CONTENT_TYPE_PLAIN_0_0_4)
+OPENMETRICS_FORMAT: tuple[Encoder, str] = (generate_openmetrics, CONTENT_TYPE_OPENMETRICS)
+FORMATS = (TEXT_FORMAT, OPENMETRICS_FORMAT)
+"""What /metrics speaks: the Prometheus text format 0.0.4 and OpenMetrics 1.0.0, nothing else."""
+
+
+def negotiate(accept: str) -> tuple[Encoder, str]:
+    """OpenMetrics 1.0.0 when the Accept header offers `application/openmetrics-text` (whatever version or
+    other parameters it adds: Prometheus reads the content type of the answer), else the text format.
+
+    Never fails: any header, however odd, gets one of `FORMATS` (a client choosing the version would otherwise
+    choose cache keys, and an unparsable version was a 500)."""
+    for offer in accept.split(","):
+        media, *params = offer.split(";")
+        if media.strip().lower() != "application/openmetrics-text":
+            continue
+        if not any(_refused(p) for p in params):
+            return OPENMETRICS_FORMAT
+    return TEXT_FORMAT
+
+
+def _refused(param: str) -> bool:
+    """Whether an Accept parameter is `q=0` (explicitly not acceptable)."""
+    name, _, value = param.partition("=")
+    if name.strip().lower() != "q":
+        return False
+    try:
+        return float(value.strip()) == 0.0
+    except ValueError:
+        return False
+
+
 def _without_eof(text: str) -> str:
     return text[: -len(_EOF)] if text.endswith(_EOF) else text
 
 
+def disable_created_series() -> None:
+    """Process-wide prometheus_client setting, made once at start-up by the app factory: no `*_created` series
+    (they double the output of every counter and histogram, and no rule of ours needs them)."""
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
 class ServiceMetrics:
-    """The aggregator's own RED metrics and ingest/persistence counters, in the app's registry."""
+    """The aggregator's own RED metrics and ingest/persistence counters, in the app's registry.
+
+    Constructing it changes no process-wide setting; the exported output assumes `disable_created_series()`.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series double the output and no rule of ours needs them
         self.requests = Counter(
             "http_requests", "HTTP requests handled.", ["method", "endpoint", "status"], registry=registry
         )

@@ -1,14 +1,21 @@
 """JSON logs in the fleet's layout: timestamp, level, service, component, message, context, metadata.
 
 Loggers pass structured fields with `extra=` (request_id, vehicle_id, reason, ...); they land under
-`context`. Nothing secret is ever passed: tokens never reach a log call.
+`context`. Nothing secret is ever passed: tokens never reach a log call of ours. Other layers (aiohttp's
+parser errors quote the raw header line, asyncio's callbacks) are not ours to word, so every record is also
+scrubbed on its way out (`RedactSecrets`), and refusals that a client can provoke at will are logged at a
+bounded rate (`LogSummary`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import socket
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
@@ -48,11 +55,160 @@ class FleetJsonFormatter(JsonFormatter):
         log_data["metadata"] = self.metadata
 
 
+REDACTED = "[redacted]"
+_AUTHORIZATION_LINE = re.compile(r"(?i)(\b(?:proxy-)?authorization\b\s*[:=]\s*)[^\r\n]*")
+"""An Authorization header as a parser quotes it: everything after the name to the end of the line goes."""
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\"\\,;]+")
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")
+"""Words that could be a bearer token (RFC 6750 b64token, 16 characters or more)."""
+
+
+class RedactSecrets(logging.Filter):
+    """Scrubs credentials from every record a handler writes: message, arguments, `extra=` fields, exception
+    and stack text. Removes Authorization header lines, `Bearer`/`Basic` credentials, and any word that is
+    a configured token (`is_token`: the service sets it to a check against the configured token hashes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.is_token: Callable[[str], bool] = lambda word: False
+
+    def scrub(self, text: str) -> str:
+        text = _AUTHORIZATION_LINE.sub(lambda m: m.group(1) + REDACTED, text)
+        text = _CREDENTIAL.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
+        return _TOKEN_LIKE.sub(lambda m: REDACTED if self.is_token(m.group(0)) else m.group(0), text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.scrub(record.getMessage())
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = self.scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.scrub(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key not in _RECORD_ATTRS and isinstance(value, (str, bytes)):
+                record.__dict__[key] = self.scrub(value if isinstance(value, str) else repr(value))
+        return True
+
+
+def redaction_filters() -> list[RedactSecrets]:
+    """The redacting filters on the root logger's handlers (set up by `configure_logging`)."""
+    return [f for h in logging.getLogger().handlers for f in h.filters if isinstance(f, RedactSecrets)]
+
+
+class LogSummary:
+    """Logs at most `burst` records per key (e.g. reason and client address) per `interval_s`; what is held
+    back is counted and told in one summary line per interval. Remembers at most `max_keys` keys per
+    interval (events past that are all held back), so neither the log nor the memory grows with the attack.
+
+    Counters elsewhere stay exact; this decides only what is written to the log.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        *,
+        burst: int = 5,
+        interval_s: float = 10.0,
+        max_keys: int = 1000,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logger = logger
+        self.what = what
+        self.burst = burst
+        self.interval_s = interval_s
+        self.max_keys = max_keys
+        self._monotonic = monotonic
+        self._window_end = 0.0
+        self._logged: dict[tuple[str, str], int] = {}
+        self._held: dict[str, int] = {}
+        self._held_sources: set[str] = set()
+        self._flush_scheduled = False
+
+    def admit(self, kind: str, source: str) -> bool:
+        """Whether this event may be logged in full; otherwise it is counted for the summary."""
+        now = self._monotonic()
+        if now >= self._window_end:
+            self.flush()
+            self._window_end = now + self.interval_s
+        key = (kind, source)
+        count = self._logged.get(key)
+        if count is None and len(self._logged) < self.max_keys:
+            count = 0
+        if count is not None and count < self.burst:
+            self._logged[key] = count + 1
+            return True
+        self._held[kind] = self._held.get(kind, 0) + 1
+        if len(self._held_sources) < self.max_keys:
+            self._held_sources.add(source)
+        self._schedule_flush()
+        return False
+
+    def flush(self) -> None:
+        """Write the summary of what was held back, and start a new interval."""
+        if self._held:
+            self.logger.warning(
+                "%s: %d more not logged in the last %g s",
+                self.what,
+                sum(self._held.values()),
+                self.interval_s,
+                extra={"not_logged": dict(sorted(self._held.items())), "sources": len(self._held_sources)},
+            )
+        self._logged.clear()
+        self._held.clear()
+        self._held_sources.clear()
+
+    def _schedule_flush(self) -> None:
+        """The summary is written at the end of the interval even when the events stop (needs a running loop)."""
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._flush_scheduled = True
+        loop.call_later(max(0.0, self._window_end - self._monotonic()), self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        if self._monotonic() >= self._window_end:
+            self.flush()
+            self._window_end = 0.0
+        elif self._held:
+            self._schedule_flush()
+
+
+class ThrottleRequestErrors(logging.Filter):
+    """aiohttp's server logs every request its HTTP parser refuses, one ERROR with a traceback each, as often
+    as a client likes: on its logger, this lets through LogSummary's rate per exception type and client."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.summary = LogSummary(logger, "requests refused by the HTTP server")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or record.exc_info[1] is None:
+            return True
+        source = str(record.args[0]) if isinstance(record.args, tuple) and record.args else "unknown"
+        return self.summary.admit(type(record.exc_info[1]).__name__, source)
+
+
+AIOHTTP_SERVER_LOGGER = "aiohttp.server"
+
+
 def configure_logging(level: str, environment: str, stream: TextIO | None = None) -> None:
-    """Send every log record of the process, as JSON, to `stream` (stderr by default)."""
+    """Send every log record of the process, as JSON and with credentials scrubbed, to `stream` (stderr by
+    default)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(FleetJsonFormatter(environment=environment))
+    handler.addFilter(RedactSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger(AIOHTTP_SERVER_LOGGER)
+    server.filters[:] = [f for f in server.filters if not isinstance(f, ThrottleRequestErrors)]
+    server.addFilter(ThrottleRequestErrors(server))
