@@ -90,7 +90,8 @@ def test_vehicle_goes_offline_in_real_time(write_config, fleet_tokens) -> None:
 
 def test_logs_are_json_in_the_fleet_layout(write_config, fleet_tokens) -> None:
     with AggregatorProcess(write_config(fleet_tokens)) as agg:
-        push(agg.url, wire_snapshot("V1"), "not-the-token")
+        # V2's credential writing V1: authenticated, so the refusal names the vehicle the body claims
+        push(agg.url, wire_snapshot("V1"), fleet_tokens["V2"])
         wait_for(lambda: any(r["message"].startswith("push rejected") for r in agg.logs), 10, what="rejection log")
     record = next(r for r in agg.logs if r["message"].startswith("push rejected"))
     assert record["service"] == "telemetry_aggregator" and record["component"] == "ingest"
