@@ -24,7 +24,8 @@ from ..errors import TelemetryError
 from ..model import VEHICLE_ID_PATTERN
 from .app import RUNTIME, is_configured_token, make_app
 from .config import AggregatorConfig, ConfigError, TlsConfig, default_config, is_loopback, load_config
-from .logs import configure_logging, redaction_filters
+from .connections import ConnectionGuard, ConnectionPolicy, descriptor_budget
+from .logs import LogSummary, configure_logging, redaction_filters
 from .persistence import StateFile
 from .reload import apply_config
 
@@ -141,14 +142,31 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_config, app, tls, reload_from, listen)
+    rt = app[RUNTIME]
+    guard = ConnectionGuard(
+        runner.server,  # type: ignore[arg-type]  # aiohttp's Server: a factory of request handlers
+        lambda: ConnectionPolicy.of(rt.config),
+        ssl_context=tls,
+        descriptor_budget=descriptor_budget(),
+        refused=lambda reason: rt.metrics.connections_refused.labels(reason).inc(),
+    )
+    rt.metrics.connections_open.set_function(lambda: guard.open)
+    rt.metrics.connections_pending.set_function(lambda: guard.pending)
+    if config.limits.max_connections > guard.descriptor_budget:
+        _LOGGER.warning(
+            "limits.max_connections is above what the file descriptor limit allows; the lower number applies",
+            extra={"max_connections": config.limits.max_connections, "allowed": guard.descriptor_budget},
+        )
+    loop.set_exception_handler(_quiet_exception_handler)
+    server: asyncio.AbstractServer | None = None
     try:
         # A whole fleet reconnecting at once (after an outage or a restart) overflows the default backlog of 128.
-        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=tls, backlog=LISTEN_BACKLOG)
-        await site.start()
+        # Plain TCP: the guard admits each connection first, then starts TLS on it (aggregator/connections.py).
+        server = await loop.create_server(guard, config.listen_host, config.listen_port, backlog=LISTEN_BACKLOG)
         _LOGGER.info(
             "listening",
             extra={
-                "addresses": [_address(a) for a in runner.addresses],
+                "addresses": [_address(s.getsockname()) for s in server.sockets],
                 "scheme": "https" if tls else "http",
                 "auth_required": config.auth_required,
                 "read_auth": config.read_auth is not None,
@@ -162,8 +180,20 @@ async def serve(
         await stop.wait()
         _LOGGER.info("shutting down")
     finally:
+        if server is not None:
+            server.close()  # stop accepting; the requests under way finish in runner.cleanup()
+        guard.abort_pending()
         await runner.cleanup()
     _LOGGER.info("stopped")
+
+
+_LOOP_ERRORS = LogSummary(logging.getLogger("asyncio"), "event loop errors")
+
+
+def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's errors (e.g. `socket.accept() out of system resource`, once per retry) at a bounded rate."""
+    if _LOOP_ERRORS.admit(str(context.get("message", "")), "loop"):
+        loop.default_exception_handler(context)
 
 
 def _warn_exposure(config: AggregatorConfig, tls: bool) -> None:

@@ -42,6 +42,16 @@ class Limits:
     """A push body must arrive within this time; slow-body (slowloris) clients are cut off with 408."""
     idle_timeout_s: float = 75.0
     """A connection that completes no request within this time is closed (slow or idle headers included)."""
+    max_connections: int = 10_000
+    """Client connections open at once (kept below the file descriptor limit); more are reset at accept."""
+    max_pending_connections: int = 1_000
+    """Connections that have not yet sent a first request's headers (TLS handshake included)."""
+    max_pending_connections_per_source: int = 100
+    """Pending connections per client address; trusted proxies are exempt."""
+    tls_handshake_timeout_s: float = 10.0
+    """A TLS handshake must complete within this time."""
+    header_timeout_s: float = 15.0
+    """A new connection must send the complete headers of its first request within this time of the accept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,8 @@ class AggregatorConfig:
     environment: str = "production"
     tls: TlsConfig | None = None
     read_auth: ReadAuth | None = None
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Peers (a load balancer, a reverse proxy) whose X-Forwarded-For names the real client address."""
 
     @property
     def listen(self) -> str:
@@ -112,6 +124,7 @@ _TOP_KEYS = {
     "environment",
     "tls",
     "read_auth",
+    "trusted_proxies",
 }
 
 
@@ -162,6 +175,7 @@ def parse_config(data: Any, *, source: str = "<config>", listen: str | None = No
         environment=r.string(data, "environment", "production"),
         tls=r.tls(data.get("tls")),
         read_auth=r.read_auth(data.get("read_auth")),
+        trusted_proxies=r.networks(data.get("trusted_proxies")),
     )
     if "listen" in data:
         config = _with_listen(config, data["listen"], "listen", problems)
@@ -333,7 +347,48 @@ class _Reader:
             ),
             body_timeout_s=self.number(value, "body_timeout_s", defaults.body_timeout_s, low=0.1, prefix="limits."),
             idle_timeout_s=self.number(value, "idle_timeout_s", defaults.idle_timeout_s, low=0.5, prefix="limits."),
+            max_connections=self.number(
+                value, "max_connections", defaults.max_connections, low=1, prefix="limits.", integer=True
+            ),
+            max_pending_connections=self.number(
+                value,
+                "max_pending_connections",
+                defaults.max_pending_connections,
+                low=1,
+                prefix="limits.",
+                integer=True,
+            ),
+            max_pending_connections_per_source=self.number(
+                value,
+                "max_pending_connections_per_source",
+                defaults.max_pending_connections_per_source,
+                low=1,
+                prefix="limits.",
+                integer=True,
+            ),
+            tls_handshake_timeout_s=self.number(
+                value, "tls_handshake_timeout_s", defaults.tls_handshake_timeout_s, low=0.1, prefix="limits."
+            ),
+            header_timeout_s=self.number(
+                value, "header_timeout_s", defaults.header_timeout_s, low=0.1, prefix="limits."
+            ),
         )
+
+    def networks(self, value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self._fail("trusted_proxies", "must be a list of addresses or CIDR networks, e.g. [10.0.0.5, 10.1.0.0/16]")
+            return ()
+        networks = []
+        for item in value:
+            try:
+                if not isinstance(item, str):
+                    raise ValueError("not a string")
+                networks.append(ipaddress.ip_network(item, strict=True))
+            except ValueError as exc:
+                self._fail("trusted_proxies", f"{item!r} is not an address or CIDR network: {exc}")
+        return tuple(networks)
 
     def _section(self, value: Any, name: str, keys: tuple[str, ...]) -> Mapping[str, Any] | None:
         if not isinstance(value, dict):

@@ -99,9 +99,10 @@ def redaction_filters() -> list[RedactSecrets]:
 
 
 class LogSummary:
-    """Logs at most `burst` records per key (e.g. reason and client address) per `interval_s`; what is held
-    back is counted and told in one summary line per interval. Remembers at most `max_keys` keys per
-    interval (events past that are all held back), so neither the log nor the memory grows with the attack.
+    """Logs at most `burst` records per key (a kind, e.g. a reason, and a client address) and `max_lines` per
+    kind per `interval_s`; what is held back is counted and told in one summary line per interval. Remembers
+    at most `max_keys` keys per interval (events past that are all held back), so neither the log nor the
+    memory grows with the attack, however many addresses it comes from.
 
     Counters elsewhere stay exact; this decides only what is written to the log.
     """
@@ -113,12 +114,15 @@ class LogSummary:
         *,
         burst: int = 5,
         interval_s: float = 10.0,
+        max_lines: int = 20,
         max_keys: int = 1000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = logger
         self.what = what
         self.burst = burst
+        self.max_lines = max_lines
+        self._lines: dict[str, int] = {}
         self.interval_s = interval_s
         self.max_keys = max_keys
         self._monotonic = monotonic
@@ -138,8 +142,10 @@ class LogSummary:
         count = self._logged.get(key)
         if count is None and len(self._logged) < self.max_keys:
             count = 0
-        if count is not None and count < self.burst:
+        lines = self._lines.get(kind, 0)
+        if count is not None and count < self.burst and lines < self.max_lines:
             self._logged[key] = count + 1
+            self._lines[kind] = lines + 1
             return True
         self._held[kind] = self._held.get(kind, 0) + 1
         if len(self._held_sources) < self.max_keys:
@@ -158,6 +164,7 @@ class LogSummary:
                 extra={"not_logged": dict(sorted(self._held.items())), "sources": len(self._held_sources)},
             )
         self._logged.clear()
+        self._lines.clear()
         self._held.clear()
         self._held_sources.clear()
 
