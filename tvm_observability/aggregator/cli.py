@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Coroutine
@@ -37,6 +38,11 @@ except ImportError:  # optional dependency
 _LOGGER = logging.getLogger("tvm_observability.aggregator.service")
 SHUTDOWN_TIMEOUT_S = 5.0
 LISTEN_BACKLOG = 4096
+"""The kernel's queue of connections not yet accepted."""
+ACCEPTS_PER_TICK = 16
+"""Connections asyncio accepts per turn of the event loop (its `backlog` argument). CPython's accept loop goes on
+after EMFILE for that many tries, reporting each and scheduling as many retries: at 4096, running out of file
+descriptors became ~27,000 error reports per second; at 16, a few per second."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +168,9 @@ async def serve(
     try:
         # A whole fleet reconnecting at once (after an outage or a restart) overflows the default backlog of 128.
         # Plain TCP: the guard admits each connection first, then starts TLS on it (aggregator/connections.py).
-        server = await loop.create_server(guard, config.listen_host, config.listen_port, backlog=LISTEN_BACKLOG)
+        server = await loop.create_server(guard, config.listen_host, config.listen_port, backlog=ACCEPTS_PER_TICK)
+        for listening in server.sockets:
+            _listen_queue(listening.fileno(), LISTEN_BACKLOG)
         _LOGGER.info(
             "listening",
             extra={
@@ -185,6 +193,12 @@ async def serve(
         guard.abort_pending()
         await runner.cleanup()
     _LOGGER.info("stopped")
+
+
+def _listen_queue(fd: int, backlog: int) -> None:
+    """listen() again on a listening socket: only its queue length changes."""
+    with socket.socket(fileno=os.dup(fd)) as listening:
+        listening.listen(backlog)
 
 
 _LOOP_ERRORS = LogSummary(logging.getLogger("asyncio"), "event loop errors")
