@@ -88,3 +88,8 @@ def test_log_summary_bounds_lines_per_kind_whatever_the_number_of_sources() -> N
     admitted = [summary.admit("header_timeout", f"10.{i // 250}.{i % 250}.1") for i in range(1000)]
     assert sum(admitted) == 20
     assert summary.admit("max_pending", "10.0.0.1")  # another kind has its own lines
+
+
+def test_a_log_call_with_arguments_that_do_not_fit_is_still_scrubbed() -> None:
+    line = emit(RedactSecrets(), "only one %s here", "Bearer abcdefghijklmnopqrstuvwxyz", "second")
+    assert "abcdefghijklmnopqrstuvwxyz" not in line and REDACTED in line

@@ -78,7 +78,11 @@ class RedactSecrets(logging.Filter):
         return _TOKEN_LIKE.sub(lambda m: REDACTED if self.is_token(m.group(0)) else m.group(0), text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.scrub(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # a log call whose arguments do not fit its format: keep both, scrubbed
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg = self.scrub(message)
         record.args = None
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
