@@ -90,7 +90,9 @@ def test_a_reload_refused_for_a_mismatched_key_changes_nothing_and_a_renewed_pai
         wait_for(lambda: agg.find_log(REFUSED), 10, what="the refusal's summary line")
         for host in ("127.0.0.1", "localhost", "127.0.0.1"):  # every new handshake still gets the running one
             assert handshake(port, trusting, host) == (first.serial, 200)
-        assert https_push(port, trusting, wire_snapshot("V2"), tokens["V2"]) == 401  # the roster did not change: no credential of the running config
+        assert (
+            https_push(port, trusting, wire_snapshot("V2"), tokens["V2"]) == 401
+        )  # roster unchanged: not a credential
         assert https_push(port, trusting, wire_snapshot("V1"), tokens["V1"]) == 200
         assert agg.find_log(RELOADED) is None
 

@@ -80,3 +80,16 @@ def test_log_summary_is_written_when_the_refusals_stop() -> None:
 
     (record,) = asyncio.run(scenario())
     assert record.not_logged == {"rate_limited": 4}  # type: ignore[attr-defined]
+
+
+def test_log_summary_bounds_lines_per_kind_whatever_the_number_of_sources() -> None:
+    now = [0.0]
+    summary = LogSummary(logging.getLogger("test_logs.many"), "refused", max_lines=20, monotonic=lambda: now[0])
+    admitted = [summary.admit("header_timeout", f"10.{i // 250}.{i % 250}.1") for i in range(1000)]
+    assert sum(admitted) == 20
+    assert summary.admit("max_pending", "10.0.0.1")  # another kind has its own lines
+
+
+def test_a_log_call_with_arguments_that_do_not_fit_is_still_scrubbed() -> None:
+    line = emit(RedactSecrets(), "only one %s here", "Bearer abcdefghijklmnopqrstuvwxyz", "second")
+    assert "abcdefghijklmnopqrstuvwxyz" not in line and REDACTED in line

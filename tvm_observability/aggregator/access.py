@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from ..auth import bearer_token, token_matches
 from .config import ReadAuth
+from .connections import Network, request_client
 from .logs import LogSummary
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.access")
@@ -24,9 +25,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadAuthSource = Callable[[], "ReadAuth | None"]
 
 
-def read_auth_middleware(current: ReadAuthSource, protected: frozenset[str]) -> Middleware:
+def read_auth_middleware(
+    current: ReadAuthSource, protected: frozenset[str], trusted: Callable[[], Sequence[Network]] = tuple
+) -> Middleware:
     """A middleware guarding the `protected` paths; `current()` gives the credentials in force (a config
-    reload changes them)."""
+    reload changes them), `trusted()` the proxies whose X-Forwarded-For names the client logged."""
 
     refusal_log = LogSummary(_LOGGER, "read refused")
 
@@ -35,7 +38,7 @@ def read_auth_middleware(current: ReadAuthSource, protected: frozenset[str]) -> 
         auth = current()
         if auth is None or request.path not in protected or allowed(auth, request.headers.get("Authorization")):
             return await handler(request)
-        remote = request.remote or "unknown"
+        remote = request_client(request, trusted())
         if refusal_log.admit("read_refused", remote):
             _LOGGER.warning(
                 "read refused: missing or wrong credentials", extra={"path": request.path, "remote": remote}

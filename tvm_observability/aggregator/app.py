@@ -37,6 +37,7 @@ from ..model import ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
 from .access import read_auth_middleware
 from .collector import Exposition, ServiceMetrics, disable_created_series
 from .config import AggregatorConfig
+from .connections import request_client
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
 from .ingest import IngestLimits, parse_snapshot
@@ -120,7 +121,12 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         state_file=StateFile(config.state_file) if config.state_file else None,
     )
     app = web.Application(
-        middlewares=[_red_metrics, read_auth_middleware(lambda: runtime.config.read_auth, READ_AUTH_PATHS)],
+        middlewares=[
+            _red_metrics,
+            read_auth_middleware(
+                lambda: runtime.config.read_auth, READ_AUTH_PATHS, lambda: runtime.config.trusted_proxies
+            ),
+        ],
         client_max_size=config.limits.max_body_bytes,
     )
     app[RUNTIME] = runtime
@@ -278,7 +284,7 @@ def _reject(
     rt: Runtime, exc: TelemetryError, request: web.Request, request_id: str, vehicle_id: str | None
 ) -> web.Response:
     rt.metrics.rejected.labels(exc.reason).inc()
-    remote = request.remote or "unknown"
+    remote = request_client(request, rt.config.trusted_proxies)
     if rt.refusal_log.admit(exc.reason, remote):
         _LOGGER.warning(
             "push rejected: %s",

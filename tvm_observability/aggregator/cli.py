@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Coroutine
@@ -26,7 +27,8 @@ from ..model import VEHICLE_ID_PATTERN
 from . import check_requirements
 from .app import RUNTIME, is_configured_token, make_app
 from .config import AggregatorConfig, ConfigError, default_config, is_loopback, load_config
-from .logs import configure_logging, redaction_filters
+from .connections import ConnectionGuard, ConnectionPolicy, descriptor_budget
+from .logs import LogSummary, configure_logging, redaction_filters
 from .persistence import StateFile
 from .settings import derive, plan_reload
 from .state_image import CorruptState, StateRefused
@@ -43,6 +45,11 @@ EXIT_STATE_REFUSED = 3
 """Exit status when the state file forbids starting (unreadable, newer format, broken and impossible to move
 aside): restarting cannot help, so the systemd unit lists it in RestartPreventExitStatus= (docs/operations.md)."""
 LISTEN_BACKLOG = 4096
+"""The kernel's queue of connections not yet accepted."""
+ACCEPTS_PER_TICK = 16
+"""Connections asyncio accepts per turn of the event loop (its `backlog` argument). CPython's accept loop goes on
+after EMFILE for that many tries, reporting each and scheduling as many retries: at 4096, running out of file
+descriptors became ~27,000 error reports per second; at 16, a few per second."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,20 +151,33 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_config, app, tls, reload_from, listen)
+    rt = app[RUNTIME]
+    guard = ConnectionGuard(
+        runner.server,  # type: ignore[arg-type]  # aiohttp's Server: a factory of request handlers
+        lambda: ConnectionPolicy.of(rt.config),
+        ssl_context=tls.listening if tls else None,
+        descriptor_budget=descriptor_budget(),
+        refused=lambda reason: rt.metrics.connections_refused.labels(reason).inc(),
+    )
+    rt.metrics.connections_open.set_function(lambda: guard.open)
+    rt.metrics.connections_pending.set_function(lambda: guard.pending)
+    if config.limits.max_connections > guard.descriptor_budget:
+        _LOGGER.warning(
+            "limits.max_connections is above what the file descriptor limit allows; the lower number applies",
+            extra={"max_connections": config.limits.max_connections, "allowed": guard.descriptor_budget},
+        )
+    loop.set_exception_handler(_quiet_exception_handler)
+    server: asyncio.AbstractServer | None = None
     try:
         # A whole fleet reconnecting at once (after an outage or a restart) overflows the default backlog of 128.
-        site = web.TCPSite(
-            runner,
-            config.listen_host,
-            config.listen_port,
-            ssl_context=tls.listening if tls else None,
-            backlog=LISTEN_BACKLOG,
-        )
-        await site.start()
+        # Plain TCP: the guard admits each connection first, then starts TLS on it (aggregator/connections.py).
+        server = await loop.create_server(guard, config.listen_host, config.listen_port, backlog=ACCEPTS_PER_TICK)
+        for listening in server.sockets:
+            _listen_queue(listening.fileno(), LISTEN_BACKLOG)
         _LOGGER.info(
             "listening",
             extra={
-                "addresses": [_address(a) for a in runner.addresses],
+                "addresses": [_address(s.getsockname()) for s in server.sockets],
                 "scheme": "https" if tls else "http",
                 "auth_required": config.auth_required,
                 "read_auth": config.read_auth is not None,
@@ -171,8 +191,26 @@ async def serve(
         await stop.wait()
         _LOGGER.info("shutting down")
     finally:
+        if server is not None:
+            server.close()  # stop accepting; the requests under way finish in runner.cleanup()
+        guard.abort_pending()
         await runner.cleanup()
     _LOGGER.info("stopped")
+
+
+def _listen_queue(fd: int, backlog: int) -> None:
+    """listen() again on a listening socket: only its queue length changes."""
+    with socket.socket(fileno=os.dup(fd)) as listening:
+        listening.listen(backlog)
+
+
+_LOOP_ERRORS = LogSummary(logging.getLogger("asyncio"), "event loop errors")
+
+
+def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """asyncio's errors (e.g. `socket.accept() out of system resource`, once per retry) at a bounded rate."""
+    if _LOOP_ERRORS.admit(str(context.get("message", "")), "loop"):
+        loop.default_exception_handler(context)
 
 
 def _warn_exposure(config: AggregatorConfig, tls: bool) -> None:

@@ -33,6 +33,7 @@ from prometheus_client.utils import floatToGoString
 from .. import __version__
 from ..errors import REJECTION_REASONS
 from ..model import SENSOR_STATUSES
+from .connections import REFUSAL_REASONS as CONNECTION_REFUSAL_REASONS
 from .fleet import FleetState, VehicleState
 
 _V = ("vehicle_id",)
@@ -498,6 +499,22 @@ class ServiceMetrics:
             "Unix time of the last successful state file write.",
             registry=registry,
         )
+        self.connections_open = Gauge(
+            "telemetry_connections_open", "Client connections open (TLS handshakes included).", registry=registry
+        )
+        self.connections_pending = Gauge(
+            "telemetry_connections_pending",
+            "Open connections that have not yet sent the headers of a first request.",
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "telemetry_connections_refused",
+            "Connections reset at accept (over a cap) or cut before a first request (handshake, header timeout).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in CONNECTION_REFUSAL_REASONS:
+            self.connections_refused.labels(reason)
         self.build_info = Gauge(
             "telemetry_aggregator_build_info", "Version of the running aggregator.", ["version"], registry=registry
         )

@@ -190,6 +190,27 @@ class Statuses:
         return INVALID if reserved else tuple(value)
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Networks:
+    doc: str = "list of addresses or CIDR networks"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if not isinstance(value, list):
+            return _fail(problems, path, "must be a list of addresses or CIDR networks, e.g. [10.0.0.5, 10.1.0.0/16]")
+        networks = []
+        for item in value:
+            try:
+                if not isinstance(item, str):
+                    raise ValueError("not a string")
+                networks.append(ipaddress.ip_network(item, strict=True))
+            except ValueError as exc:
+                _fail(problems, path, f"{_show(item)} is not an address or CIDR network: {exc}")
+        return tuple(networks) if len(networks) == len(value) else INVALID
+
+
 @dataclass(frozen=True)
 class ListenAddress:
     host: str
@@ -343,6 +364,37 @@ class Limits:
         "a connection that completes no request within this time is closed (idle keep-alive, headers that never end)",
         reloads=False,
     )
+    max_connections: int = key(
+        10_000,
+        Number(1, integer=True),
+        "client connections open at once; kept below the file descriptor limit (the soft `RLIMIT_NOFILE` is raised to "
+        "the hard one at start, 256 descriptors stay free; a warning is logged when the limit is lower). When every "
+        "connection is busy with requests a new one is reset; when some are still pending, the oldest pending one "
+        "is cut instead. A fleet keeps one keep-alive connection per vehicle: size it to the fleet plus scrapers "
+        "and headroom",
+    )
+    max_pending_connections: int = key(
+        1_000,
+        Number(1, integer=True),
+        "connections that have not yet sent the complete headers of a first request (TLS handshake included), about "
+        "50 KiB each on the TLS port; past it the oldest pending connection is cut for the new one, so idle "
+        "connections cannot lock out real clients",
+    )
+    max_pending_connections_per_source: int = key(
+        100,
+        Number(1, integer=True),
+        "pending connections per client address; past it new ones from that address are reset. Addresses in "
+        "`trusted_proxies` are exempt (a balancer carries many vehicles)",
+    )
+    tls_handshake_timeout_s: float = key(
+        10.0, Number(0.1), "a TLS handshake must complete within this time (asyncio's default is 60 s)"
+    )
+    header_timeout_s: float = key(
+        15.0,
+        Number(0.1),
+        "a new connection must send the complete headers of its first request within this time of the accept "
+        "(handshake included); later requests on a kept-alive connection are governed by `idle_timeout_s`",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +544,16 @@ class AggregatorConfig:
     )
     read_auth: ReadAuth | None = key(
         None, Section(ReadAuth, _read_auth_rule), "credentials for reading fleet data", default_doc="off"
+    )
+    trusted_proxies: tuple[IPNetwork, ...] = key(
+        (),
+        Networks(),
+        "peers (a load balancer, a reverse proxy) trusted to name the client in `X-Forwarded-For`: for a request "
+        "from one of them the client address used in logs and per-address log rates is the right-most "
+        "`X-Forwarded-For` entry that is not itself a trusted proxy (entries further left were written by the "
+        "client and are ignored); from any other peer the header is ignored. See "
+        "[operations](operations.md#connection-limits-and-a-proxy-in-front)",
+        default_doc="`[]`",
     )
 
     @property

@@ -78,7 +78,11 @@ class RedactSecrets(logging.Filter):
         return _TOKEN_LIKE.sub(lambda m: REDACTED if self.is_token(m.group(0)) else m.group(0), text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = self.scrub(record.getMessage())
+        try:
+            message = record.getMessage()
+        except Exception:  # a log call whose arguments do not fit its format: keep both, scrubbed
+            message = f"{record.msg!r} % {record.args!r}"
+        record.msg = self.scrub(message)
         record.args = None
         if record.exc_info:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -99,9 +103,10 @@ def redaction_filters() -> list[RedactSecrets]:
 
 
 class LogSummary:
-    """Logs at most `burst` records per key (e.g. reason and client address) per `interval_s`; what is held
-    back is counted and told in one summary line per interval. Remembers at most `max_keys` keys per
-    interval (events past that are all held back), so neither the log nor the memory grows with the attack.
+    """Logs at most `burst` records per key (a kind, e.g. a reason, and a client address) and `max_lines` per
+    kind per `interval_s`; what is held back is counted and told in one summary line per interval. Remembers
+    at most `max_keys` keys per interval (events past that are all held back), so neither the log nor the
+    memory grows with the attack, however many addresses it comes from.
 
     Counters elsewhere stay exact; this decides only what is written to the log.
     """
@@ -113,12 +118,15 @@ class LogSummary:
         *,
         burst: int = 5,
         interval_s: float = 10.0,
+        max_lines: int = 20,
         max_keys: int = 1000,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.logger = logger
         self.what = what
         self.burst = burst
+        self.max_lines = max_lines
+        self._lines: dict[str, int] = {}
         self.interval_s = interval_s
         self.max_keys = max_keys
         self._monotonic = monotonic
@@ -138,8 +146,10 @@ class LogSummary:
         count = self._logged.get(key)
         if count is None and len(self._logged) < self.max_keys:
             count = 0
-        if count is not None and count < self.burst:
+        lines = self._lines.get(kind, 0)
+        if count is not None and count < self.burst and lines < self.max_lines:
             self._logged[key] = count + 1
+            self._lines[kind] = lines + 1
             return True
         self._held[kind] = self._held.get(kind, 0) + 1
         if len(self._held_sources) < self.max_keys:
@@ -158,6 +168,7 @@ class LogSummary:
                 extra={"not_logged": dict(sorted(self._held.items())), "sources": len(self._held_sources)},
             )
         self._logged.clear()
+        self._lines.clear()
         self._held.clear()
         self._held_sources.clear()
 
