@@ -96,8 +96,7 @@ def test_logs_are_json_in_the_fleet_layout(write_config, fleet_tokens) -> None:
     record = next(r for r in agg.logs if r["message"].startswith("push rejected"))
     assert record["service"] == "telemetry_aggregator" and record["component"] == "ingest"
     assert record["level"] == "WARNING" and record["timestamp"].endswith("+00:00")
-    # Unauthenticated: the body is not read, so no vehicle is named.
-    assert record["context"]["vehicle_id"] is None and len(record["context"]["request_id"]) == 16
+    assert record["context"]["vehicle_id"] == "V1" and len(record["context"]["request_id"]) == 16
     assert set(record["metadata"]) == {"host", "environment", "version"}
     assert record["metadata"]["environment"] == "test"
     assert not any("not-the-token" in line for line in agg.raw_stderr)
