@@ -64,7 +64,13 @@ def test_snapshot_reaches_metrics_and_vehicle_goes_offline_when_bridge_stops(ros
         assert sample(samples, "vehicle_pose_x_meters", vehicle_id="V1") == pytest.approx(12.5)
         assert sample(samples, "vehicle_speed_meters_per_second", vehicle_id="V1") == pytest.approx(0.8)
         assert sample(samples, "vehicle_sensor_status", vehicle_id="V1", sensor="lidar", status="ok") == 1.0
-        assert sample(samples, "vehicle_sensor_rate_hertz", vehicle_id="V1", sensor="lidar") >= 2.0
+        # The measured rate settles over the bridge's rate window; on a loaded machine the first scrapes may
+        # still see it rising: wait for it rather than assert it at the first scrape.
+        wait_for(
+            lambda: (metric(agg.url, "vehicle_sensor_rate_hertz", sensor="lidar") or 0.0) >= 2.0,
+            30,
+            what="the lidar's measured rate to reach 2 Hz",
+        )
 
         # Error events: once per entry into ERROR, coded or by fallback (the sensor's name).
         vehicle.error_event("camera: driver", "CAM_USB")
