@@ -356,6 +356,11 @@ def test_no_token_reaches_the_log_from_malformed_authorization_lines(tmp_path: P
             b"Authori\x01zation: Bearer " + secret,
             b"X-Anything: " + secret + b"\x01",  # the token in an unrelated header
             b"Authorization: Basic " + base64.b64encode(b"prometheus:" + secret) + b"\x01",
+            # a separator other than a space after the scheme: quoted as a literal \t, \xa0 in the traceback
+            b"Authorization: Bearer\t" + secret + b" " * 9000,
+            b"Authorization: Bearer\xa0" + secret + b"\x01",
+            b"Authorizatio\x01n: Bearer\t" + secret,
+            b"Authorization: Basic\t" + base64.b64encode(b"prometheus:" + secret) + b" " * 9000,
         ]
     with AggregatorProcess(path) as agg:
         for index, line in enumerate(lines):

@@ -56,9 +56,12 @@ class FleetJsonFormatter(JsonFormatter):
 
 
 REDACTED = "[redacted]"
-_AUTHORIZATION_LINE = re.compile(r"(?i)(\b(?:proxy-)?authorization\b\s*[:=]\s*)[^\r\n]*")
-"""An Authorization header as a parser quotes it: everything after the name to the end of the line goes."""
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(\s+)[^\s'\"\\,;]+")
+_AUTHORIZATION_LINE = re.compile(r"(?i)(\b(?:proxy-)?authori[^\s:=]*\s*[:=]\s*)[^\r\n]*")
+"""An Authorization header as a parser quotes it, its name possibly broken by control bytes (`\\x01`):
+everything after the name to the end of the line goes."""
+_SEPARATOR = r"(?:\s|\\[tnrvf0]|\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|[\x00-\x1f\x7f\xa0])+"
+"""Whitespace and control bytes, raw or as a traceback quotes them (`\\t`, `\\xa0`)."""
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic)(" + _SEPARATOR + r")[^\s'\"\\,;]+")
 _TOKEN_LIKE = re.compile(r"[A-Za-z0-9._~+/-]{16,}=*")
 """Words that could be a bearer token (RFC 6750 b64token, 16 characters or more)."""
 
@@ -75,7 +78,15 @@ class RedactSecrets(logging.Filter):
     def scrub(self, text: str) -> str:
         text = _AUTHORIZATION_LINE.sub(lambda m: m.group(1) + REDACTED, text)
         text = _CREDENTIAL.sub(lambda m: m.group(1) + m.group(2) + REDACTED, text)
-        return _TOKEN_LIKE.sub(lambda m: REDACTED if self.is_token(m.group(0)) else m.group(0), text)
+        return _TOKEN_LIKE.sub(lambda m: REDACTED if self._is_quoted_token(m, text) else m.group(0), text)
+
+    def _is_quoted_token(self, match: re.Match[str], text: str) -> bool:
+        """A configured token, also when a quoted escape (`\\t`, `\\x01`) is glued to its front."""
+        word = match.group(0)
+        if self.is_token(word):
+            return True
+        escaped = match.start() > 0 and text[match.start() - 1] == "\\"
+        return escaped and any(self.is_token(word[skip:]) for skip in (1, 3, 5))
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
