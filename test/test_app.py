@@ -6,6 +6,7 @@ The clock is injected so heartbeat ages and offline transitions are exact, not s
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import shutil
@@ -161,6 +162,13 @@ LONG = "x" * 5000
         ({"wire": wire_snapshot("V2"), "token": "V2", "X-Vehicle-Id": "V1"}, 400, "routing_mismatch"),
         ({"wire": wire_snapshot("V2"), "X-Vehicle-Id": "V1"}, 400, "routing_mismatch"),
         ({"raw": b"\x00" * 5000}, 413, "too_large"),
+        ({"raw": b"not gzip at all", "Content-Encoding": "gzip"}, 400, "malformed"),
+        ({"raw": b"not deflate either", "Content-Encoding": "deflate"}, 400, "malformed"),
+        (
+            {"raw": gzip.compress(codec.encode_wire(wire_snapshot("V1", seq=2))) + b"junk", "Content-Encoding": "gzip"},
+            400,
+            "malformed",
+        ),
         ({"wire": wire_snapshot("V1"), "content_type": "application/json"}, 415, "content_type"),
     ],
 )

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import CollectorRegistry
 
 from .. import codec
@@ -26,6 +28,7 @@ from ..errors import (
     BodyTimeout,
     BodyTooLarge,
     Forbidden,
+    MalformedBody,
     RateLimited,
     RoutingMismatch,
     TelemetryError,
@@ -207,7 +210,15 @@ def _check_content_type(request: web.Request) -> None:
 
 
 async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
-    """Read at most `limit` bytes within `timeout_s`; refuse more without reading it all."""
+    """Read at most `limit` bytes within `timeout_s`; refuse more without reading it all, and a compressed body
+    that does not decompress (aiohttp decodes Content-Encoding while reading) as malformed, not as a 500."""
+    try:
+        return await _read_limited_body(request, limit, timeout_s)
+    except (RequestPayloadError, HttpProcessingError) as exc:
+        raise MalformedBody(f"body does not decode as its Content-Encoding says: {exc}") from None
+
+
+async def _read_limited_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit}")
 
@@ -301,7 +312,7 @@ def _reject(
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="telemetry"'
     # Close the connection when the body was not consumed, so unread bytes never reach the next request.
-    if exc.status in (408, 413) or (exc.status in (401, 415) and not request.content.at_eof()):
+    if exc.status in (408, 413) or (exc.status in (400, 401, 415) and not request.content.at_eof()):
         headers["Connection"] = "close"
     return web.json_response(exc.to_json(), status=exc.status, headers=headers)
 
