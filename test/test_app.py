@@ -402,3 +402,17 @@ async def test_refusals_are_counted_exactly_but_logged_at_a_bounded_rate(client:
     summaries = [r for r in logs.records if "more not logged" in r.getMessage()]
     assert len(summaries) == 1
     assert summaries[0].not_logged == {"schema": 2, "unauthenticated": 47}  # type: ignore[attr-defined]
+
+
+async def test_a_vehicle_inventing_statuses_is_logged_at_a_bounded_rate(client: Client, clock: FakeClock) -> None:
+    """Each new (vehicle, status) was one WARNING line, as fast as a client could send them; the export stays
+    exact (`unknown`), and the log shows a few lines and then a summary."""
+    with captured(INGEST_LOGGER, logging.WARNING) as logs:
+        for seq in range(1, 41):
+            clock.advance(1.0)  # within the vehicle's push rate: every push is accepted
+            resp = await post(client, wire_snapshot("V1", seq=seq, status=f"invented_{seq}"))
+            assert resp.status == 200
+    status_lines = [r for r in logs.records if "outside the configured set" in r.getMessage()]
+    assert 1 <= len(status_lines) <= 5
+    m = await metrics(client)
+    assert sample(m, "vehicle_status", vehicle_id="V1", status="unknown") == 1

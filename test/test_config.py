@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,40 @@ def test_two_roster_vehicles_with_the_same_token_hash_are_refused() -> None:
     assert info.value.problems[0].startswith("vehicles.V2.token_sha256: the same token hash as vehicles.V1")
     # every problem still reported together: V3 has no token at all
     assert any(p.startswith("vehicles.V3.token_sha256: required") for p in info.value.problems)
+
+
+def test_a_vehicle_token_that_is_also_a_read_credential_is_refused() -> None:
+    """One secret on a vehicle would otherwise read the whole fleet, positions included."""
+    for read_auth in ({"bearer_token_sha256": HASH}, {"basic_username": "prom", "basic_password_sha256": HASH}):
+        with pytest.raises(ConfigError) as info:
+            parse_config({"vehicles": {"V1": {"token_sha256": HASH}}, "read_auth": read_auth})
+        assert info.value.problems == [
+            "vehicles.V1.token_sha256: the same hash as a read_auth credential: the vehicle's token would read "
+            "the whole fleet (positions included); give each its own secret"
+        ]
+
+
+def test_trusted_proxies_must_not_trust_every_address() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {"vehicles": {"V1": {"token_sha256": HASH}}, "trusted_proxies": ["10.0.0.0/8", "0.0.0.0/0", "::/0"]}
+        )
+    assert [p.split(":")[0] for p in info.value.problems] == ["trusted_proxies", "trusted_proxies"]
+    assert all("trusts every address" in p for p in info.value.problems)
+
+
+def test_a_certificate_path_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """A FIFO blocked --check-config, and a SIGHUP reload froze the event loop, until someone wrote to it."""
+    fifo = tmp_path / "cert.pem"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {"listen": "127.0.0.1:0", "auth_required": False, "tls": {"cert_file": str(fifo), "key_file": str(fifo)}}
+        )
+    assert info.value.problems == [
+        f"tls.cert_file: {fifo} is not a regular file",
+        f"tls.key_file: {fifo} is not a regular file",
+    ]
 
 
 def test_a_key_written_twice_is_refused_with_its_lines(tmp_path: Path) -> None:

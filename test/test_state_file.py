@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,6 +151,21 @@ def test_unreadable_state_file_refuses_to_start(write_config, fleet_tokens, tmp_
     assert f"cannot read the state file {state}" in record["message"]
     assert (state / "keep").read_text(encoding="utf-8") == "operator's file"
     assert list(tmp_path.glob("state.msgpack.corrupt-*")) == []
+
+
+def test_state_file_that_is_not_a_regular_file_refuses_to_start(write_config, fleet_tokens, tmp_path: Path) -> None:
+    """A FIFO blocked start-up before the first log line; a device was read without end, or renamed aside as
+    corrupt (`/dev/null` moved away for the whole machine). Neither is read, moved or replaced."""
+    fifo = tmp_path / "state.msgpack"
+    os.mkfifo(fifo)
+    with pytest.raises(StateUnreadable, match="not a regular file"):
+        StateFile(fifo).load()
+    agg = refused_start(write_config(fleet_tokens, state_file=str(fifo)))
+    assert agg.proc is not None and agg.proc.returncode == EXIT_STATE_REFUSED
+    assert "not a regular file" in refusal_record(agg)["message"]
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and list(tmp_path.glob("state.msgpack.corrupt-*")) == []
+    with pytest.raises(StateUnreadable, match="not a regular file"):
+        StateFile(os.devnull).load()
 
 
 @contextlib.contextmanager

@@ -81,6 +81,8 @@ class Runtime:
     state_error: str | None = None
     unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
     refusal_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "push rejected"))
+    status_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "unknown statuses"))
+    """Unknown statuses are logged once per vehicle and status, and at LogSummary's rate however many arrive."""
     """Refusals are counted exactly, but logged at most LogSummary's burst per reason and client per interval."""
 
     @property
@@ -319,9 +321,12 @@ def _reject(
 
 def _log_unknown_status(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> None:
     key = (snap.vehicle_id, str(snap.status))
-    if key in rt.unknown_statuses_logged or len(rt.unknown_statuses_logged) >= _UNKNOWN_STATUS_MEMORY:
+    if key in rt.unknown_statuses_logged:
         return
-    rt.unknown_statuses_logged.add(key)
+    if len(rt.unknown_statuses_logged) < _UNKNOWN_STATUS_MEMORY:
+        rt.unknown_statuses_logged.add(key)
+    if not rt.status_log.admit("unknown_status", snap.vehicle_id):  # a vehicle inventing statuses: bounded
+        return
     _LOGGER.warning(
         "vehicle reported status %r outside the configured set; exported as unknown",
         snap.status,

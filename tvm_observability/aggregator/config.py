@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import os
 import reprlib
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -208,6 +210,10 @@ class Networks:
                 networks.append(ipaddress.ip_network(item, strict=True))
             except ValueError as exc:
                 _fail(problems, path, f"{_show(item)} is not an address or CIDR network: {exc}")
+                continue
+            if networks[-1].prefixlen == 0:
+                _fail(problems, path, f"{item} trusts every address: any client could then name its own address")
+                networks.pop()
         return tuple(networks) if len(networks) == len(value) else INVALID
 
 
@@ -242,6 +248,8 @@ class PemFile:
         if not isinstance(value, str) or not value or "\0" in value:
             return _fail(problems, path, f"must be the path of a PEM file, got {_show(value)}")
         try:
+            if not stat.S_ISREG(os.stat(value).st_mode):  # a FIFO would block the loop, a device never ends
+                return _fail(problems, path, f"{value} is not a regular file")
             with open(value, "rb"):
                 pass
         except OSError as exc:
@@ -690,6 +698,15 @@ def cross_key_problems(config: AggregatorConfig) -> list[str]:
             f"listen: {config.listen} is reachable from other machines, but no vehicle credentials are configured "
             "(auth_required is false); listen on 127.0.0.1 or configure vehicles with token_sha256"
         )
+    read_auth = config.read_auth
+    if read_auth is not None:
+        readers = {read_auth.bearer_token_sha256, read_auth.basic_password_sha256} - {None}
+        problems += [
+            f"vehicles.{vid}.token_sha256: the same hash as a read_auth credential: the vehicle's token would "
+            "read the whole fleet (positions included); give each its own secret"
+            for vid, entry in config.vehicles.items()
+            if entry.token_sha256 in readers
+        ]
     if config.auth_required:
         problems += [
             f"vehicles.{vid}.token_sha256: required while auth_required is true "

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -56,6 +57,8 @@ class StateFile:
         """The saved image, or None if there is no file yet. Raises StateUnreadable if the file cannot be read,
         CorruptState if it does not hold a state image."""
         try:
+            if not stat.S_ISREG(os.stat(self.path).st_mode):  # a FIFO blocks, a device never ends or is renamed
+                raise StateUnreadable(f"cannot read the state file {self.path}: not a regular file")
             data = self.path.read_bytes()
         except FileNotFoundError:
             return None

@@ -19,8 +19,13 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     Raises ssl.SSLError or OSError when the files do not load as a pair."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert_file, tls.key_file)
+    # An encrypted key is refused, not prompted for: without a password callback OpenSSL asks on the terminal.
+    context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
     return context
+
+
+def _no_password() -> bytes:
+    raise ssl.SSLError("the private key is encrypted; give the service an unencrypted key (mode 0600)")
 
 
 class ServerTls:
