@@ -559,14 +559,17 @@ class _StrictLoader(yaml.SafeLoader):
 
 def load_config(path: str | Path, *, listen: str | None = None) -> AggregatorConfig:
     """Read and validate a YAML config file; `listen` (the CLI flag) beats the file's value."""
-    source = str(path)
+    return parse_yaml(read_text(path), source=str(path), listen=listen)
+
+
+def read_text(path: str | Path) -> str:
+    """A config file's text; raise ConfigError when it cannot be read or is not UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
-    return parse_yaml(text, source=source, listen=listen)
+        raise ConfigError(str(path), [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
 
 
 def parse_yaml(text: str, *, source: str = "<config>", listen: str | None = None) -> AggregatorConfig:
