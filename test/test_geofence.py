@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,11 +18,12 @@ from tvm_observability.aggregator.geofence import (
     Verdict,
     Zones,
     ZonesError,
+    area_distance,
     areas_without_vehicles,
     evaluate,
-    load_zones,
     meters_per_degree,
     parse_zones,
+    parse_zones_text,
 )
 
 LON0, LAT0 = 11.0, 48.0
@@ -65,6 +65,11 @@ KEEP_OUT = feature("pond", "keep_out", [square(LON0 - east(300), LAT0, 50.0)])
 ZONES = parse_zones(collection(AREA, KEEP_OUT))
 
 
+def distance_at(zones: Zones, meters_east: float, vehicle: str = "V1") -> float | None:
+    lon = LON0 + east(meters_east)
+    return area_distance(zones.applicable(vehicle)[0], lon, LAT0, meters_per_degree(LAT0))[0]
+
+
 def status_at(zones: Zones, meters_east: float, vehicle: str = "V1", **kwargs: Any) -> Verdict:
     return evaluate(zones, vehicle, LON0 + east(meters_east), LAT0, margin_m=kwargs.pop("margin_m", 5.0), **kwargs)
 
@@ -79,10 +84,10 @@ def test_inside_outside_hole_and_keep_out() -> None:
 
 
 def test_signed_distance_in_meters() -> None:
-    assert status_at(ZONES, 0).boundary_distance_m == pytest.approx(250.0, abs=0.01)  # the hole is nearest
-    assert status_at(ZONES, -100).boundary_distance_m == pytest.approx(350.0, abs=0.01)
-    assert status_at(ZONES, 600).boundary_distance_m == pytest.approx(-100.0, abs=0.01)
-    assert status_at(ZONES, 300).boundary_distance_m == pytest.approx(-50.0, abs=0.01)
+    assert distance_at(ZONES, 0) == pytest.approx(250.0, abs=0.01)  # the hole is nearest
+    assert distance_at(ZONES, -100) == pytest.approx(350.0, abs=0.01)
+    assert distance_at(ZONES, 600) == pytest.approx(-100.0, abs=0.01)
+    assert distance_at(ZONES, 300) == pytest.approx(-50.0, abs=0.01)
 
 
 def test_meters_per_degree_matches_the_wgs84_figures() -> None:
@@ -102,7 +107,7 @@ def test_zones_apply_to_listed_vehicles_and_globs() -> None:
     assert status_at(zones, 500, "V1").status == OUTSIDE_OPERATING_AREA
     assert status_at(zones, 0, "shuttle-7").status == IN_KEEP_OUT
     assert status_at(zones, 0, "shuttle-17").status == INSIDE
-    assert status_at(zones, 0, "V2").boundary_distance_m is None
+    assert distance_at(zones, 0, "V2") is None
 
 
 def test_multipolygon_inside_either_part() -> None:
@@ -118,7 +123,7 @@ def test_multipolygon_inside_either_part() -> None:
     assert status_at(zones, 0).status == INSIDE
     assert status_at(zones, 1000).status == INSIDE
     assert status_at(zones, 500).status == OUTSIDE_OPERATING_AREA
-    assert status_at(zones, 500).boundary_distance_m == pytest.approx(-450.0, abs=0.01)
+    assert distance_at(zones, 500) == pytest.approx(-450.0, abs=0.01)
 
 
 def test_every_problem_reported_at_once() -> None:
@@ -137,7 +142,7 @@ def test_every_problem_reported_at_once() -> None:
         {"type": "Feature", "properties": {"name": "line", "kind": "keep_out"}, "geometry": {"type": "LineString"}},
     )
     with pytest.raises(ZonesError) as caught:
-        parse_zones(bad, source="zones.geojson")
+        parse_zones(bad)
     text = "\n".join(caught.value.problems)
     assert "features[0] (a).geometry.coordinates[0]: ring intersects itself" in text
     assert "features[1] (b).geometry.coordinates[0]: ring not closed" in text
@@ -158,16 +163,10 @@ def test_fold_back_and_touching_rings_refused_convex_corners_accepted() -> None:
     parse_zones(collection(feature("ok", "keep_out", [[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]])))
 
 
-def test_load_zones_reads_json_and_refuses_nan_constants(tmp_path: Path) -> None:
-    good = tmp_path / "zones.geojson"
-    good.write_text(json.dumps(collection(AREA, KEEP_OUT)), encoding="utf-8")
-    assert [z.name for z in load_zones(good).zones] == ["campus", "pond"]
-    bad = tmp_path / "nan.geojson"
-    bad.write_text('{"type": "FeatureCollection", "features": [NaN]}', encoding="utf-8")
+def test_zones_text_is_json_without_nan_constants() -> None:
+    assert [z.name for z in parse_zones_text(json.dumps(collection(AREA, KEEP_OUT))).zones] == ["campus", "pond"]
     with pytest.raises(ZonesError, match="not valid JSON: NaN is not a JSON number"):
-        load_zones(bad)
-    with pytest.raises(ZonesError, match="cannot read file"):
-        load_zones(tmp_path / "missing.geojson")
+        parse_zones_text('{"type": "FeatureCollection", "features": [NaN]}')
 
 
 def test_swapped_file_in_range_is_caught_by_the_fleet_positions() -> None:
@@ -212,7 +211,12 @@ def test_winding_order_does_not_matter(ring: list[list[float]], points: list[tup
         a = evaluate(forward, "V1", lon, lat, margin_m=3.0)
         b = evaluate(backward, "V1", lon, lat, margin_m=3.0)
         assert a.status == b.status
-        assert a.boundary_distance_m == pytest.approx(b.boundary_distance_m)
+        scale = meters_per_degree(lat)
+        there, back = (
+            area_distance(forward.zones, lon, lat, scale)[0],
+            area_distance(backward.zones, lon, lat, scale)[0],
+        )
+        assert there == pytest.approx(back)
 
 
 @settings(max_examples=100, deadline=None)
@@ -268,4 +272,4 @@ def test_bounding_box_prefilter_finds_the_nearest_area(
     lon, lat = LON0 + point[0] / kx, LAT0 + point[1] / ky
     scale = meters_per_degree(lat)
     brute = max(z.signed_distance_m(lon, lat, scale) for z in zones.zones)
-    assert evaluate(zones, "V1", lon, lat, margin_m=1.0).boundary_distance_m == pytest.approx(brute)
+    assert area_distance(zones.zones, lon, lat, scale)[0] == pytest.approx(brute)

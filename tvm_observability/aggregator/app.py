@@ -39,6 +39,7 @@ from .collector import Exposition, ServiceMetrics, disable_created_series
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
+from .geofence_monitor import GeofenceMonitor
 from .ingest import IngestLimits, parse_snapshot
 from .logs import LogSummary
 from .persistence import StateFile, keep_state
@@ -73,6 +74,7 @@ class Runtime:
     """What /metrics serves: the same bytes, rendered from per-vehicle caches."""
     limiter: RateLimiter
     state_file: StateFile | None
+    geofence: GeofenceMonitor
     ready: bool = False
     state_error: str | None = None
     unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
@@ -96,6 +98,8 @@ class Runtime:
         (added, dropped). The components take their part in their own one place, as at construction."""
         added, dropped = self.fleet.reconfigure(settings.config.vehicles, settings.fleet)
         self.limiter.reconfigure(settings.rate)
+        self.geofence.reconfigure(settings.zones, settings.geofence)
+        self.geofence.retain({v.vehicle_id for v in self.fleet})
         self.settings = settings
         return added, dropped
 
@@ -109,7 +113,8 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     clock = clock or SystemClock()
     settings = derive(config)
     fleet = FleetState(config.vehicles, settings.fleet, clock=clock)
-    exposition = Exposition(fleet)
+    geofence = GeofenceMonitor(settings.zones, settings.geofence)
+    exposition = Exposition(fleet, geofence)
     runtime = Runtime(
         settings=settings,
         fleet=fleet,
@@ -118,6 +123,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         exposition=exposition,
         limiter=RateLimiter(settings.rate, clock.monotonic),
         state_file=StateFile(config.state_file) if config.state_file else None,
+        geofence=geofence,
     )
     app = web.Application(
         middlewares=[_red_metrics, read_auth_middleware(lambda: runtime.config.read_auth, READ_AUTH_PATHS)],
@@ -189,6 +195,15 @@ async def handle_telemetry(request: web.Request) -> web.Response:
         rt.metrics.duplicates.inc()
     elif outcome is Outcome.ACCEPTED and not rt.fleet.is_known_status(snap.status):
         _log_unknown_status(rt, snap, request_id)
+    if outcome is Outcome.ACCEPTED:
+        for far in rt.geofence.observe(snap, rt.fleet.clock.monotonic()):
+            _LOGGER.warning(
+                "vehicle is %.0f km outside operating area %s: is the zone drawn in the wrong place, or the zones "
+                "file in [latitude, longitude] order (GeoJSON is [longitude, latitude])?",
+                far.distance_m / 1000.0,
+                far.zone,
+                extra={"request_id": request_id, "vehicle_id": far.vehicle_id, "zone": far.zone},
+            )
     return web.json_response(
         {"status": outcome.value, "vehicle_id": snap.vehicle_id, "boot_id": snap.boot_id, "seq": snap.seq},
         headers={"X-Request-Id": request_id},

@@ -34,6 +34,8 @@ from .. import __version__
 from ..errors import REJECTION_REASONS
 from ..model import SENSOR_STATUSES
 from .fleet import FleetState, VehicleState
+from .geofence import GEOFENCE_STATUSES
+from .geofence_monitor import GeofenceMonitor
 
 _V = ("vehicle_id",)
 
@@ -234,6 +236,54 @@ class FleetCollector(Collector):
         yield from families[len(_FAMILIES) :]
 
 
+class GeofenceCollector(Collector):
+    """Each vehicle's geofence status, last known violation and boundary distance (none while geofencing is
+    off). One to three series per vehicle whatever the number of zones; evaluated at scrape time, so a fix that
+    ages past the limit turns `unknown` without a push."""
+
+    def __init__(self, fleet: FleetState, monitor: GeofenceMonitor) -> None:
+        self.fleet = fleet
+        self.monitor = monitor
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        monitor = self.monitor
+        if not monitor.enabled:
+            return
+        now = self.fleet.clock.monotonic()
+        status = GaugeMetricFamily(
+            "vehicle_geofence_status",
+            "1 for the vehicle's geofence status (unknown without a fix younger than geofences.max_fix_age_s).",
+            labels=["vehicle_id", "status"],
+        )
+        violation = GaugeMetricFamily(
+            "vehicle_geofence_violation",
+            "1 while the vehicle's last known fix, however old, violates a zone: the zone and its kind.",
+            labels=["vehicle_id", "zone", "kind"],
+        )
+        distance = GaugeMetricFamily(
+            "vehicle_geofence_boundary_distance_meters",
+            "Signed distance to the nearest applicable operating area's boundary: positive inside, negative outside.",
+            labels=["vehicle_id"],
+        )
+        for v in self.fleet:
+            verdict = monitor.status(v.vehicle_id, now)
+            for name in GEOFENCE_STATUSES:
+                status.add_metric([v.vehicle_id, name], 1.0 if name == verdict.status else 0.0)
+            last = monitor.last_violation(v.vehicle_id)
+            if last is not None and last.zone is not None and last.zone_kind is not None:
+                violation.add_metric([v.vehicle_id, last.zone, last.zone_kind], 1.0)
+            meters = monitor.boundary_distance_m(v.vehicle_id, now)
+            if meters is not None:
+                distance.add_metric([v.vehicle_id], meters)
+        zones = GaugeMetricFamily("geofence_zones", "Geofence zones loaded, by kind.", labels=["kind"])
+        for kind, count in monitor.zone_counts().items():
+            zones.add_metric([kind], float(count))
+        yield from (status, violation, distance, zones)
+
+
 # -- the /metrics fast path ----------------------------------------------------------------------
 
 
@@ -349,11 +399,13 @@ class Exposition:
     `render()` writes the same bytes from per-vehicle text caches.
     """
 
-    def __init__(self, fleet: FleetState) -> None:
+    def __init__(self, fleet: FleetState, geofence: GeofenceMonitor | None = None) -> None:
         self.fleet = fleet
         self.service_registry = CollectorRegistry(auto_describe=False)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(fleet))
+        self.geofence = GeofenceCollector(fleet, geofence or GeofenceMonitor())
+        self.registry.register(self.geofence)
         self.registry.register(_Forward(self.service_registry))
         self._cache: dict[str, _Rendered] = {}
         self._statuses = fleet.all_statuses
@@ -393,6 +445,7 @@ class Exposition:
             parts.append(headers[index])
             column = live.get(index)
             parts.append("".join(column if column is not None else [e.columns[index] for e in rendered]))
+        parts.append(_without_eof(encoder(self.geofence).decode()))
         parts.append(encoder(self.service_registry).decode())
         return "".join(parts).encode(), content_type
 
@@ -498,6 +551,20 @@ class ServiceMetrics:
             "Unix time of the last successful state file write.",
             registry=registry,
         )
+        self.zone_reloads = Counter(
+            "geofence_zones_reloads",
+            "Reloads of the geofence zones file, by result (a failure keeps the running zones).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("success", "failure"):
+            self.zone_reloads.labels(result)
+        self.zones_reload_healthy = Gauge(
+            "geofence_zones_last_reload_success",
+            "1 while the last reload of the zones file succeeded (or none was tried), 0 after a refused one.",
+            registry=registry,
+        )
+        self.zones_reload_healthy.set(1)
         self.build_info = Gauge(
             "telemetry_aggregator_build_info", "Version of the running aggregator.", ["version"], registry=registry
         )

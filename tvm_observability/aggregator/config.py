@@ -23,6 +23,7 @@ import yaml
 from ..auth import TOKEN_SHA256_PATTERN
 from ..model import NAME_PATTERN, OFFLINE_STATUS, UNKNOWN_STATUS, VEHICLE_ID_PATTERN
 from .fleet import FleetSettings
+from .geofence import GeofenceSettings, Zones, ZonesError, parse_zones_text
 from .ingest import IngestLimits
 from .ratelimit import RateSettings
 
@@ -33,6 +34,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _FLEET = FleetSettings()
 _INGEST = IngestLimits()
 _RATE = RateSettings()
+_GEOFENCE = GeofenceSettings()
 """Defaults of what the config feeds: each is written once, in the component that uses it."""
 
 
@@ -218,7 +220,7 @@ class PemFile:
     doc: str = "PEM path"
 
     def read(self, value: Any, path: str, problems: list[str]) -> Any:
-        if not isinstance(value, str) or not value or "\0" in value:
+        if not _is_path(value):
             return _fail(problems, path, f"must be the path of a PEM file, got {_show(value)}")
         try:
             with open(value, "rb"):
@@ -226,6 +228,26 @@ class PemFile:
         except OSError as exc:
             return _fail(problems, path, f"cannot read {value}: {exc.strerror or exc}")
         return value
+
+
+@dataclass(frozen=True)
+class ZonesFile:
+    """A GeoJSON zones file, read and validated whenever the config is (at start and on every reload)."""
+
+    doc: str = "GeoJSON path"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if _is_path(value):
+            try:
+                return parse_zones_text(read_text(value), source=value)
+            except (ConfigError, ZonesError) as exc:
+                problems.extend(f"{path}: {value}: {problem}" for problem in exc.problems)
+                return INVALID
+        return _fail(problems, path, f"must be the path of a GeoJSON zones file, got {_show(value)}")
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and "\0" not in value
 
 
 @dataclass(frozen=True)
@@ -430,6 +452,35 @@ def _read_auth_rule(raw: Mapping[Any, Any], path: str) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class GeofenceConfig:
+    """Operating areas and keep-out zones (docs/geofences.md)."""
+
+    file: Zones = key(
+        REQUIRED,
+        ZonesFile(),
+        "GeoJSON zones file (RFC 7946 `[longitude, latitude]`), read again on every reload; a file with any "
+        "problem refuses the reload (every problem logged) and the running zones stay",
+    )
+    margin_m: float = key(
+        _GEOFENCE.margin_m,
+        Number(0),
+        "hysteresis: a violation ends only once the fix is this many meters (plus its accuracy) back across the "
+        "boundary, so GNSS jitter narrower than this cannot flap the status",
+    )
+    max_fix_age_s: float = key(
+        _GEOFENCE.max_fix_age_s,
+        Number(0.5),
+        "a fix older than this (its age on the vehicle plus the time since the push) gives `unknown`, also at "
+        "scrape time as it ages",
+    )
+    max_accuracy_m: float = key(
+        _GEOFENCE.max_accuracy_m,
+        Number(0),
+        "a fix whose reported horizontal accuracy (`position.accuracy_m`) is worse than this gives `unknown`",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AggregatorConfig:
     listen: ListenAddress = key(
         ListenAddress(DEFAULT_HOST, DEFAULT_PORT),
@@ -492,6 +543,12 @@ class AggregatorConfig:
     )
     read_auth: ReadAuth | None = key(
         None, Section(ReadAuth, _read_auth_rule), "credentials for reading fleet data", default_doc="off"
+    )
+    geofences: GeofenceConfig | None = key(
+        None,
+        Section(GeofenceConfig),
+        "evaluate each vehicle's fix against operating areas and keep-out zones",
+        default_doc="off",
     )
 
     @property

@@ -1,5 +1,5 @@
 """Geofences: a GeoJSON zones file, validated, and the evaluation of a vehicle's fix against it. Pure, no I/O
-beyond `load_zones` reading the file it is given.
+(config.py reads the file).
 
 Zones (RFC 7946): a FeatureCollection of Polygon or MultiPolygon features, positions `[longitude, latitude]`,
 holes allowed, either ring winding accepted (inside is decided by the even-odd rule, which ignores winding).
@@ -26,11 +26,9 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..model import NAME_PATTERN
-from .config import ConfigError, read_text
 
 OPERATING_AREA = "operating_area"
 KEEP_OUT = "keep_out"
@@ -54,12 +52,38 @@ _A = 6378137.0  # WGS84 semi-major axis, m
 _E2 = 6.69437999014e-3  # WGS84 first eccentricity squared
 
 
-class ZonesError(ConfigError):
-    """The zones file is unusable; `problems` names each one."""
+class ZonesError(ValueError):
+    """The zones file is unusable; `problems` names each one (the config reports them under its key)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceSettings:
+    """How fixes are judged; these are the defaults of the config's `geofences` section."""
+
+    margin_m: float = 5.0
+    """Hysteresis: a violation ends only once the fix is this far (plus its accuracy) back on the right side."""
+    max_fix_age_s: float = 10.0
+    """A fix older than this (its age on the vehicle plus the time since the push) gives `unknown`."""
+    max_accuracy_m: float = 50.0
+    """A fix whose reported horizontal accuracy is worse than this gives `unknown`."""
 
 
 Ring = tuple[tuple[float, ...], tuple[float, ...]]
 """A closed ring as (longitudes, latitudes), the closing position repeated last."""
+Chunk = tuple[float, float, float, float, tuple[float, ...], tuple[float, ...]]
+"""A run of consecutive edges of one ring: its box (min lon, min lat, max lon, max lat), its vertices."""
+
+
+def _chunked(rings: Iterable[Ring]) -> Iterator[Chunk]:
+    for lons, lats in rings:
+        size = max(4, math.isqrt(len(lons)))
+        for start in range(0, len(lons) - 1, size):
+            run_lons, run_lats = lons[start : start + size + 1], lats[start : start + size + 1]
+            yield min(run_lons), min(run_lats), max(run_lons), max(run_lats), run_lons, run_lats
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +98,8 @@ class Zone:
     """(min longitude, min latitude, max longitude, max latitude)."""
     feature: Mapping[str, Any] = field(compare=False, repr=False)
     """The feature as the file gave it (for /api/v1/zones and the maps)."""
+    chunks: tuple[Chunk, ...] = field(compare=False, repr=False)
+    """The rings' edges in runs of about √n with a box each: the index of `contains` and the distances."""
 
     def applies_to(self, vehicle_id: str) -> bool:
         return not self.vehicles or any(fnmatch.fnmatchcase(vehicle_id, p) for p in self.vehicles)
@@ -83,12 +109,15 @@ class Zone:
             yield from polygon
 
     def contains(self, lon: float, lat: float) -> bool:
-        """Even-odd point-in-polygon over every ring (holes excluded, winding irrelevant)."""
+        """Even-odd point-in-polygon over every ring (holes excluded, winding irrelevant): a ray east of the
+        point, tested only against the runs of edges whose box it can cross."""
         min_lon, min_lat, max_lon, max_lat = self.bbox
         if not (min_lon <= lon <= max_lon and min_lat <= lat <= max_lat):
             return False
         inside = False
-        for lons, lats in self.rings():
+        for _, c_min_lat, c_max_lon, c_max_lat, lons, lats in self.chunks:
+            if c_max_lat < lat or c_min_lat > lat or c_max_lon < lon:
+                continue
             x1, y1 = lons[0], lats[0]
             for i in range(1, len(lons)):
                 x2, y2 = lons[i], lats[i]
@@ -99,19 +128,37 @@ class Zone:
 
     def boundary_distance_m(self, lon: float, lat: float, scale: tuple[float, float]) -> float:
         """Meters from (lon, lat) to the nearest edge of any ring, with `scale` (meters per degree) from
-        `meters_per_degree(lat)`."""
+        `meters_per_degree(lat)`: runs of edges nearest box first, until a box is farther than the best edge."""
         kx, ky = scale
+        boxes = []
+        for index, (c_min_lon, c_min_lat, c_max_lon, c_max_lat, _, _) in enumerate(self.chunks):
+            dx = (c_min_lon - lon if lon < c_min_lon else lon - c_max_lon if lon > c_max_lon else 0.0) * kx
+            dy = (c_min_lat - lat if lat < c_min_lat else lat - c_max_lat if lat > c_max_lat else 0.0) * ky
+            boxes.append((dx * dx + dy * dy, index))
+        boxes.sort()
+        chunks = self.chunks
         best = math.inf
-        for lons, lats in self.rings():
+        for box, index in boxes:
+            if box >= best:
+                break
+            lons, lats = chunks[index][4], chunks[index][5]
             ax, ay = (lons[0] - lon) * kx, (lats[0] - lat) * ky
             for i in range(1, len(lons)):
                 bx, by = (lons[i] - lon) * kx, (lats[i] - lat) * ky
                 dx, dy = bx - ax, by - ay
-                length2 = dx * dx + dy * dy
-                t = 0.0 if length2 == 0.0 else min(1.0, max(0.0, -(ax * dx + ay * dy) / length2))
-                px, py = ax + t * dx, ay + t * dy
-                d2 = px * px + py * py
-                best = min(best, d2)
+                dot = -(ax * dx + ay * dy)  # where the point projects onto the edge, times its length²
+                if dot <= 0.0:
+                    d2 = ax * ax + ay * ay
+                else:
+                    length2 = dx * dx + dy * dy
+                    if dot >= length2:
+                        d2 = bx * bx + by * by
+                    else:
+                        t = dot / length2
+                        px, py = ax + t * dx, ay + t * dy
+                        d2 = px * px + py * py
+                if d2 < best:  # noqa: PLR1730 (min() is a call per edge: the hot loop)
+                    best = d2
                 ax, ay = bx, by
         return math.sqrt(best)
 
@@ -123,9 +170,14 @@ class Zone:
     def bbox_distance_m(self, lon: float, lat: float, scale: tuple[float, float]) -> float:
         """A lower bound of the distance to the zone: meters to its bounding box (0 inside it)."""
         min_lon, min_lat, max_lon, max_lat = self.bbox
-        dx = max(min_lon - lon, 0.0, lon - max_lon) * scale[0]
-        dy = max(min_lat - lat, 0.0, lat - max_lat) * scale[1]
-        return math.hypot(dx, dy)
+        dx = (min_lon - lon if lon < min_lon else lon - max_lon if lon > max_lon else 0.0) * scale[0]
+        dy = (min_lat - lat if lat < min_lat else lat - max_lat if lat > max_lat else 0.0) * scale[1]
+        return math.sqrt(dx * dx + dy * dy)
+
+    def near(self, lon: float, lat: float, band_lon: float, band_lat: float) -> bool:
+        """Whether (lon, lat) is within the bounding box widened by the given degrees (the cheapest test)."""
+        min_lon, min_lat, max_lon, max_lat = self.bbox
+        return min_lon - band_lon <= lon <= max_lon + band_lon and min_lat - band_lat <= lat <= max_lat + band_lat
 
 
 def meters_per_degree(latitude: float) -> tuple[float, float]:
@@ -143,26 +195,35 @@ def meters_per_degree(latitude: float) -> tuple[float, float]:
 
 @dataclass(frozen=True, slots=True)
 class Zones:
-    """A validated zones file; `applicable` is memoised per vehicle id (a roster's worth of entries)."""
+    """A validated zones file with a grid index of the zones' boxes; what applies to a vehicle is memoised per
+    vehicle id (a roster's worth of entries)."""
 
     zones: tuple[Zone, ...] = ()
     source: str = "<none>"
-    _by_vehicle: dict[str, tuple[tuple[Zone, ...], tuple[Zone, ...]]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _grid: Grid = field(default_factory=lambda: Grid(()), compare=False, repr=False)
+    _by_vehicle: dict[str, Applicable] = field(default_factory=dict, compare=False, repr=False)
 
-    def applicable(self, vehicle_id: str) -> tuple[tuple[Zone, ...], tuple[Zone, ...]]:
-        """(operating areas, keep-out zones) that apply to the vehicle."""
+    @classmethod
+    def of(cls, zones: tuple[Zone, ...], source: str) -> Zones:
+        return cls(zones, source, Grid(zones))
+
+    def applicable(self, vehicle_id: str) -> Applicable:
+        """The operating areas and keep-out zones that apply to the vehicle."""
         found = self._by_vehicle.get(vehicle_id)
         if found is None:
-            mine = [z for z in self.zones if z.applies_to(vehicle_id)]
-            found = (
-                tuple(z for z in mine if z.kind == OPERATING_AREA),
-                tuple(z for z in mine if z.kind == KEEP_OUT),
+            mine = [(i, z) for i, z in enumerate(self.zones) if z.applies_to(vehicle_id)]
+            found = Applicable(
+                tuple(z for _, z in mine if z.kind == OPERATING_AREA),
+                tuple(z for _, z in mine if z.kind == KEEP_OUT),
+                frozenset(i for i, _ in mine),
             )
             if len(self._by_vehicle) < 100_000:
                 self._by_vehicle[vehicle_id] = found
         return found
+
+    def around(self, lon: float, lat: float, mine: frozenset[int]) -> list[Zone]:
+        """The zones among `mine` (indices) whose box may hold (lon, lat): a grid lookup, not a scan."""
+        return [self.zones[i] for i in self._grid.candidates(lon, lat) if i in mine]
 
     def count(self, kind: str) -> int:
         return sum(1 for z in self.zones if z.kind == kind)
@@ -172,20 +233,59 @@ class Zones:
         return {"type": "FeatureCollection", "features": [dict(z.feature) for z in self.zones]}
 
 
+class Applicable(NamedTuple):
+    areas: tuple[Zone, ...]
+    keep_outs: tuple[Zone, ...]
+    indices: frozenset[int]
+
+
+GRID_SIDE = 64
+"""Cells per side of the grid over all zones' boxes."""
+GRID_MAX_CELLS = 256
+"""A zone whose box covers more cells is kept in a list checked for every fix instead (a big operating area)."""
+
+
+class Grid:
+    """Zone indices by the grid cells their boxes overlap."""
+
+    def __init__(self, zones: Sequence[Zone]) -> None:
+        self.cells: dict[tuple[int, int], list[int]] = {}
+        self.wide: list[int] = []
+        if not zones:
+            self.lon0 = self.lat0 = 0.0
+            self.step_lon = self.step_lat = 1.0
+            return
+        self.lon0 = min(z.bbox[0] for z in zones)
+        self.lat0 = min(z.bbox[1] for z in zones)
+        self.step_lon = max((max(z.bbox[2] for z in zones) - self.lon0) / GRID_SIDE, 1e-9)
+        self.step_lat = max((max(z.bbox[3] for z in zones) - self.lat0) / GRID_SIDE, 1e-9)
+        for index, zone in enumerate(zones):
+            x0, y0 = self._cell(zone.bbox[0], zone.bbox[1])
+            x1, y1 = self._cell(zone.bbox[2], zone.bbox[3])
+            if (x1 - x0 + 1) * (y1 - y0 + 1) > GRID_MAX_CELLS:
+                self.wide.append(index)
+                continue
+            for x in range(x0, x1 + 1):
+                for y in range(y0, y1 + 1):
+                    self.cells.setdefault((x, y), []).append(index)
+
+    def _cell(self, lon: float, lat: float) -> tuple[int, int]:
+        return math.floor((lon - self.lon0) / self.step_lon), math.floor((lat - self.lat0) / self.step_lat)
+
+    def candidates(self, lon: float, lat: float) -> list[int]:
+        found = self.cells.get(self._cell(lon, lat))
+        return self.wide + found if found else self.wide
+
+
 NO_ZONES = Zones()
 
 
-def load_zones(path: str | Path) -> Zones:
-    """Read and validate a zones file; raise ZonesError (and nothing else) listing every problem."""
-    source = str(path)
-    try:
-        text = read_text(path)
-    except ConfigError as exc:
-        raise ZonesError(source, exc.problems) from None
+def parse_zones_text(text: str, *, source: str = "<zones>") -> Zones:
+    """Validate the text of a GeoJSON zones file; raise ZonesError (and nothing else) listing every problem."""
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
-        raise ZonesError(source, [f"not valid JSON: {exc}"]) from None
+        raise ZonesError([f"not valid JSON: {exc}"]) from None
     return parse_zones(data, source=source)
 
 
@@ -197,12 +297,12 @@ def parse_zones(data: Any, *, source: str = "<zones>") -> Zones:
     """Validate decoded GeoJSON; raise ZonesError listing every problem."""
     problems: list[str] = []
     if not isinstance(data, dict) or data.get("type") != "FeatureCollection":
-        raise ZonesError(source, ['top level must be a GeoJSON object with "type": "FeatureCollection"'])
+        raise ZonesError(['top level must be a GeoJSON object with "type": "FeatureCollection"'])
     features = data.get("features")
     if not isinstance(features, list):
-        raise ZonesError(source, ["features: must be a list of Feature objects"])
+        raise ZonesError(["features: must be a list of Feature objects"])
     if len(features) > MAX_ZONES:
-        raise ZonesError(source, [f"features: {len(features)} zones, at most {MAX_ZONES}"])
+        raise ZonesError([f"features: {len(features)} zones, at most {MAX_ZONES}"])
     zones: list[Zone] = []
     seen: dict[str, int] = {}
     vertices = 0
@@ -219,8 +319,8 @@ def parse_zones(data: Any, *, source: str = "<zones>") -> Zones:
     if vertices > MAX_VERTICES:
         problems.append(f"{vertices} vertices in all, at most {MAX_VERTICES}")
     if problems:
-        raise ZonesError(source, problems)
-    return Zones(tuple(zones), source)
+        raise ZonesError(problems)
+    return Zones.of(tuple(zones), source)
 
 
 def _feature(feature: Any, path: str, problems: list[str]) -> Zone | None:
@@ -259,6 +359,7 @@ def _feature(feature: Any, path: str, problems: list[str]) -> Zone | None:
         vehicles=tuple(vehicles),
         polygons=polygons,
         bbox=(min(lons), min(lats), max(lons), max(lats)),
+        chunks=tuple(_chunked(ring for polygon in polygons for ring in polygon)),
         feature={"type": "Feature", "properties": dict(props), "geometry": feature["geometry"]},
     )
 
@@ -408,9 +509,6 @@ class Verdict:
     status: str
     zone: str | None = None
     """The violated zone (the keep-out zone it is in, or the nearest operating area it is outside of)."""
-    boundary_distance_m: float | None = None
-    """Signed meters to the nearest applicable operating area's boundary: positive inside, negative outside;
-    None when no operating area applies (or without a fix)."""
     keep_out: frozenset[str] = frozenset()
     """Keep-out zones the vehicle is held to be in (hysteresis state)."""
     outside_area: bool = False
@@ -439,38 +537,77 @@ def evaluate(
     accuracy_m: float | None = None,
     previous: Verdict | None = None,
 ) -> Verdict:
-    """The vehicle's status at fix (lon, lat), with hysteresis against `previous` (its last verdict)."""
-    areas, keep_outs = zones.applicable(vehicle_id)
+    """The vehicle's status at fix (lon, lat), with hysteresis against `previous` (its last verdict).
+
+    Distances are computed only where the decision needs them (a fix within the accuracy or the release band
+    of a boundary): a fix well inside its area and away from keep-out boxes costs point-in-polygon tests only.
+    """
+    mine = zones.applicable(vehicle_id)
     accuracy = accuracy_m or 0.0
     release = margin_m + accuracy
     scale = meters_per_degree(lat)
     held = previous.keep_out if previous is not None else frozenset()
-    in_keep_out: list[tuple[float, str]] = []
-    for zone in keep_outs:
-        threshold = -release if zone.name in held else accuracy
-        if zone.bbox_distance_m(lon, lat, scale) > max(-threshold, 0.0):
-            continue  # cannot be within `threshold` of the zone: its box is farther
-        depth = zone.signed_distance_m(lon, lat, scale)
-        if depth > threshold:
-            in_keep_out.append((depth, zone.name))
-    distance, nearest = _area_distance(areas, lon, lat, scale)
-    outside = False
-    if distance is not None:
-        was_outside = previous is not None and previous.outside_area
-        outside = distance < (release if was_outside else -accuracy)
+    local = zones.around(lon, lat, mine.indices)
+    in_keep_out: list[str] = []
+    if held:  # in it until clearly out: more than `release` outside
+        band_lon, band_lat = release / scale[0], release / scale[1]
+        in_keep_out = [
+            z.name
+            for z in mine.keep_outs
+            if z.name in held
+            and z.near(lon, lat, band_lon, band_lat)
+            and (z.contains(lon, lat) or z.boundary_distance_m(lon, lat, scale) < release)
+        ]
+    for zone in local:
+        if zone.kind != KEEP_OUT or zone.name in held:
+            continue
+        if zone.contains(lon, lat) and (accuracy == 0.0 or zone.boundary_distance_m(lon, lat, scale) > accuracy):
+            in_keep_out.append(zone.name)
+    outside, nearest = _outside_areas(
+        mine.areas, local, lon, lat, scale, accuracy=accuracy, release=release, previous=previous
+    )
     if in_keep_out:
-        deepest = max(in_keep_out)[1]
-        return Verdict(IN_KEEP_OUT, deepest, distance, frozenset(n for _, n in in_keep_out), outside)
+        return Verdict(IN_KEEP_OUT, in_keep_out[0], frozenset(in_keep_out), outside)
     if outside:
-        return Verdict(OUTSIDE_OPERATING_AREA, nearest, distance, outside_area=True)
-    return Verdict(INSIDE, None, distance)
+        return Verdict(OUTSIDE_OPERATING_AREA, nearest, outside_area=True)
+    return Verdict(INSIDE)
 
 
-def _area_distance(
+def _outside_areas(
+    areas: Sequence[Zone],
+    local: Sequence[Zone],
+    lon: float,
+    lat: float,
+    scale: tuple[float, float],
+    *,
+    accuracy: float,
+    release: float,
+    previous: Verdict | None,
+) -> tuple[bool, str | None]:
+    """Whether the fix counts as outside every applicable operating area (`areas`; `local` are the zones whose
+    boxes may hold the fix), and the nearest one's name."""
+    if not areas:
+        return False, None
+    was_outside = previous is not None and previous.outside_area
+    candidates = (z for z in local if z.kind == OPERATING_AREA and z.contains(lon, lat))
+    if not was_outside:
+        if next(candidates, None) is not None:  # inside one: enough, no distance needed
+            return False, None
+    else:
+        containing = list(candidates)
+        if containing:  # back inside: clearly so only beyond the release band
+            depth, deepest = max((z.boundary_distance_m(lon, lat, scale), z.name) for z in containing)
+            return depth < release, deepest
+    distance, nearest = area_distance(areas, lon, lat, scale)
+    assert distance is not None
+    return was_outside or -distance > accuracy, nearest
+
+
+def area_distance(
     areas: Sequence[Zone], lon: float, lat: float, scale: tuple[float, float]
 ) -> tuple[float | None, str | None]:
-    """Signed meters to the nearest applicable operating area (positive inside one) and its name; areas whose
-    bounding box is farther than the best distance so far are skipped."""
+    """Signed meters to the nearest of `areas`' boundaries (positive inside one) and that area's name; areas
+    whose bounding box is farther than the best distance so far are skipped. (None, None) without areas."""
     if not areas:
         return None, None
     best_inside: tuple[float, str] | None = None
