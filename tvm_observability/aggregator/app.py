@@ -38,6 +38,7 @@ from .access import read_auth_middleware
 from .collector import Exposition, ServiceMetrics, disable_created_series
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
+from .fleet_map import render_map
 from .fleet_view import build_view
 from .geofence_monitor import GeofenceMonitor
 from .ingest import IngestLimits, parse_snapshot
@@ -51,7 +52,8 @@ from .status_page import render as render_status_page
 _LOGGER = logging.getLogger("tvm_observability.aggregator.ingest")
 
 VEHICLES_PATH = "/api/v1/vehicles"
-READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH})
+ZONES_PATH = "/api/v1/zones"
+READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH, ZONES_PATH})
 """What `read_auth` guards, when configured: every page carrying fleet data (positions included)."""
 ACCEPTED_CONTENT_TYPES = frozenset({codec.CONTENT_TYPE, "application/x-msgpack"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -137,6 +139,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/", handle_status_page)
     app.router.add_get(VEHICLES_PATH, handle_vehicles)
+    app.router.add_get(ZONES_PATH, handle_zones)
     return app
 
 
@@ -368,11 +371,21 @@ _NO_CACHE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "
 
 async def handle_status_page(request: web.Request) -> web.Response:
     """GET /: the fleet on one HTML page, worst first, for operators without Grafana."""
-    page = render_status_page(build_view(request.app[RUNTIME].fleet))
+    rt = request.app[RUNTIME]
+    view = build_view(rt.fleet, rt.geofence)
+    page = render_status_page(view, render_map(rt.geofence.zones, view.rows))
     headers = {**_NO_CACHE, "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"}
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=headers)
 
 
 async def handle_vehicles(request: web.Request) -> web.Response:
     """GET /api/v1/vehicles: the status page's rows as JSON (heartbeat_age_s null = never heard from)."""
-    return web.json_response(build_view(request.app[RUNTIME].fleet).to_json(), headers=_NO_CACHE)
+    rt = request.app[RUNTIME]
+    return web.json_response(build_view(rt.fleet, rt.geofence).to_json(), headers=_NO_CACHE)
+
+
+async def handle_zones(request: web.Request) -> web.Response:
+    """GET /api/v1/zones: the geofence zones in force, as the GeoJSON FeatureCollection the file gave (empty
+    while geofencing is off)."""
+    zones = request.app[RUNTIME].geofence.zones
+    return web.json_response(zones.to_geojson(), content_type="application/geo+json", headers=_NO_CACHE)

@@ -431,8 +431,8 @@ class ReadAuth:
     bearer_token_sha256: str | None = key(
         None,
         Sha256(),
-        "`/metrics`, the status page `/` and `/api/v1/vehicles` need `Authorization: Bearer <token>` with this "
-        "token's SHA-256",
+        "`/metrics`, the status page `/`, `/api/v1/vehicles` and `/api/v1/zones` need `Authorization: Bearer "
+        "<token>` with this token's SHA-256",
     )
     basic_username: str | None = key(
         None, Username(), "or HTTP basic auth: this user, with `basic_password_sha256` (both or neither)"
