@@ -139,6 +139,17 @@ ZONES_SRC = "public/maps/tvm-zones.geojson"
 """Where the Grafana host serves the zones file from (copied there: docs/geofences.md#grafana)."""
 
 
+def markers(name: str, *, legend: bool, style: dict[str, Any]) -> dict[str, Any]:
+    """A geomap markers layer at each vehicle's position (the map's queries A and B)."""
+    return {
+        "type": "markers",
+        "name": name,
+        "location": {"mode": "coords", "latitude": "Value #A", "longitude": "Value #B"},
+        "config": {"showLegend": legend, "style": style},
+        "tooltip": True,
+    }
+
+
 def _and(selector: str, matcher: str) -> str:
     """`matcher` added to a `{...}` selector (or "")."""
     return f"{selector[1:-1]},{matcher}" if selector else matcher
@@ -167,16 +178,11 @@ def geofence_layers(selector: str) -> tuple[list[dict[str, Any]], list[dict[str,
             ],
         },
     }
-    rings = {
-        "type": "markers",
-        "name": "Geofence",
-        "location": {"mode": "coords", "latitude": "Value #A", "longitude": "Value #B"},
-        "config": {
-            "showLegend": False,
-            "style": {"size": {"fixed": 20}, "color": {"field": "Value #E", "fixed": "transparent"}, "opacity": 0.5},
-        },
-        "tooltip": True,
-    }
+    rings = markers(
+        "Geofence",
+        legend=False,
+        style={"size": {"fixed": 20}, "color": {"field": "Value #E", "fixed": "transparent"}, "opacity": 0.5},
+    )
     return [target], [zones, rings]
 
 
@@ -191,21 +197,16 @@ def geomap(title: str, selector: str, w: int = 16, h: int = 14, *, zones: bool =
     ]
     fence_targets, fence_layers = geofence_layers(selector) if zones else ([], [])
     targets += fence_targets
-    layer = {
-        "type": "markers",
-        "name": "Vehicles",
-        "location": {"mode": "coords", "latitude": "Value #A", "longitude": "Value #B"},
-        "config": {
-            "showLegend": True,
-            "style": {
-                "size": {"fixed": 10},
-                "color": {"field": "status", "fixed": "green"},
-                "text": {"mode": "field", "field": "vehicle_id", "fixed": ""},
-                "textConfig": {"fontSize": 12, "offsetY": -16},
-            },
+    layer = markers(
+        "Vehicles",
+        legend=True,
+        style={
+            "size": {"fixed": 10},
+            "color": {"field": "status", "fixed": "green"},
+            "text": {"mode": "field", "field": "vehicle_id", "fixed": ""},
+            "textConfig": {"fontSize": 12, "offsetY": -16},
         },
-        "tooltip": True,
-    }
+    )
     return panel(
         "geomap",
         title,
