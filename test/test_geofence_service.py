@@ -14,7 +14,7 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 from log_capture import captured
-from support import AggregatorProcess, FakeClock, parse_metrics, push, sample, scrape, wire_snapshot
+from support import AggregatorProcess, FakeClock, parse_metrics, push, sample, scrape, wait_for, wire_snapshot
 from test_config_reload import REFUSED, RELOADED, sighup_and_wait
 from test_geofence import AREA, KEEP_OUT, LAT0, LON0, collection, east, feature, square
 
@@ -242,3 +242,20 @@ def test_reload_with_a_broken_zones_file_keeps_the_running_zones(tmp_path: Path)
         assert sample(samples, "geofence_zones", kind="keep_out") == 0.0
         assert sample(samples, "geofence_zones_reloads_total", result="success") == 1.0
         assert sample(samples, "geofence_zones_last_reload_success") == 1.0
+
+
+def test_a_violation_at_the_last_known_fix_survives_an_aggregator_restart(tmp_path: Path) -> None:
+    """A vehicle silent in a keep-out zone stays paged across a restart: the restored state's last fix is
+    judged again at start (status `unknown`, the fix is old; the violation series is back)."""
+    zones = write_zones(tmp_path / "zones.geojson", AREA, KEEP_OUT)
+    path = tmp_path / "aggregator.yaml"
+    path.write_text(yaml.safe_dump({**config_with(zones), "state_file": str(tmp_path / "state.msgpack")}), "utf-8")
+    state = tmp_path / "state.msgpack"
+    with AggregatorProcess(path) as agg:
+        assert push(agg.url, at(-300, 1)).status == 200
+        assert sample(scrape(agg.url), "vehicle_geofence_violation", vehicle_id="V1", zone="pond", kind="keep_out")
+        wait_for(state.is_file, 30, what="the state file written")
+    with AggregatorProcess(path) as agg:
+        samples = scrape(agg.url)
+    assert sample(samples, "vehicle_geofence_violation", vehicle_id="V1", zone="pond", kind="keep_out") == 1.0
+    assert sample(samples, STATUS, vehicle_id="V1", status="unknown") == 1.0

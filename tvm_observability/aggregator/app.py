@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -133,6 +133,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     )
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(lambda _: keep_state(runtime))
+    app.cleanup_ctx.append(lambda _: recall_geofences(runtime))
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
@@ -141,6 +142,12 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     app.router.add_get(VEHICLES_PATH, handle_vehicles)
     app.router.add_get(ZONES_PATH, handle_zones)
     return app
+
+
+async def recall_geofences(rt: Runtime) -> AsyncIterator[None]:
+    """After the state is restored: the last known violations of the restored vehicles stay known."""
+    rt.geofence.recall(v.snapshot for v in rt.fleet if v.snapshot is not None)
+    yield
 
 
 # -- middleware --------------------------------------------------------------------------------

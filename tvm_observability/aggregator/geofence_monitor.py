@@ -9,6 +9,7 @@ not. A vehicle that goes silent (or loses its fix) in a keep-out zone keeps it, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..model import VehicleSnapshot
@@ -103,6 +104,22 @@ class GeofenceMonitor:
         last_violation = verdict if verdict.violation else None
         self.tracks[vehicle_id] = Track(verdict, now - p.age_s, position, p.accuracy_m, last_violation)
         return self._far(vehicle_id, verdict, now)
+
+    def recall(self, snapshots: Iterable[VehicleSnapshot]) -> None:
+        """At start-up, from the restored state: judge each vehicle's last known fix, however old, so that a
+        violation there stays known across an aggregator restart (the status stays `unknown`: the fix is old)."""
+        if not self.enabled:
+            return
+        for snapshot in snapshots:
+            p = snapshot.position
+            if p is None or not p.fix or p.longitude is None or p.latitude is None:
+                continue
+            if p.accuracy_m is not None and p.accuracy_m > self.settings.max_accuracy_m:
+                continue
+            position = (p.longitude, p.latitude)
+            verdict = self._judge(snapshot.vehicle_id, position, p.accuracy_m, None)
+            last = verdict if verdict.violation else None
+            self.tracks[snapshot.vehicle_id] = Track(UNKNOWN_VERDICT, None, position, p.accuracy_m, last)
 
     def _judge(
         self, vehicle_id: str, position: tuple[float, float], accuracy_m: float | None, previous: Verdict | None
