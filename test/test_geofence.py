@@ -10,21 +10,24 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import wire_snapshot
 
 from tvm_observability.aggregator.geofence import (
     IN_KEEP_OUT,
     INSIDE,
     OUTSIDE_OPERATING_AREA,
+    GeofenceSettings,
     Verdict,
     Zones,
     ZonesError,
     area_distance,
-    areas_without_vehicles,
     evaluate,
     meters_per_degree,
     parse_zones,
     parse_zones_text,
 )
+from tvm_observability.aggregator.geofence_monitor import GeofenceMonitor
+from tvm_observability.aggregator.ingest import parse_snapshot
 
 LON0, LAT0 = 11.0, 48.0
 """Around Munich: longitude and latitude are both plausible the other way round, as in many real fleets."""
@@ -170,14 +173,20 @@ def test_zones_text_is_json_without_nan_constants() -> None:
 
 
 def test_swapped_file_in_range_is_caught_by_the_fleet_positions() -> None:
-    """[lat, lon] swapped around Munich stays within range, so only the positions can tell: the area contains
-    none of the fleet's fixes."""
+    """[lat, lon] swapped around Munich stays within range, so only the positions can tell: the first vehicle
+    judged thousands of km outside the area raises one warning for it."""
     ring = square(LON0, LAT0, 500.0)
     swapped = parse_zones(collection(feature("campus", "operating_area", [[[lat, lon] for lon, lat in ring]])))
-    fixes = [("V1", LON0, LAT0), ("V2", LON0 + east(10), LAT0)]
-    assert areas_without_vehicles(swapped, fixes) == ["campus"]
-    assert areas_without_vehicles(ZONES, fixes) == []
-    assert areas_without_vehicles(ZONES, []) == []
+    monitor = GeofenceMonitor(swapped, GeofenceSettings())
+    first = monitor.observe(parse_snapshot(wire_snapshot("V1", position=fix_wire(LON0, LAT0))), 1000.0)
+    assert [(w.zone, w.vehicle_id) for w in first] == [("campus", "V1")] and first[0].distance_m > 1e6
+    assert monitor.observe(parse_snapshot(wire_snapshot("V2", position=fix_wire(LON0, LAT0))), 1000.0) == []
+    right = GeofenceMonitor(ZONES, GeofenceSettings())
+    assert right.observe(parse_snapshot(wire_snapshot("V1", position=fix_wire(LON0 + east(700), LAT0))), 1000.0) == []
+
+
+def fix_wire(lon: float, lat: float) -> dict[str, Any]:
+    return {"latitude": lat, "longitude": lon, "altitude": None, "fix": True, "age_s": 0.2}
 
 
 @st.composite

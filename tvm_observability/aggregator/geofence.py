@@ -631,18 +631,3 @@ def area_distance(
         return best_inside[0], best_inside[1]
     assert best_outside is not None
     return -best_outside[0], best_outside[1]
-
-
-def areas_without_vehicles(zones: Zones, fixes: Iterable[tuple[str, float, float]]) -> list[str]:
-    """Operating areas that contain none of the given (vehicle id, lon, lat) fixes of vehicles they apply to:
-    a zone drawn in the wrong place, or a file in [latitude, longitude] order, shows up here."""
-    fixes = list(fixes)
-    if not fixes:
-        return []
-    return [
-        z.name
-        for z in zones.zones
-        if z.kind == OPERATING_AREA
-        and any(z.applies_to(v) for v, _, _ in fixes)
-        and not any(z.applies_to(v) and z.contains(lon, lat) for v, lon, lat in fixes)
-    ]
