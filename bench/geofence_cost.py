@@ -2,7 +2,7 @@
 validation, fleet state) measured in the same run. The HTTP handling around that work is left out of the
 push's cost, so the ratio printed is an upper bound of the geofence's share.
 
-    .venv/bin/python bench/geofence_cost.py [PUSHES]
+    .venv/bin/python bench/geofence_cost.py [PUSHES] [VEHICLES]
 
 Two layouts: `scattered` (5 overlapping operating areas of 3 km radius and 45 keep-out zones of 150 m spread
 over a 10 km square, the usual case: the grid and the boxes rule out most zones) and `stacked` (all 50 zones
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "test"))
 from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
+from tvm_observability.aggregator.collector import Exposition
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.geofence import GeofenceSettings, Zones, meters_per_degree, parse_zones
 from tvm_observability.aggregator.geofence_monitor import GeofenceMonitor
@@ -148,5 +149,26 @@ def main(pushes: int) -> None:
                 print(f"  the same with shapely: {shapely_us:.1f} µs per push = {shapely_us / push_us:.2f}×")
 
 
+def scrape_cost(vehicles: int) -> None:
+    """CPU of one /metrics render for `vehicles` vehicles with a fix each, without and with geofences (the
+    scattered zones), median of 3 after a warm-up render (the text caches filled, as between two scrapes)."""
+    rng = random.Random(16)
+    zones = parse_zones(zones_file("scattered", rng))
+    clock = FakeClock()
+    ids = [f"V{i}" for i in range(vehicles)]
+    fleet = FleetState(ids, FleetSettings(), clock=clock)
+    monitor = GeofenceMonitor(zones, GeofenceSettings(max_fix_age_s=1e9))
+    for vid, body in zip(ids, fixes("scattered", zones, True, vehicles, rng), strict=True):
+        wire = codec.decode(body)
+        wire["vehicle_id"] = vid
+        snapshot = parse_snapshot(wire)
+        fleet.apply(snapshot)
+        monitor.observe(snapshot, clock.monotonic())
+    plain, fenced = Exposition(fleet), Exposition(fleet, monitor)
+    plain_ms, fenced_ms = (per_call_us(lambda _, e=e: e.render(""), 1, repeat=3) / 1000 for e in (plain, fenced))
+    print(f"scrape of {vehicles:,} vehicles: {plain_ms:.0f} ms without geofences, {fenced_ms:.0f} ms with")
+
+
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    scrape_cost(int(sys.argv[2]) if len(sys.argv) > 2 else 10_000)

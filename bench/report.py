@@ -345,6 +345,11 @@ all applying to it.
   exported distance at most once per fix, at scrape time.
 - A vehicle outside every area (an alert is firing) costs ~80 µs per push while it lasts: the nearest area is
   searched by distance. The stacked layout, a vehicle inside 45 overlapping keep-out zones, is the worst case.
+- **Scrape:** the per-vehicle geofence series are written from text caches like the other per-vehicle
+  families (a status's four lines are formatted once per change of the status): a /metrics render of 10,000
+  vehicles took 142 ms with geofences against 135 ms without, in a later run of the same script (whose push
+  figures on the busier machine were 24.1 µs, 0.56×, for the usual case). Through prometheus_client's generic
+  path, as first written, the same render took 720 ms against 181 ms.
 - **Shapely does not earn its place**: calling GEOS once per fix costs more per call than the pure-Python tests
   on these small polygons (its vectorised API pays off for many points at once, not one fix per push), except
   for the distance outside many overlapping areas. The aggregator keeps no geometry dependency; the robot never

@@ -14,19 +14,25 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestClient
 from log_capture import captured
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from support import AggregatorProcess, FakeClock, parse_metrics, push, sample, scrape, wait_for, wire_snapshot
 from test_config_reload import REFUSED, RELOADED, sighup_and_wait
 from test_geofence import AREA, KEEP_OUT, LAT0, LON0, collection, east, feature, square
 
 from tvm_observability import codec
 from tvm_observability.aggregator.app import RUNTIME, make_app
+from tvm_observability.aggregator.collector import Exposition, disable_created_series
 from tvm_observability.aggregator.config import ConfigError, parse_config
-from tvm_observability.aggregator.fleet import FleetState
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.geofence import GeofenceSettings, parse_zones
 from tvm_observability.aggregator.geofence_monitor import GeofenceMonitor
+from tvm_observability.aggregator.ingest import parse_snapshot
 from tvm_observability.aggregator.settings import derive
 
 Client = TestClient  # type: ignore[type-arg]
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+ZONES_UNDER_TEST = parse_zones(collection(AREA, KEEP_OUT))
 MakeClient = Callable[..., Awaitable[Client]]
 STATUS = "vehicle_geofence_status"
 
@@ -259,3 +265,35 @@ def test_a_violation_at_the_last_known_fix_survives_an_aggregator_restart(tmp_pa
         samples = scrape(agg.url)
     assert sample(samples, "vehicle_geofence_violation", vehicle_id="V1", zone="pond", kind="keep_out") == 1.0
     assert sample(samples, STATUS, vehicle_id="V1", status="unknown") == 1.0
+
+
+def test_metrics_fast_path_writes_the_reference_bytes_as_statuses_change() -> None:
+    """/metrics renders the per-vehicle geofence families from cached text: the bytes stay those of
+    prometheus_client's encoders over the reference collector, in both formats, as statuses and fixes move."""
+    clock = FakeClock()
+    fleet = FleetState(("V1", "V2", "V3", "V4"), FleetSettings(), clock=clock)
+    monitor = GeofenceMonitor(ZONES_UNDER_TEST, GeofenceSettings(max_fix_age_s=10))
+    disable_created_series()
+    exposition = Exposition(fleet, monitor)
+
+    def push_at(vid: str, meters_east: float | None, seq: int) -> None:
+        wire = at(meters_east if meters_east is not None else 0, seq, fix=meters_east is not None)
+        wire["vehicle_id"] = vid
+        snap = parse_snapshot(wire)
+        fleet.apply(snap)
+        monitor.observe(snap, clock.monotonic())
+
+    def same() -> None:
+        assert exposition.render("")[0] == generate_latest(exposition.registry)
+        assert exposition.render(OPENMETRICS)[0] == generate_openmetrics(exposition.registry)
+
+    same()  # nobody heard from: all unknown
+    for seq, layout in enumerate(((0, 600, -300, None), (600, -300, 0, 10), (-300, 0, 600, -300)), start=1):
+        for vid, meters in zip(("V1", "V2", "V3", "V4"), layout, strict=True):
+            push_at(vid, meters, seq)
+        same()
+    clock.advance(11)  # every fix stale: unknown, violations kept
+    same()
+    text = exposition.render("")[0].decode()
+    assert 'vehicle_geofence_status{status="unknown",vehicle_id="V1"} 1.0' in text
+    assert 'vehicle_geofence_violation{kind="keep_out",vehicle_id="V1",zone="pond"} 1.0' in text
