@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import socket
@@ -154,7 +155,8 @@ class FakeVehicle:
         from rclpy.executors import SingleThreadedExecutor
 
         self.battery = 0.765
-        self.fix = (52.5200, 13.4050)
+        self.fix: tuple[float, float] | None = (52.5200, 13.4050)
+        """(latitude, longitude) of the published fix; None publishes STATUS_NO_FIX."""
         self.status = "on_mission"
         self.diagnostics: dict[str, tuple[int, str | None]] = {}
         self.publish_camera = False
@@ -204,8 +206,9 @@ class FakeVehicle:
         battery = BatteryState(percentage=self.battery, voltage=25.2)
         battery.power_supply_status = BatteryState.POWER_SUPPLY_STATUS_DISCHARGING
         self.pubs["battery"].publish(battery)
-        fix = NavSatFix(latitude=self.fix[0], longitude=self.fix[1], altitude=34.0)
-        fix.status.status = 0
+        latitude, longitude = self.fix if self.fix is not None else (math.nan, math.nan)
+        fix = NavSatFix(latitude=latitude, longitude=longitude, altitude=34.0)
+        fix.status.status = 0 if self.fix is not None else -1  # STATUS_NO_FIX
         self.pubs["fix"].publish(fix)
         odom = Odometry()
         odom.header.frame_id = "odom"

@@ -32,6 +32,11 @@ ALERTS = [
     _alert("VehicleBatteryCritical", "critical", "site-b", "B4"),
     _alert("VehicleLowBattery", "warning", "site-b", "B4"),
     _alert("VehicleLowBattery", "warning", "site-b", "B5"),
+    # Site B, geofences: a lost or offline vehicle's live geofence alerts are inhibited, the silent one is not.
+    _alert("VehicleOutsideOperatingArea", "critical", "site-b", "B1", zone="campus", kind="operating_area"),
+    _alert("VehicleInKeepOutZone", "critical", "site-b", "B9", zone="pond", kind="keep_out"),
+    _alert("VehicleSilentInGeofenceViolation", "critical", "site-b", "B9", zone="pond", kind="keep_out"),
+    _alert("VehicleOutsideOperatingArea", "critical", "site-b", "B6", zone="campus", kind="operating_area"),
     # Site C: the fleet is degraded, which replaces the per-vehicle loss alerts.
     _alert("FleetDegraded", "critical", "site-c"),
     _alert("VehicleHeartbeatLost", "critical", "site-c", "C1"),
@@ -45,6 +50,8 @@ INHIBITED = {
     ("VehicleSensorError", "A2"),
     ("VehicleOffline", "B1"),
     ("VehicleLowBattery", "B4"),
+    ("VehicleOutsideOperatingArea", "B1"),
+    ("VehicleInKeepOutZone", "B9"),
     ("VehicleHeartbeatLost", "C1"),
     ("VehicleOffline", "C2"),
 }
@@ -64,6 +71,7 @@ def test_routing_grouping_and_inhibition(tmp_path):
 
         pager = {("TelemetryAggregatorDown", ""), ("FleetDegraded", ""), ("VehicleBatteryCritical", "B4")}
         pager |= {("VehicleHeartbeatLost", vid) for vid in ("B1", "B2", "B3")}
+        pager |= {("VehicleSilentInGeofenceViolation", "B9"), ("VehicleOutsideOperatingArea", "B6")}
         chat = {("VehicleOffline", "B9"), ("VehicleLowBattery", "B5")}
         # Warnings wait for the default group_wait (30 s).
         wait_for(

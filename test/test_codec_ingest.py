@@ -115,6 +115,9 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         ("position.longitude", -180.01, "out_of_range"),
         ("position.latitude", None, "schema"),  # fix without coordinates
         ("position.fix", "yes", "schema"),
+        ("position.accuracy_m", -0.5, "out_of_range"),
+        ("position.accuracy_m", math.inf, "non_finite"),
+        ("position.accuracy_m", "2m", "schema"),
         ("pose.x", math.inf, "non_finite"),
         ("pose.speed", -1.0, "out_of_range"),
         ("pose.frame_id", "f" * 65, "schema"),
@@ -167,3 +170,10 @@ def test_cardinality_guards_per_snapshot() -> None:
 def test_errors_serialise_for_clients() -> None:
     err: TelemetryError = SchemaError("seq: must be an integer")
     assert err.to_json() == {"error": "schema", "detail": "seq: must be an integer"}
+
+
+def test_fix_accuracy_is_optional_and_kept_when_sent() -> None:
+    """Schema v1 grows by optional fields (decision 0006): a bridge without accuracy_m is unaffected."""
+    assert parse_snapshot(wire_snapshot()).position.accuracy_m is None  # type: ignore[union-attr]
+    position = {"latitude": 52.52, "longitude": 13.405, "altitude": None, "fix": True, "age_s": 0.2, "accuracy_m": 2.5}
+    assert parse_snapshot(wire_snapshot(position=position)).position.accuracy_m == 2.5  # type: ignore[union-attr]

@@ -193,6 +193,8 @@ def test_a_certificate_path_that_is_not_a_regular_file_is_refused(tmp_path: Path
         f"tls.cert_file: {fifo} is not a regular file",
         f"tls.key_file: {fifo} is not a regular file",
     ]
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(fifo)  # the config file itself
 
 
 def test_a_key_written_twice_is_refused_with_its_lines(tmp_path: Path) -> None:

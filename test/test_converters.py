@@ -86,6 +86,16 @@ def test_position_nan_coordinates_are_no_fix_and_nan_altitude_is_unknown():
     assert converters.position_from_msg(fix(NavSatStatus.STATUS_GBAS_FIX, alt=math.nan)).altitude is None
 
 
+def test_position_accuracy_from_the_covariance_when_known():
+    msg = fix(NavSatStatus.STATUS_FIX)
+    assert converters.position_from_msg(msg).accuracy_m is None  # COVARIANCE_TYPE_UNKNOWN
+    msg.position_covariance_type = NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
+    msg.position_covariance = [9.0, 0.0, 0.0, 0.0, 16.0, 0.0, 0.0, 0.0, 100.0]
+    assert converters.position_from_msg(msg).accuracy_m == pytest.approx(5.0)
+    msg.position_covariance = [math.nan, 0.0, 0.0, 0.0, 16.0, 0.0, 0.0, 0.0, 100.0]
+    assert converters.position_from_msg(msg).accuracy_m is None
+
+
 def odometry(yaw: float, vx: float, vy: float, frame: str = "odom"):
     msg = Odometry()
     msg.header.frame_id = frame

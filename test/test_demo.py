@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
 import pytest
 from peers import has_binary
 
+from tvm_observability.aggregator.geofence import evaluate, parse_zones
+from tvm_observability.demo import fleet_demo
 from tvm_observability.demo.fleet_demo import fleet_rows, parse_exposition, render
+from tvm_observability.sim.dynamics import local_to_geo
 
 EXPOSITION = """# HELP vehicle_status 1 for the vehicle's current status
 # TYPE vehicle_status gauge
@@ -72,3 +76,19 @@ def test_demo_runs_a_real_fleet_and_stops_by_itself(ros_env):
     with_prometheus = has_binary("prometheus")
     assert ("prometheus: http://127.0.0.1:" in out) == with_prometheus
     assert f"stopped {5 + with_prometheus} processes, all clean" in out
+
+
+def test_demo_zones_hold_every_route_and_the_leaving_vehicle_leaves():
+    """Every demo vehicle's 40 m circle is inside the operating area and clear of the keep-out zone; the
+    leaving vehicle is outside once it has drifted its fault distance east."""
+    zones = parse_zones(fleet_demo.demo_zones(5))
+    for index in range(5):
+        lat0, lon0 = fleet_demo.origin(index)
+        for step in range(36):
+            angle = step * math.pi / 18
+            lat, lon = local_to_geo(lat0, lon0, 40 * math.cos(angle), 40 * math.sin(angle))
+            assert evaluate(zones, f"V{index + 1}", lon, lat, margin_m=5).status == "inside"
+    leaving = fleet_demo.leaving_index(5)
+    assert leaving == 4 and fleet_demo.leaving_index(2) is None
+    lat, lon = local_to_geo(*fleet_demo.origin(leaving), 40 + float(fleet_demo._LEAVES["fault_leave_area_m"]), 0)
+    assert evaluate(zones, "V5", lon, lat, margin_m=5).status == "outside_operating_area"

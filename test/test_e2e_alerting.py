@@ -137,6 +137,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     alertmanager = require_binary("prometheus-alertmanager")
     workdir = tmp_path_factory.mktemp("e2e")
     tokens = {vid: generate_token() for vid in ROSTER}
+    zones = workdir / "zones.geojson"  # an operating area around the simulators' routes, for the geofence panels
+    site = [[13.39, 52.51], [13.42, 52.51], [13.42, 52.53], [13.39, 52.53], [13.39, 52.51]]
+    area = {"type": "Feature", "properties": {"name": "site", "kind": "operating_area"}}
+    zones.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [{**area, "geometry": {"type": "Polygon", "coordinates": [site]}}],
+            }
+        ),
+        encoding="utf-8",
+    )
     config = workdir / "aggregator.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -144,6 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "listen": "127.0.0.1:0",
                 "environment": "test",
                 "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in tokens.items()},
+                "geofences": {"file": str(zones)},
             }
         ),
         encoding="utf-8",

@@ -15,8 +15,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from support import REPO
 from test_collector import fixture_fleet
+from test_geofence_service import violating_monitor
 
-from tvm_observability.aggregator.collector import ServiceMetrics
+from tvm_observability.aggregator.collector import GeofenceCollector, ServiceMetrics
 
 GRAFANA = REPO / "config" / "grafana"
 
@@ -53,11 +54,15 @@ def test_dashboards_are_well_formed():
         assert board["templating"]["list"][0]["name"] == "datasource"
 
 
-def test_operations_has_geomap_coloured_by_status_alert_list_and_vehicle_table():
+def test_operations_has_geomap_coloured_by_status_and_geofence_with_zones_alert_list_and_vehicle_table():
     board = json.loads((GRAFANA / "dashboards" / "operations.json").read_text(encoding="utf-8"))
     kinds = {p["type"]: p for p in board["panels"]}
-    layer = kinds["geomap"]["options"]["layers"][0]
-    assert layer["config"]["style"]["color"]["field"] == "status"
+    layers = {layer["name"]: layer for layer in kinds["geomap"]["options"]["layers"]}
+    assert layers["Vehicles"]["config"]["style"]["color"]["field"] == "status"
+    assert layers["Geofence"]["config"]["style"]["color"]["field"] == "Value #E"
+    assert layers["Zones"]["type"] == "geojson" and layers["Zones"]["config"]["src"] == "public/maps/tvm-zones.geojson"
+    geofence_mapping = kinds["geomap"]["fieldConfig"]["defaults"]["mappings"][1]["options"]
+    assert set(geofence_mapping) == {"0", "1", "2"}
     assert "offline" in kinds["geomap"]["fieldConfig"]["defaults"]["mappings"][0]["options"]
     assert "alertlist" in kinds
     assert any(p["title"] == "Vehicles" and p["type"] == "table" for p in board["panels"])
@@ -106,12 +111,14 @@ def _series_names(expr: str) -> set[str]:
 
 
 def _known_series() -> set[str]:
-    _, fleet_registry, _ = fixture_fleet()
+    fleet, fleet_registry, _ = fixture_fleet()
     service_registry = CollectorRegistry()
     ServiceMetrics(service_registry)
+    geofence_registry = CollectorRegistry()
+    geofence_registry.register(GeofenceCollector(fleet, violating_monitor(fleet)))
     exported = {
         family.name + suffix
-        for registry in (fleet_registry, service_registry)
+        for registry in (fleet_registry, service_registry, geofence_registry)
         for family in registry.collect()  # families without samples yet (labelled, no child) count too
         for suffix in _SUFFIXES.get(family.type, ("",))
     }

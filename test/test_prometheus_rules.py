@@ -87,7 +87,7 @@ def test_amtool_accepts_the_alertmanager_config():
     amtool = require_binary("amtool")
     result = _run(amtool, "check-config", ALERTMANAGER)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 inhibit rules" in result.stdout
+    assert "5 inhibit rules" in result.stdout
 
 
 @pytest.mark.peer
@@ -124,18 +124,21 @@ def test_rules_and_dashboards_only_use_metrics_the_aggregator_exports():
     from prometheus_client import CollectorRegistry, generate_latest
     from support import parse_metrics
     from test_collector import fixture_fleet
+    from test_geofence_service import violating_monitor
 
-    from tvm_observability.aggregator.collector import ServiceMetrics, disable_created_series
+    from tvm_observability.aggregator.collector import GeofenceCollector, ServiceMetrics, disable_created_series
 
     disable_created_series()  # as the app factory does at start-up
-    _, fleet_registry, _ = fixture_fleet()
+    fleet, fleet_registry, _ = fixture_fleet()
+    geofence_registry = CollectorRegistry()
+    geofence_registry.register(GeofenceCollector(fleet, violating_monitor(fleet)))
     service_registry = CollectorRegistry()
     service = ServiceMetrics(service_registry)
     service.requests.labels("GET", "/metrics", "200").inc()  # labelled families appear on first use
     service.duration.labels("/metrics").observe(0.01)
     exported = {
         name
-        for registry in (fleet_registry, service_registry)
+        for registry in (fleet_registry, service_registry, geofence_registry)
         for name, _ in parse_metrics(generate_latest(registry).decode())
     }
     texts = [(PROM / name).read_text(encoding="utf-8") for name in ("alerts.yml", "recording.yml")]

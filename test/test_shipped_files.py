@@ -10,8 +10,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, generate_latest
 from support import REPO, parse_metrics
 from test_collector import fixture_fleet
+from test_geofence_service import violating_monitor
 
-from tvm_observability.aggregator.collector import ServiceMetrics, disable_created_series
+from tvm_observability.aggregator.collector import GeofenceCollector, ServiceMetrics, disable_created_series
 from tvm_observability.aggregator.config import TABLE_BEGIN, TABLE_END, load_config, reference_rows, reference_table
 
 
@@ -32,13 +33,15 @@ def test_configuration_reference_is_the_generated_key_table() -> None:
 
 
 def test_operations_doc_names_every_metric() -> None:
-    _, fleet_registry, _ = fixture_fleet()
+    fleet, fleet_registry, _ = fixture_fleet()
     disable_created_series()  # as the app factory does at start-up
     service_registry = CollectorRegistry()
     ServiceMetrics(service_registry)
+    geofence_registry = CollectorRegistry()
+    geofence_registry.register(GeofenceCollector(fleet, violating_monitor(fleet)))
     names = {
         re.sub(r"_(bucket|count|sum)$", "", name)
-        for registry in (fleet_registry, service_registry)
+        for registry in (fleet_registry, service_registry, geofence_registry)
         for name, _ in parse_metrics(generate_latest(registry).decode())
     }
     text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")

@@ -51,3 +51,9 @@ def test_quaternion_round_trip():
     from tvm_observability.bridge.converters import yaw_from_quaternion
 
     assert yaw_from_quaternion(*d.yaw_quaternion(2.0)) == pytest.approx(2.0)
+
+
+def test_drift_starts_at_the_fault_and_stops_at_its_limit():
+    assert d.drift_m(-5.0, 1.2, 250.0) == 0.0
+    assert d.drift_m(10.0, 1.2, 250.0) == pytest.approx(12.0)
+    assert d.drift_m(1000.0, 1.2, 250.0) == 250.0

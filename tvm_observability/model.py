@@ -74,6 +74,8 @@ class Position:
     altitude: float | None
     fix: bool
     age_s: float
+    accuracy_m: float | None = None
+    """Horizontal accuracy in meters (root of the east and north variances), None where not reported."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,10 +28,22 @@ STATUS_COLOURS = {
     "charging": "purple",
     "docked": "purple",
 }
+GEOFENCE_CODES = {"outside_operating_area": (1, "red"), "in_keep_out": (2, "dark-red")}
+"""The ring around a vehicle by its geofence status, as the number the map's query gives it (0: inside or
+unknown, transparent)."""
 STATUS_MAPPINGS = [
     {
         "type": "value",
         "options": {s: {"color": c, "index": i} for i, (s, c) in enumerate(STATUS_COLOURS.items())},
+    }
+]
+GEOFENCE_MAPPINGS = [
+    {
+        "type": "value",
+        "options": {
+            "0": {"color": "transparent", "index": 0},
+            **{str(code): {"color": c, "index": code} for code, c in GEOFENCE_CODES.values()},
+        },
     }
 ]
 
@@ -123,43 +135,97 @@ def merged_table(title: str, columns: dict[str, str], w: int = 24, h: int = 10, 
     )
 
 
-def geomap(title: str, selector: str, w: int = 16, h: int = 14) -> dict[str, Any]:
-    """Vehicles at their last known position, coloured by status (offline ones stay on the map)."""
+ZONES_SRC = "public/maps/tvm-zones.geojson"
+"""Where the Grafana host serves the zones file from (copied there: docs/geofences.md#grafana)."""
+
+
+def markers(name: str, *, legend: bool, style: dict[str, Any]) -> dict[str, Any]:
+    """A geomap markers layer at each vehicle's position (the map's queries A and B)."""
+    return {
+        "type": "markers",
+        "name": name,
+        "location": {"mode": "coords", "latitude": "Value #A", "longitude": "Value #B"},
+        "config": {"showLegend": legend, "style": style},
+        "tooltip": True,
+    }
+
+
+def _and(selector: str, matcher: str) -> str:
+    """`matcher` added to a `{...}` selector (or "")."""
+    return f"{selector[1:-1]},{matcher}" if selector else matcher
+
+
+def geofence_layers(selector: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The zones (a GeoJSON layer) and a ring around each vehicle coloured by its geofence status, and the
+    target that ring needs: the status as a number (GEOFENCE_CODES; a `status` label would clash with
+    vehicle_status's in the merged table)."""
+    terms = []
+    for status, (code, _) in GEOFENCE_CODES.items():
+        matcher = _and(selector, f'status="{status}"')
+        terms.append(f"{code} * sum by (job, instance, vehicle_id) (vehicle_geofence_status{{{matcher}}})")
+    target = q(" + ".join(terms), table=True)
+    zones = {
+        "type": "geojson",
+        "name": "Zones",
+        "config": {
+            "src": ZONES_SRC,
+            "style": {"color": {"fixed": "green"}, "opacity": 0.15},
+            "rules": [
+                {
+                    "check": {"property": "kind", "operation": "eq", "value": "keep_out"},
+                    "style": {"color": {"fixed": "red"}, "opacity": 0.35},
+                }
+            ],
+        },
+    }
+    rings = markers(
+        "Geofence",
+        legend=False,
+        style={"size": {"fixed": 20}, "color": {"field": "Value #E", "fixed": "transparent"}, "opacity": 0.5},
+    )
+    return [target], [zones, rings]
+
+
+def geomap(title: str, selector: str, w: int = 16, h: int = 14, *, zones: bool = False) -> dict[str, Any]:
+    """Vehicles at their last known position, coloured by status (offline ones stay on the map); with `zones`
+    the geofence zones under them and a ring coloured by each vehicle's geofence status."""
     targets = [
         q(f"vehicle_latitude{selector}", table=True),
         q(f"vehicle_longitude{selector}", table=True),
         q(f"vehicle_status{selector} == 1", table=True),
         q(f"vehicle_battery_level{selector}", table=True),
     ]
-    layer = {
-        "type": "markers",
-        "name": "Vehicles",
-        "location": {"mode": "coords", "latitude": "Value #A", "longitude": "Value #B"},
-        "config": {
-            "showLegend": True,
-            "style": {
-                "size": {"fixed": 10},
-                "color": {"field": "status", "fixed": "green"},
-                "text": {"mode": "field", "field": "vehicle_id", "fixed": ""},
-                "textConfig": {"fontSize": 12, "offsetY": -16},
-            },
+    fence_targets, fence_layers = geofence_layers(selector) if zones else ([], [])
+    targets += fence_targets
+    layer = markers(
+        "Vehicles",
+        legend=True,
+        style={
+            "size": {"fixed": 10},
+            "color": {"field": "status", "fixed": "green"},
+            "text": {"mode": "field", "field": "vehicle_id", "fixed": ""},
+            "textConfig": {"fontSize": 12, "offsetY": -16},
         },
-        "tooltip": True,
-    }
+    )
     return panel(
         "geomap",
         title,
         targets,
         w,
         h,
-        description="Last known GNSS position of every vehicle; colour = status (red: offline or in error).",
+        description="Last known GNSS position of every vehicle; colour = status (red: offline or in error)."
+        + (
+            " Zones: operating areas green, keep-out zones red; a red ring: outside its area or in a keep-out zone."
+            if zones
+            else ""
+        ),
         transformations=[{"id": "merge", "options": {}}],
-        mappings=STATUS_MAPPINGS,
+        mappings=STATUS_MAPPINGS + (GEOFENCE_MAPPINGS if zones else []),
         options={
             "view": {"id": "fit", "lat": 0, "lon": 0, "zoom": 15, "allLayers": True},
             "controls": {"showZoom": True, "mouseWheelZoom": True, "showAttribution": True},
             "basemap": {"type": "default", "name": "Basemap"},
-            "layers": [layer],
+            "layers": [layer, *fence_layers],
             "tooltip": {"mode": "details"},
         },
     )
@@ -308,7 +374,7 @@ OPERATIONS = dashboard(
             steps=PCT,
             w=8,
         ),
-        geomap("Vehicle positions", ""),
+        geomap("Vehicle positions", "", zones=True),
         panel(
             "alertlist",
             "Alerts (Grafana alert list)",

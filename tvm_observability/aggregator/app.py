@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -42,7 +42,9 @@ from .collector import Exposition, ServiceMetrics, disable_created_series
 from .config import AggregatorConfig
 from .connections import request_client
 from .fleet import Clock, FleetState, Outcome, SystemClock
+from .fleet_map import render_map
 from .fleet_view import build_view
+from .geofence_monitor import GeofenceMonitor
 from .ingest import IngestLimits, parse_snapshot
 from .logs import LogSummary
 from .persistence import StateFile, keep_state
@@ -54,7 +56,8 @@ from .status_page import render as render_status_page
 _LOGGER = logging.getLogger("tvm_observability.aggregator.ingest")
 
 VEHICLES_PATH = "/api/v1/vehicles"
-READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH})
+ZONES_PATH = "/api/v1/zones"
+READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH, ZONES_PATH})
 """What `read_auth` guards, when configured: every page carrying fleet data (positions included)."""
 ACCEPTED_CONTENT_TYPES = frozenset({codec.CONTENT_TYPE, "application/x-msgpack"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
@@ -77,6 +80,7 @@ class Runtime:
     """What /metrics serves: the same bytes, rendered from per-vehicle caches."""
     limiter: RateLimiter
     state_file: StateFile | None
+    geofence: GeofenceMonitor
     ready: bool = False
     state_error: str | None = None
     unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
@@ -102,6 +106,8 @@ class Runtime:
         (added, dropped). The components take their part in their own one place, as at construction."""
         added, dropped = self.fleet.reconfigure(settings.config.vehicles, settings.fleet)
         self.limiter.reconfigure(settings.rate)
+        self.geofence.reconfigure(settings.zones, settings.geofence)
+        self.geofence.retain({v.vehicle_id for v in self.fleet})
         self.settings = settings
         return added, dropped
 
@@ -115,7 +121,8 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     clock = clock or SystemClock()
     settings = derive(config)
     fleet = FleetState(config.vehicles, settings.fleet, clock=clock)
-    exposition = Exposition(fleet)
+    geofence = GeofenceMonitor(settings.zones, settings.geofence)
+    exposition = Exposition(fleet, geofence)
     runtime = Runtime(
         settings=settings,
         fleet=fleet,
@@ -124,6 +131,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         exposition=exposition,
         limiter=RateLimiter(settings.rate, clock.monotonic),
         state_file=StateFile(config.state_file) if config.state_file else None,
+        geofence=geofence,
     )
     app = web.Application(
         middlewares=[
@@ -136,13 +144,21 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     )
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(lambda _: keep_state(runtime))
+    app.cleanup_ctx.append(lambda _: recall_geofences(runtime))
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/", handle_status_page)
     app.router.add_get(VEHICLES_PATH, handle_vehicles)
+    app.router.add_get(ZONES_PATH, handle_zones)
     return app
+
+
+async def recall_geofences(rt: Runtime) -> AsyncIterator[None]:
+    """After the state is restored: the last known violations of the restored vehicles stay known."""
+    rt.geofence.recall(v.snapshot for v in rt.fleet if v.snapshot is not None)
+    yield
 
 
 # -- middleware --------------------------------------------------------------------------------
@@ -200,6 +216,15 @@ async def handle_telemetry(request: web.Request) -> web.Response:
         rt.metrics.duplicates.inc()
     elif outcome is Outcome.ACCEPTED and not rt.fleet.is_known_status(snap.status):
         _log_unknown_status(rt, snap, request_id)
+    if outcome is Outcome.ACCEPTED:
+        for far in rt.geofence.observe(snap, rt.fleet.clock.monotonic()):
+            _LOGGER.warning(
+                "vehicle is %.0f km outside operating area %s: is the zone drawn in the wrong place, or the zones "
+                "file in [latitude, longitude] order (GeoJSON is [longitude, latitude])?",
+                far.distance_m / 1000.0,
+                far.zone,
+                extra={"request_id": request_id, "vehicle_id": far.vehicle_id, "zone": far.zone},
+            )
     return web.json_response(
         {"status": outcome.value, "vehicle_id": snap.vehicle_id, "boot_id": snap.boot_id, "seq": snap.seq},
         headers={"X-Request-Id": request_id},
@@ -375,11 +400,21 @@ _NO_CACHE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "
 
 async def handle_status_page(request: web.Request) -> web.Response:
     """GET /: the fleet on one HTML page, worst first, for operators without Grafana."""
-    page = render_status_page(build_view(request.app[RUNTIME].fleet))
+    rt = request.app[RUNTIME]
+    view = build_view(rt.fleet, rt.geofence)
+    page = render_status_page(view, render_map(rt.geofence.zones, view.rows))
     headers = {**_NO_CACHE, "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"}
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=headers)
 
 
 async def handle_vehicles(request: web.Request) -> web.Response:
     """GET /api/v1/vehicles: the status page's rows as JSON (heartbeat_age_s null = never heard from)."""
-    return web.json_response(build_view(request.app[RUNTIME].fleet).to_json(), headers=_NO_CACHE)
+    rt = request.app[RUNTIME]
+    return web.json_response(build_view(rt.fleet, rt.geofence).to_json(), headers=_NO_CACHE)
+
+
+async def handle_zones(request: web.Request) -> web.Response:
+    """GET /api/v1/zones: the geofence zones in force, as the GeoJSON FeatureCollection the file gave (empty
+    while geofencing is off)."""
+    zones = request.app[RUNTIME].geofence.zones
+    return web.json_response(zones.to_geojson(), content_type="application/geo+json", headers=_NO_CACHE)

@@ -229,6 +229,10 @@ def _warn_exposure(config: AggregatorConfig, tls: bool) -> None:
         )
 
 
+GEOFENCES_PREFIX = "geofences."
+"""Problems of the geofences section (the zones file's included) start with it: a refused reload of the zones."""
+
+
 def reload_config(app: web.Application, tls: ServerTls | None, path: Path | None, listen: str | None) -> None:
     """SIGHUP: validate the config file again and apply it, or keep the running one and log why.
 
@@ -241,6 +245,9 @@ def reload_config(app: web.Application, tls: ServerTls | None, path: Path | None
     try:
         plan = plan_reload(rt.config, load_config(path, listen=listen))
     except ConfigError as exc:
+        if any(problem.startswith(GEOFENCES_PREFIX) for problem in exc.problems):
+            rt.metrics.zone_reloads.labels("failure").inc()
+            rt.metrics.zones_reload_healthy.set(0)
         for problem in exc.problems:
             _LOGGER.error("config reload refused: %s", problem, extra={"path": str(path)})
         _LOGGER.error("config reload refused; the running configuration stays", extra={"problems": len(exc.problems)})
@@ -258,6 +265,9 @@ def reload_config(app: web.Application, tls: ServerTls | None, path: Path | None
             _LOGGER.error("config reload refused; the running configuration stays", extra={"problems": 1})
             return
     added, dropped = rt.apply(derive(plan.config))
+    if plan.config.geofences is not None:
+        rt.metrics.zone_reloads.labels("success").inc()
+        rt.metrics.zones_reload_healthy.set(1)
     if tls is not None and context is not None:
         tls.use(context)
     logging.getLogger().setLevel(plan.config.log_level.upper())

@@ -35,6 +35,8 @@ from ..errors import REJECTION_REASONS
 from ..model import SENSOR_STATUSES
 from .connections import REFUSAL_REASONS as CONNECTION_REFUSAL_REASONS
 from .fleet import FleetState, VehicleState
+from .geofence import GEOFENCE_STATUSES
+from .geofence_monitor import GeofenceMonitor
 
 _V = ("vehicle_id",)
 
@@ -235,6 +237,89 @@ class FleetCollector(Collector):
         yield from families[len(_FAMILIES) :]
 
 
+_GEOFENCE_STATUS = _Family(
+    "vehicle_geofence_status",
+    "1 for the vehicle's geofence status (unknown without a fix younger than geofences.max_fix_age_s).",
+    ("vehicle_id", "status"),
+)
+_GEOFENCE_DISTANCE = _Family(
+    "vehicle_geofence_boundary_distance_meters",
+    "Signed distance to the nearest applicable operating area's boundary: positive inside, negative outside.",
+)
+_GEOFENCE_HOT = (_GEOFENCE_STATUS, _GEOFENCE_DISTANCE)
+"""The geofence families with samples for every vehicle: rendered from text caches on /metrics."""
+
+
+class GeofenceCollector(Collector):
+    """Each vehicle's geofence status, boundary distance and last known violation (none while geofencing is
+    off). One to three series per vehicle whatever the number of zones; evaluated at scrape time, so a fix that
+    ages past the limit turns `unknown` without a push. `collect()` is the reference rendering; /metrics
+    writes the same bytes (`Exposition`), the per-vehicle families from cached text."""
+
+    def __init__(self, fleet: FleetState, monitor: GeofenceMonitor) -> None:
+        self.fleet = fleet
+        self.monitor = monitor
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.monitor.enabled:
+            return
+        now = self.fleet.clock.monotonic()
+        status, distance = (f.empty() for f in _GEOFENCE_HOT)
+        for v in self.fleet:
+            current = self.monitor.status(v.vehicle_id, now).status
+            for name in GEOFENCE_STATUSES:
+                status.add_metric([v.vehicle_id, name], 1.0 if name == current else 0.0)
+            meters = self.monitor.boundary_distance_m(v.vehicle_id, now)
+            if meters is not None:
+                distance.add_metric([v.vehicle_id], meters)
+        yield from (status, distance, *self.sparse())
+
+    def sparse(self) -> list[Metric]:
+        """The families with few samples: violations (vehicles in one) and the zone counts."""
+        violation = GaugeMetricFamily(
+            "vehicle_geofence_violation",
+            "1 while the vehicle's last known fix, however old, violates a zone: the zone and its kind.",
+            labels=["vehicle_id", "zone", "kind"],
+        )
+        for v in self.fleet:
+            last = self.monitor.last_violation(v.vehicle_id)
+            if last is not None and last.zone is not None and last.zone_kind is not None:
+                violation.add_metric([v.vehicle_id, last.zone, last.zone_kind], 1.0)
+        zones = GaugeMetricFamily("geofence_zones", "Geofence zones loaded, by kind.", labels=["kind"])
+        for kind, count in self.monitor.zone_counts().items():
+            zones.add_metric([kind], float(count))
+        return [violation, zones]
+
+    def render(self, encoder: Encoder, headers: tuple[str, ...], cache: dict[str, tuple[str, str, str]]) -> str:
+        """The same bytes as `encoder` over `collect()`; `headers` are the hot families' HELP/TYPE lines in the
+        encoder's format, `cache` maps a vehicle to (its status, that status's lines, its distance prefix)."""
+        if not self.monitor.enabled:
+            return ""
+        now = self.fleet.clock.monotonic()
+        status_column: list[str] = []
+        distance_column: list[str] = []
+        status_line = _GeofenceLines.status.line
+        for v in self.fleet:
+            vid = v.vehicle_id
+            current = self.monitor.status(vid, now).status
+            entry = cache.get(vid)
+            if entry is None or entry[0] != current:
+                tail = _escape(vid) + '"} '
+                lines = "".join([status_line(tail, (s,), 1.0 if s == current else 0.0) for s in GEOFENCE_STATUSES])
+                entry = cache[vid] = (current, lines, _GeofenceLines.distance.head + tail)
+            status_column.append(entry[1])
+            meters = self.monitor.boundary_distance_m(vid, now)
+            if meters is not None:
+                distance_column.append(entry[2] + _number(meters) + "\n")
+        if len(cache) > 2 * len(self.fleet) + 100:  # vehicles that left the fleet
+            cache.clear()
+        sparse = _without_eof(encoder(_Registry(self.sparse())).decode())
+        return headers[0] + "".join(status_column) + headers[1] + "".join(distance_column) + sparse
+
+
 # -- the /metrics fast path ----------------------------------------------------------------------
 
 
@@ -275,6 +360,13 @@ class _LineFormat:
 
 
 _LINES = tuple(_LineFormat(f) for f in _PER_VEHICLE)
+
+
+class _GeofenceLines:
+    status = _LineFormat(_GEOFENCE_STATUS)
+    distance = _LineFormat(_GEOFENCE_DISTANCE)
+
+
 _HEADS = tuple(f.head for f in _LINES)
 
 
@@ -350,15 +442,19 @@ class Exposition:
     `render()` writes the same bytes from per-vehicle text caches.
     """
 
-    def __init__(self, fleet: FleetState) -> None:
+    def __init__(self, fleet: FleetState, geofence: GeofenceMonitor | None = None) -> None:
         self.fleet = fleet
         self.service_registry = CollectorRegistry(auto_describe=False)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(FleetCollector(fleet))
+        self.geofence = GeofenceCollector(fleet, geofence or GeofenceMonitor())
+        self.registry.register(self.geofence)
         self.registry.register(_Forward(self.service_registry))
         self._cache: dict[str, _Rendered] = {}
         self._statuses = fleet.all_statuses
         self._headers: dict[str, tuple[str, ...]] = {}
+        self._geofence_headers: dict[str, tuple[str, ...]] = {}
+        self._geofence_cache: dict[str, tuple[str, str, str]] = {}
 
     def render(self, accept: str) -> tuple[bytes, str]:
         """The /metrics body and its content type for this Accept header (one of `FORMATS`, see `negotiate`)."""
@@ -394,6 +490,11 @@ class Exposition:
             parts.append(headers[index])
             column = live.get(index)
             parts.append("".join(column if column is not None else [e.columns[index] for e in rendered]))
+        fence_headers = self._geofence_headers.get(content_type)
+        if fence_headers is None:
+            fence_headers = tuple(_without_eof(encoder(_Registry([f.empty()])).decode()) for f in _GEOFENCE_HOT)
+            self._geofence_headers[content_type] = fence_headers
+        parts.append(self.geofence.render(encoder, fence_headers, self._geofence_cache))
         parts.append(encoder(self.service_registry).decode())
         return "".join(parts).encode(), content_type
 
@@ -515,6 +616,20 @@ class ServiceMetrics:
         )
         for reason in CONNECTION_REFUSAL_REASONS:
             self.connections_refused.labels(reason)
+        self.zone_reloads = Counter(
+            "geofence_zones_reloads",
+            "Reloads of the geofence zones file, by result (a failure keeps the running zones).",
+            ["result"],
+            registry=registry,
+        )
+        for result in ("success", "failure"):
+            self.zone_reloads.labels(result)
+        self.zones_reload_healthy = Gauge(
+            "geofence_zones_last_reload_success",
+            "1 while the last reload of the zones file succeeded (or none was tried), 0 after a refused one.",
+            registry=registry,
+        )
+        self.zones_reload_healthy.set(1)
         self.build_info = Gauge(
             "telemetry_aggregator_build_info", "Version of the running aggregator.", ["version"], registry=registry
         )

@@ -25,6 +25,7 @@ import yaml
 from ..auth import TOKEN_SHA256_PATTERN
 from ..model import NAME_PATTERN, OFFLINE_STATUS, UNKNOWN_STATUS, VEHICLE_ID_PATTERN
 from .fleet import FleetSettings
+from .geofence import GeofenceSettings, Zones, ZonesError, parse_zones_text
 from .ingest import IngestLimits
 from .ratelimit import RateSettings
 
@@ -35,6 +36,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _FLEET = FleetSettings()
 _INGEST = IngestLimits()
 _RATE = RateSettings()
+_GEOFENCE = GeofenceSettings()
 """Defaults of what the config feeds: each is written once, in the component that uses it."""
 
 
@@ -245,7 +247,7 @@ class PemFile:
     doc: str = "PEM path"
 
     def read(self, value: Any, path: str, problems: list[str]) -> Any:
-        if not isinstance(value, str) or not value or "\0" in value:
+        if not _is_path(value):
             return _fail(problems, path, f"must be the path of a PEM file, got {_show(value)}")
         try:
             if not stat.S_ISREG(os.stat(value).st_mode):  # a FIFO would block the loop, a device never ends
@@ -255,6 +257,26 @@ class PemFile:
         except OSError as exc:
             return _fail(problems, path, f"cannot read {value}: {exc.strerror or exc}")
         return value
+
+
+@dataclass(frozen=True)
+class ZonesFile:
+    """A GeoJSON zones file, read and validated whenever the config is (at start and on every reload)."""
+
+    doc: str = "GeoJSON path"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if _is_path(value):
+            try:
+                return parse_zones_text(read_text(value), source=value)
+            except (ConfigError, ZonesError) as exc:
+                problems.extend(f"{path}: {value}: {problem}" for problem in exc.problems)
+                return INVALID
+        return _fail(problems, path, f"must be the path of a GeoJSON zones file, got {_show(value)}")
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and "\0" not in value
 
 
 @dataclass(frozen=True)
@@ -469,8 +491,8 @@ class ReadAuth:
     bearer_token_sha256: str | None = key(
         None,
         Sha256(),
-        "`/metrics`, the status page `/` and `/api/v1/vehicles` need `Authorization: Bearer <token>` with this "
-        "token's SHA-256",
+        "`/metrics`, the status page `/`, `/api/v1/vehicles` and `/api/v1/zones` need `Authorization: Bearer "
+        "<token>` with this token's SHA-256",
     )
     basic_username: str | None = key(
         None, Username(), "or HTTP basic auth: this user, with `basic_password_sha256` (both or neither)"
@@ -487,6 +509,35 @@ def _read_auth_rule(raw: Mapping[Any, Any], path: str) -> list[str]:
     if "bearer_token_sha256" not in raw and "basic_username" not in raw:
         problems.append(f"{path}: needs bearer_token_sha256, or basic_username with basic_password_sha256")
     return problems
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceConfig:
+    """Operating areas and keep-out zones (docs/geofences.md)."""
+
+    file: Zones = key(
+        REQUIRED,
+        ZonesFile(),
+        "GeoJSON zones file (RFC 7946 `[longitude, latitude]`), read again on every reload; a file with any "
+        "problem refuses the reload (every problem logged) and the running zones stay",
+    )
+    margin_m: float = key(
+        _GEOFENCE.margin_m,
+        Number(0),
+        "hysteresis: a violation ends only once the fix is this many meters (plus its accuracy) back across the "
+        "boundary, so GNSS jitter narrower than this cannot flap the status",
+    )
+    max_fix_age_s: float = key(
+        _GEOFENCE.max_fix_age_s,
+        Number(0.5),
+        "a fix older than this (its age on the vehicle plus the time since the push) gives `unknown`, also at "
+        "scrape time as it ages",
+    )
+    max_accuracy_m: float = key(
+        _GEOFENCE.max_accuracy_m,
+        Number(0),
+        "a fix whose reported horizontal accuracy (`position.accuracy_m`) is worse than this gives `unknown`",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,6 +614,12 @@ class AggregatorConfig:
         "[operations](operations.md#connection-limits-and-a-proxy-in-front)",
         default_doc="`[]`",
     )
+    geofences: GeofenceConfig | None = key(
+        None,
+        Section(GeofenceConfig),
+        "evaluate each vehicle's fix against operating areas and keep-out zones",
+        default_doc="off",
+    )
 
     @property
     def listen_host(self) -> str:
@@ -629,14 +686,19 @@ class _StrictLoader(yaml.SafeLoader):
 
 def load_config(path: str | Path, *, listen: str | None = None) -> AggregatorConfig:
     """Read and validate a YAML config file; `listen` (the CLI flag) beats the file's value."""
-    source = str(path)
+    return parse_yaml(read_text(path), source=str(path), listen=listen)
+
+
+def read_text(path: str | Path) -> str:
+    """A config file's text; raise ConfigError when it cannot be read or is not UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block start-up or the loop on SIGHUP
+            raise ConfigError(str(path), ["cannot read file: not a regular file"])
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(source, [f"cannot read file: {exc.strerror or exc}"]) from None
+        raise ConfigError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(source, [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
-    return parse_yaml(text, source=source, listen=listen)
+        raise ConfigError(str(path), [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None
 
 
 def parse_yaml(text: str, *, source: str = "<config>", listen: str | None = None) -> AggregatorConfig:

@@ -11,6 +11,8 @@ from typing import Any
 
 from ..model import UNKNOWN_STATUS
 from .fleet import FleetState, VehicleState
+from .geofence import IN_KEEP_OUT, Verdict
+from .geofence_monitor import GeofenceMonitor
 
 CRITICAL, WARNING, OK = 0, 1, 2
 """Attention levels, most urgent first (they sort)."""
@@ -51,6 +53,10 @@ class VehicleRow:
     level: int
     reasons: tuple[str, ...]
     """Why the row needs attention, in words, most important first."""
+    geofence: str | None = None
+    """The geofence status (geofence.GEOFENCE_STATUSES), None while geofencing is off."""
+    violation: tuple[str, str] | None = None
+    """(zone, kind) of the violation at the last known fix, however old (kept while the vehicle is silent)."""
 
     @property
     def level_name(self) -> str:
@@ -74,6 +80,12 @@ class VehicleRow:
             "errors": dict(self.errors),
             "attention": self.level_name,
             "reasons": list(self.reasons),
+            "geofence": None
+            if self.geofence is None
+            else {
+                "status": self.geofence,
+                "violation": None if self.violation is None else {"zone": self.violation[0], "kind": self.violation[1]},
+            },
         }
 
 
@@ -101,15 +113,16 @@ class FleetView:
         }
 
 
-def build_view(fleet: FleetState) -> FleetView:
+def build_view(fleet: FleetState, geofence: GeofenceMonitor | None = None) -> FleetView:
     """Every vehicle of the fleet, worst first (attention level, then battery, then id)."""
     now = fleet.clock.monotonic()
-    rows = [_row(fleet, vehicle, now) for vehicle in fleet]
+    fences = geofence if geofence is not None and geofence.enabled else None
+    rows = [_row(fleet, vehicle, now, fences) for vehicle in fleet]
     rows.sort(key=lambda r: (r.level, r.battery_pct if r.battery_pct is not None else 101.0, r.vehicle_id))
     return FleetView(generated_at=fleet.clock.time(), offline_after_s=fleet.offline_after_s, rows=tuple(rows))
 
 
-def _row(fleet: FleetState, vehicle: VehicleState, now: float) -> VehicleRow:
+def _row(fleet: FleetState, vehicle: VehicleState, now: float, fences: GeofenceMonitor | None) -> VehicleRow:
     age = vehicle.heartbeat_age(now)
     online = fleet.is_online(vehicle, now)
     status = fleet.status_of(vehicle, now)
@@ -133,6 +146,11 @@ def _row(fleet: FleetState, vehicle: VehicleState, now: float) -> VehicleRow:
         charging=battery.charging if battery else None,
         sensors=sensors,
     )
+    verdict = last = None
+    if fences is not None:
+        verdict, last = fences.status(vehicle.vehicle_id, now), fences.last_violation(vehicle.vehicle_id)
+        if last is not None:
+            level, reasons = _geofence_attention(level, reasons, online=online, live=verdict.violation, last=last)
     has_fix = position is not None and position.fix
     return VehicleRow(
         vehicle_id=vehicle.vehicle_id,
@@ -149,7 +167,18 @@ def _row(fleet: FleetState, vehicle: VehicleState, now: float) -> VehicleRow:
         errors=dict(vehicle.errors_total),
         level=level,
         reasons=tuple(reasons),
+        geofence=None if verdict is None else verdict.status,
+        violation=None if last is None or last.zone is None or last.zone_kind is None else (last.zone, last.zone_kind),
     )
+
+
+def _geofence_attention(
+    level: int, reasons: list[str], *, online: bool, live: bool, last: Verdict
+) -> tuple[int, list[str]]:
+    """A geofence violation is critical, live or at the last known fix (as the alerts page it)."""
+    where = f"in keep-out zone {last.zone}" if last.status == IN_KEEP_OUT else f"outside operating area {last.zone}"
+    reason = where if online and live else f"last seen {where}"
+    return CRITICAL, [reasons[0], reason, *reasons[1:]] if not online else [reason, *reasons]
 
 
 def _attention(

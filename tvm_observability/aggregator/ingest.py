@@ -103,6 +103,7 @@ def _position(m: Mapping[str, Any], path: str) -> Position:
         altitude=_optional_number(m.get("altitude"), f"{path}.altitude", -1e5, 1e6),
         fix=fix,
         age_s=_age(m, path),
+        accuracy_m=_optional_number(m.get("accuracy_m"), f"{path}.accuracy_m", 0.0, 1e6),
     )
 
 

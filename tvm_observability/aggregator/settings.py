@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import AggregatorConfig, ConfigError, Section, cross_key_problems, keys_of
 from .fleet import FleetSettings
+from .geofence import NO_ZONES, GeofenceSettings, Zones
 from .ingest import IngestLimits
 from .ratelimit import RateSettings
 
@@ -29,11 +30,16 @@ class Settings:
     rate: RateSettings
     token_owner: Mapping[str, str]
     """sha256 of each roster token -> its vehicle, to tell 'wrong token' (401) from 'another vehicle's' (403)."""
+    zones: Zones = NO_ZONES
+    """The geofence zones in force (none while the `geofences` section is absent)."""
+    geofence: GeofenceSettings | None = None
+    """How fixes are judged; None: geofencing is off."""
 
 
 def derive(config: AggregatorConfig) -> Settings:
     """The settings of every component, from one validated config."""
     limits = config.limits
+    fences = config.geofences
     return Settings(
         config=config,
         fleet=FleetSettings(
@@ -48,6 +54,12 @@ def derive(config: AggregatorConfig) -> Settings:
         ),
         rate=RateSettings(rate_hz=limits.rate_limit_per_vehicle_hz, burst=limits.rate_limit_burst),
         token_owner={entry.token_sha256: vid for vid, entry in config.vehicles.items() if entry.token_sha256},
+        zones=NO_ZONES if fences is None else fences.file,
+        geofence=None
+        if fences is None
+        else GeofenceSettings(
+            margin_m=fences.margin_m, max_fix_age_s=fences.max_fix_age_s, max_accuracy_m=fences.max_accuracy_m
+        ),
     )
 
 

@@ -11,6 +11,7 @@ import math
 from datetime import datetime, timezone
 from html import escape
 
+from .fleet_map import STYLE as MAP_STYLE
 from .fleet_view import FleetView, SensorView, VehicleRow
 
 REFRESH_S = 5
@@ -46,8 +47,8 @@ ul{margin:0;padding-left:16px}
 """
 
 
-def render(view: FleetView) -> str:
-    """The whole page for `view`, as a string."""
+def render(view: FleetView, fleet_map: str = "") -> str:
+    """The whole page for `view`, as a string; `fleet_map` is the map's HTML (fleet_map.py), already escaped."""
     generated = datetime.fromtimestamp(view.generated_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     rows = "\n".join(_row(r) for r in view.rows) or '<tr><td colspan="8">No vehicles configured.</td></tr>'
     summary = (
@@ -61,11 +62,12 @@ def render(view: FleetView) -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="refresh" content="{REFRESH_S}">
 <title>Fleet status ({view.online}/{len(view.rows)} online)</title>
-<style>{_STYLE}</style>
+<style>{_STYLE}{MAP_STYLE}</style>
 </head>
 <body>
 <h1>Fleet status</h1>
 <p class="summary">{escape(summary)}</p>
+{fleet_map}
 <table>
 <thead><tr><th>Vehicle</th><th>Status</th><th>Battery</th><th>Last heartbeat</th><th>Sensors</th><th>Errors</th>
 <th>Position</th><th>Attention</th></tr></thead>

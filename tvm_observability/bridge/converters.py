@@ -77,7 +77,23 @@ def position_from_msg(msg: Any, age_s: float = 0.0) -> Position:
         altitude=_finite(msg.altitude, -1e5, 1e6),
         fix=True,
         age_s=age_s,
+        accuracy_m=horizontal_accuracy(msg),
     )
+
+
+COVARIANCE_TYPE_UNKNOWN = 0
+"""NavSatFix.COVARIANCE_TYPE_UNKNOWN: position_covariance carries nothing."""
+
+
+def horizontal_accuracy(msg: Any) -> float | None:
+    """NavSatFix position_covariance (ENU, m²) -> horizontal accuracy in meters: the root of the east and north
+    variances (DRMS); None when the covariance type is unknown or the values are not finite and non-negative."""
+    if int(msg.position_covariance_type) == COVARIANCE_TYPE_UNKNOWN:
+        return None
+    east, north = _finite(msg.position_covariance[0], 0.0, 1e12), _finite(msg.position_covariance[4], 0.0, 1e12)
+    if east is None or north is None:
+        return None
+    return math.sqrt(east + north)
 
 
 def yaw_from_quaternion(x: float, y: float, z: float, w: float) -> float:

@@ -4,6 +4,8 @@ Each vehicle is a vehicle_simulator process and a vehicle_bridge process in the 
 namespace and its own ROS domain (localhost discovery only), pushing to one aggregator on
 127.0.0.1 with per-vehicle credentials generated into a private temporary directory (tokens in
 0600 files, the aggregator config holds only their hashes). One vehicle has injected faults.
+Geofences: an operating area around the fleet and a keep-out zone inside it; with three vehicles or more the
+last one drives out of the area after LEAVE_AFTER_S (VehicleOutsideOperatingArea, the status page's map).
 A compact fleet table, read from /metrics, is printed every couple of seconds.
 Ctrl-C (or --duration) stops bridges, simulators and the aggregator in that order.
 
@@ -16,6 +18,7 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -35,6 +38,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ..auth import generate_token, hash_token
+from ..sim.dynamics import local_to_geo
 from . import processes, prometheus_setup
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "vehicle_bridge.yaml"
@@ -50,6 +54,49 @@ _FAULTY: dict[str, object] = {
     "fault_error_code": "CAM_USB_RESET",
     "fault_error_period_s": 16.0,
 }
+
+LEAVE_AFTER_S = 20.0
+_LEAVES: dict[str, object] = {"fault_after_s": LEAVE_AFTER_S, "fault_leave_area_m": 250.0}
+"""The vehicle that drives east out of the demo's operating area (about 80 m to the boundary at 1.2 m/s)."""
+SITE_MARGIN_M = 120.0
+"""The operating area: every vehicle's origin plus this, so its 40 m circle stays well inside."""
+
+
+def origin(index: int) -> tuple[float, float]:
+    """(latitude, longitude) of a demo vehicle's route centre."""
+    return 52.5200 + 0.002 * index, 13.4050 + 0.003 * index
+
+
+def leaving_index(count: int) -> int | None:
+    """The vehicle that leaves its area: the last one of three or more (not the faulty one), else none."""
+    return count - 1 if count >= 3 else None
+
+
+def demo_zones(count: int) -> dict[str, Any]:
+    """The demo's zones file: an operating area around every vehicle's route, a keep-out zone ("pond") inside
+    it that no route crosses."""
+    corners = [
+        local_to_geo(*origin(i), east, north)
+        for i in range(count)
+        for east in (-SITE_MARGIN_M, SITE_MARGIN_M)
+        for north in (-SITE_MARGIN_M, SITE_MARGIN_M)
+    ]
+    site = _box(*(f(c[k] for c in corners) for f, k in ((min, 1), (min, 0), (max, 1), (max, 0))))
+    south, west = local_to_geo(*origin(0), 100.0, 100.0)
+    north, east = local_to_geo(*origin(0), 140.0, 130.0)
+    pond = _box(west, south, east, north)
+    return {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "properties": {"name": "demo-site", "kind": "operating_area"}, "geometry": site},
+            {"type": "Feature", "properties": {"name": "demo-pond", "kind": "keep_out"}, "geometry": pond},
+        ],
+    }
+
+
+def _box(west: float, south: float, east: float, north: float) -> dict[str, Any]:
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    return {"type": "Polygon", "coordinates": [ring]}
 
 
 @dataclass
@@ -116,11 +163,14 @@ def start_aggregator(demo: Demo) -> None:
     tokens = {vid: generate_token() for vid in demo.vehicles}
     for vid, token in tokens.items():
         _write_private(demo.workdir / f"{vid}.token", token + "\n")
+    zones = demo.workdir / "zones.geojson"
+    zones.write_text(json.dumps(demo_zones(len(demo.vehicles)), indent=1), encoding="utf-8")
     config = {
         "listen": "127.0.0.1:0",
         "offline_after_s": OFFLINE_AFTER_S,
         "environment": "demo",
         "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in tokens.items()},
+        "geofences": {"file": str(zones)},
     }
     config_path = demo.workdir / "aggregator.yaml"
     _write_private(config_path, yaml.safe_dump(config))
@@ -167,13 +217,16 @@ def start_vehicle(demo: Demo, index: int, vid: str) -> None:
     domain = _lock_domain(demo)
     env = {**os.environ, "ROS_DOMAIN_ID": str(domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     namespace = vid.lower()
+    lat, lon = origin(index)
     sim_params: dict[str, object] = {
         "initial_battery": round(0.95 - 0.17 * (index % 5), 2),
-        "origin_lat": 52.5200 + 0.002 * index,
-        "origin_lon": 13.4050 + 0.003 * index,
+        "origin_lat": lat,
+        "origin_lon": lon,
     }
     if index == faulty_index(len(demo.vehicles)):
         sim_params.update(_FAULTY)
+    if index == leaving_index(len(demo.vehicles)):
+        sim_params.update(_LEAVES)
     sim_args = [sys.executable, "-m", "tvm_observability.sim.simulator", "--ros-args", "-r", f"__ns:=/{namespace}"]
     for key, value in sim_params.items():
         sim_args += ["-p", f"{key}:={value}"]
@@ -274,6 +327,14 @@ def stop(demo: Demo) -> list[tuple[str, int | None]]:
     return codes
 
 
+def _leaving_note(demo: Demo) -> str:
+    leaving = leaving_index(len(demo.vehicles))
+    note = f"geofences: {demo.workdir / 'zones.geojson'} (map on the status page)"
+    if leaving is not None:
+        note += f"; {demo.vehicles[leaving]} drives out of its operating area after {LEAVE_AFTER_S:g} s"
+    return note + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tvm_observability.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--vehicles", type=int, default=int(os.environ.get("VEHICLES") or 3))
@@ -297,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             f"aggregator: {demo.url}/metrics  (also /healthz, /readyz; fleet status page: {demo.url}/)\n"
             f"{len(demo.vehicles)} vehicles, each a vehicle_simulator + vehicle_bridge in its own ROS domain; "
             f"{demo.vehicles[faulty_index(len(demo.vehicles))]} has injected faults "
-            f"(lidar stops, camera errors {_FAULTY['fault_error_code']}). Logs: {workdir}\n",
+            f"(lidar stops, camera errors {_FAULTY['fault_error_code']}). Logs: {workdir}\n" + _leaving_note(demo),
             flush=True,
         )
         print(

@@ -27,6 +27,12 @@ def circle_pose(distance_m: float, radius_m: float) -> tuple[float, float, float
     return x, y, yaw
 
 
+def drift_m(elapsed_s: float, speed_m_s: float, limit_m: float) -> float:
+    """How far a vehicle that leaves its route has driven away from it: at `speed_m_s` from elapsed 0, at most
+    `limit_m` (the leave-the-area fault)."""
+    return min(limit_m, max(0.0, elapsed_s * speed_m_s))
+
+
 def yaw_quaternion(yaw: float) -> tuple[float, float, float, float]:
     """(x, y, z, w) of a rotation by yaw about z."""
     return 0.0, 0.0, math.sin(yaw / 2.0), math.cos(yaw / 2.0)

@@ -38,6 +38,7 @@ _PARAMETERS: dict[str, Any] = {
     "fault_error_period_s": 0.0,
     "fault_low_battery": 0.0,
     "fault_frozen_gps": False,
+    "fault_leave_area_m": 0.0,
 }
 _RATES_HZ = {"odom": 20.0, "scan": 10.0, "image": 15.0, "fix": 5.0, "slow": 1.0}
 _IMAGE_W, _IMAGE_H = 64, 48
@@ -121,6 +122,9 @@ class VehicleSimulator(Node):
             self.pub_fix.publish(self.frozen_fix)  # a hung driver repeating its last message, old stamp and all
             return
         x, y, _ = dynamics.circle_pose(self.state.distance_m, self.settings.radius_m)
+        if float(self.p["fault_leave_area_m"]) > 0:  # drives east, away from its route, once the fault starts
+            elapsed = time.monotonic() - self.started - float(self.p["fault_after_s"])
+            x += dynamics.drift_m(elapsed, self.settings.speed_m_s, float(self.p["fault_leave_area_m"]))
         lat, lon = dynamics.local_to_geo(float(self.p["origin_lat"]), float(self.p["origin_lon"]), x, y)
         msg = NavSatFix()
         self._stamp(msg.header, "gps")
