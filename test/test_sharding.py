@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import signal
 import socket
@@ -240,6 +241,8 @@ def test_kill_one_aggregator_of_two_shards_under_load(tmp_path: Path) -> None:
                     if k[0] == "vehicle_up"
                 }
                 assert {dict(labels)["vehicle_id"] for _, labels in up} == shard_map.owned_by(name[:-1])
+                ready = request(aggregators[name].url + "/readyz?for=balancer")
+                assert ready.status == 200 and json.loads(ready.body)["shard"] == name[:-1]
             assert fleet.failures == {"fleet_a": [], "fleet_b": []}
 
             killed = "s1a"

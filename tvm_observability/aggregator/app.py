@@ -350,6 +350,7 @@ async def handle_readyz(request: web.Request) -> web.Response:
         "state_restored": rt.ready,
         "persistence": "off" if rt.state_file is None else ("failing: " + rt.state_error if rt.state_error else "ok"),
         "vehicles": len(rt.fleet),
+        "shard": rt.config.shard.name if rt.config.shard is not None else None,
     }
     return web.json_response(body, status=200 if ready else 503)
 
