@@ -36,13 +36,12 @@ ALERTS = [
     _alert("FleetDegraded", "critical", "site-c"),
     _alert("VehicleHeartbeatLost", "critical", "site-c", "C1"),
     _alert("VehicleOffline", "warning", "site-c", "C2"),
-    # Site D, sharded (docs/scaling.md): one replica of s1 down hides nothing; all of s2 down hides s2's vehicle
-    # alerts and its replicas' TelemetryAggregatorDown, not s1's.
+    # Site D, sharded (docs/scaling.md): one replica of s1 down hides no vehicle alert; all of s2 down pages once
+    # for the shard, its replica's TelemetryAggregatorDown is inhibited.
     _alert("TelemetryAggregatorDown", "critical", "site-d", shard="s1", instance="a1:9101"),
-    _alert("VehicleHeartbeatLost", "critical", "site-d", "D1", shard="s1"),
+    _alert("VehicleHeartbeatLost", "critical", "site-d", "D1"),
     _alert("TelemetryShardDown", "critical", "site-d", shard="s2"),
     _alert("TelemetryAggregatorDown", "critical", "site-d", shard="s2", instance="a2:9102"),
-    _alert("VehicleHeartbeatLost", "critical", "site-d", "D2", shard="s2"),
     # Info goes nowhere.
     _alert("SomethingToKnow", "info", "site-c"),
 ]
@@ -55,7 +54,6 @@ INHIBITED = {
     ("VehicleHeartbeatLost", "C1"),
     ("VehicleOffline", "C2"),
     ("TelemetryAggregatorDown", "a2:9102"),
-    ("VehicleHeartbeatLost", "D2"),
 }
 
 

@@ -17,7 +17,6 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,21 +148,6 @@ def _haproxy_config(workdir: Path, ports: dict[str, int], pem: Path, map_file: P
     return path
 
 
-@contextlib.contextmanager
-def _haproxy(binary: str, config: Path, ports: list[int]) -> Iterator[subprocess.Popen[str]]:
-    check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, check=False)
-    assert check.returncode == 0, check.stdout + check.stderr
-    proc = subprocess.Popen(
-        [binary, "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        for port in ports:
-            wait_for(lambda port=port: _accepts(port), 30, what=f"haproxy on {port}")
-        yield proc
-    finally:
-        stop_gracefully(proc, signal.SIGTERM)
-
-
 def _accepts(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         return True
@@ -199,92 +183,211 @@ def _value(prometheus: PrometheusProcess, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def test_kill_one_aggregator_of_two_shards_under_load(tmp_path: Path) -> None:
-    haproxy_binary = require_binary("haproxy")
-    prometheus_binary = require_binary("prometheus")
-    shard_map = shards.assign(VEHICLES, SHARDS)
-    map_file = tmp_path / "vehicle-shards.map"
-    map_file.write_text(shards.render(shard_map), encoding="utf-8")
-    ports = {name: free_port() for name in SHIPPED_PORTS}
-    ca = trustme.CA()
-    pem = tmp_path / "fleet.pem"
-    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(pem)
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    names = [f"{shard}{replica}" for shard in SHARDS for replica in REPLICAS]
-    configs = {n: _aggregator_config(tmp_path, n, n[:-1], ports[n], map_file) for n in names}
+class Deployment:
+    """Everything of a sharded deployment on loopback: the map, one aggregator per shard replica, HAProxy with the
+    shipped config (master-worker, so a reload re-reads config and map), Prometheus with the shipped rules."""
 
-    prometheus = PrometheusProcess(
-        prometheus_binary, tmp_path / "prometheus", target="x", scrape_interval="1s", evaluation_interval="1s"
-    )
-    prometheus_yml = tmp_path / "prometheus" / "config" / "prometheus.yml"
-    setup = yaml.safe_load(prometheus_yml.read_text(encoding="utf-8"))
-    setup["scrape_configs"][0]["static_configs"] = [
-        {"targets": [f"127.0.0.1:{ports[shard + r]}" for r in REPLICAS], "labels": {"shard": shard}} for shard in SHARDS
-    ]
-    prometheus_yml.write_text(yaml.safe_dump(setup), encoding="utf-8")
+    def __init__(self, workdir: Path, shard_names: tuple[str, ...]) -> None:
+        self.workdir = workdir
+        self.haproxy_binary = require_binary("haproxy")
+        self.shard_map = shards.assign(VEHICLES, shard_names)
+        self.map_file = workdir / "vehicle-shards.map"
+        self.map_file.write_text(shards.render(self.shard_map), encoding="utf-8")
+        self.ports = {name: free_port() for name in SHIPPED_PORTS}
+        ca = trustme.CA()
+        self.pem = workdir / "fleet.pem"
+        ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(self.pem)
+        self.context = ssl.create_default_context()
+        ca.configure_trust(self.context)
+        self.configs: dict[str, Path] = {}
+        self.aggregators: dict[str, AggregatorProcess] = {}
+        self.prometheus = PrometheusProcess(
+            require_binary("prometheus"),
+            workdir / "prometheus",
+            target="x",
+            scrape_interval="1s",
+            evaluation_interval="1s",
+        )
+        self.haproxy_config = _haproxy_config(workdir, self.ports, self.pem, self.map_file)
+        self.haproxy: subprocess.Popen[str] | None = None
+        for shard in shard_names:
+            self._start_shard(shard)
 
-    aggregators = {n: AggregatorProcess(configs[n], listen=f"127.0.0.1:{ports[n]}").start() for n in names}
-    try:
-        haproxy_config = _haproxy_config(tmp_path, ports, pem, map_file)
-        with (
-            _haproxy(haproxy_binary, haproxy_config, [ports["fleet_a"], ports["fleet_b"]]),
-            prometheus,
-            Fleet({p: f"https://127.0.0.1:{ports[p]}" for p in ("fleet_a", "fleet_b")}, context) as fleet,
-        ):
-            total = len(VEHICLES)
-            wait_for(lambda: _value(prometheus, "fleet:vehicles_online:count") == total, 60, what="fleet online")
-            for name in names:  # each aggregator exports exactly the vehicles its shard owns
-                up = {
-                    k
-                    for k in parse_metrics(request(aggregators[name].url + "/metrics").body.decode())
-                    if k[0] == "vehicle_up"
-                }
-                assert {dict(labels)["vehicle_id"] for _, labels in up} == shard_map.owned_by(name[:-1])
-                ready = request(aggregators[name].url + "/readyz?for=balancer")
-                assert ready.status == 200 and json.loads(ready.body)["shard"] == name[:-1]
-            assert fleet.failures == {"fleet_a": [], "fleet_b": []}
+    def names(self, shard: str) -> list[str]:
+        return [f"{shard}{replica}" for replica in REPLICAS]
 
-            killed = "s1a"
-            accepted_b = fleet.accepted["fleet_b"]
-            aggregators[killed].kill()
-            online, errors, lost = [], [], []
-            until = time.monotonic() + 3 * OFFLINE_AFTER_S + 5  # past offline_after_s, scrape and evaluation
-            while time.monotonic() < until:
-                online.append(_value(prometheus, "fleet:vehicles_online:count"))
-                errors.append(_value(prometheus, "sum(max by (vehicle_id, error_code) (vehicle_errors_total))"))
-                lost += prometheus.query('ALERTS{alertname=~"VehicleHeartbeatLost|VehicleOffline"}')
-                time.sleep(0.5)
-            assert set(online) == {total}, online
-            # Never reset: the replica left has every push but those in flight when the other died, so the total
-            # may dip by about a second's events (below 5 % here) and then goes on from there.
-            assert all(later >= 0.95 * max(errors[: i + 1]) for i, later in enumerate(errors)), errors
-            assert errors[-1] > errors[0]
-            assert lost == []
-            assert fleet.failures["fleet_b"] == []  # the other replica's path never failed
-            assert fleet.accepted["fleet_b"] >= accepted_b + 2 * total
-            assert set(fleet.failures["fleet_a"]) <= shard_map.owned_by("s1")  # only the dead replica's vehicles
-            assert fleet.failures["fleet_a"], "the killed replica's path saw no failure"
+    def _start_shard(self, shard: str) -> None:
+        for name in self.names(shard):
+            self.ports.setdefault(name, free_port())
+            self.configs[name] = _aggregator_config(self.workdir, name, shard, self.ports[name], self.map_file)
+            self.aggregators[name] = AggregatorProcess(self.configs[name], listen=f"127.0.0.1:{self.ports[name]}")
+            self.aggregators[name].start()
+        self._write_prometheus_targets()
 
-            aggregators[killed] = AggregatorProcess(configs[killed], listen=f"127.0.0.1:{ports[killed]}").start()
-            fleet.raising = False
-            wait_for(fleet.all_acknowledged, 60, what="both paths acknowledge every vehicle's latest snapshot")
-            truth = {vid: dict(counts) for vid, counts in fleet.truth.items()}
-            restarted = parse_metrics(request(aggregators[killed].url + "/metrics").body.decode())
-            for vid in shard_map.owned_by("s1"):
-                assert restarted[("vehicle_up", frozenset({("vehicle_id", vid)}))] == 1
-                for code in CODES:
-                    key = ("vehicle_errors_total", frozenset({("vehicle_id", vid), ("error_code", code)}))
-                    assert restarted.get(key, 0) == truth[vid].get(code, 0), (vid, code)
-            wait_for(lambda: _errors_by_vehicle(prometheus) == truth, 30, what="exact totals in Prometheus")
-            assert _value(prometheus, "fleet:vehicles_online:count") == total
-            assert prometheus.query('ALERTS{alertname=~"VehicleHeartbeatLost|VehicleOffline"}') == []
-            print(
-                f"\nsharded: {total} vehicles, path a accepted {fleet.accepted['fleet_a']} / failed (retried) "
-                f"{len(fleet.failures['fleet_a'])}, path b accepted {fleet.accepted['fleet_b']} / failed 0; "
-                f"{sum(map(sum, (c.values() for c in truth.values())))} error events exact"
+    def _write_prometheus_targets(self) -> None:
+        path = self.workdir / "prometheus" / "config" / "prometheus.yml"
+        setup = yaml.safe_load(path.read_text(encoding="utf-8"))
+        setup["scrape_configs"][0]["static_configs"] = [
+            {"targets": [f"127.0.0.1:{self.ports[n]}" for n in self.names(shard)], "labels": {"shard": shard}}
+            for shard in self.shard_map.shards
+        ]
+        path.write_text(yaml.safe_dump(setup), encoding="utf-8")
+
+    def restart(self, name: str) -> None:
+        self.aggregators[name] = AggregatorProcess(self.configs[name], listen=f"127.0.0.1:{self.ports[name]}").start()
+
+    def add_shard(self, shard: str) -> list[str]:
+        """The documented steps: a new map, the new shard's aggregators, HAProxy reloaded, the others reloaded
+        (SIGHUP); Prometheus gets the new targets. Returns the vehicles that moved."""
+        before = self.shard_map
+        self.shard_map = shards.assign(VEHICLES, (*before.shards, shard))
+        self.map_file.write_text(shards.render(self.shard_map), encoding="utf-8")
+        self._start_shard(shard)
+        text = self.haproxy_config.read_text(encoding="utf-8")
+        for replica in REPLICAS:
+            port = self.ports[f"{shard}{replica}"]
+            backend = f"{shard}_{replica}"
+            text += (
+                f"\nbackend {backend}\n    option httpchk GET /readyz?for=balancer\n    http-check expect status 200\n"
+                f"    server {shard}{replica} 127.0.0.1:{port} check\n"
             )
-    finally:
-        for aggregator in aggregators.values():
+        self.haproxy_config.write_text(text, encoding="utf-8")
+        self._check_haproxy()
+        assert self.haproxy is not None
+        self.haproxy.send_signal(signal.SIGUSR2)  # master-worker reload: new config and map, listeners kept
+        for name, aggregator in self.aggregators.items():
+            if not name.startswith(shard):
+                assert aggregator.proc is not None
+                aggregator.proc.send_signal(signal.SIGHUP)
+        assert self.prometheus.proc is not None
+        self.prometheus.proc.send_signal(signal.SIGHUP)
+        return shards.moved(before, self.shard_map)
+
+    def _check_haproxy(self) -> None:
+        check = subprocess.run(
+            [self.haproxy_binary, "-c", "-f", str(self.haproxy_config)], capture_output=True, text=True, check=False
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+    def __enter__(self) -> Deployment:
+        self._check_haproxy()
+        self.haproxy = subprocess.Popen(
+            [self.haproxy_binary, "-W", "-db", "-f", str(self.haproxy_config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in (self.ports["fleet_a"], self.ports["fleet_b"]):
+            wait_for(lambda port=port: _accepts(port), 30, what=f"haproxy on {port}")
+        self.prometheus.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.prometheus.__exit__()
+        if self.haproxy is not None:
+            stop_gracefully(self.haproxy, signal.SIGTERM)
+        for aggregator in self.aggregators.values():
             with contextlib.suppress(Exception):
                 aggregator.stop()
+
+    def fleet(self) -> Fleet:
+        return Fleet({p: f"https://127.0.0.1:{self.ports[p]}" for p in ("fleet_a", "fleet_b")}, self.context)
+
+    def exported(self, name: str) -> set[str]:
+        samples = parse_metrics(request(self.aggregators[name].url + "/metrics").body.decode())
+        return {dict(labels)["vehicle_id"] for metric, labels in samples if metric == "vehicle_up"}
+
+    def watch(self, seconds: float) -> tuple[list[float | None], list[float | None], list[Any]]:
+        """Poll Prometheus for `seconds`: the fleet's online count, its error total, any loss alert."""
+        online, errors, lost = [], [], []
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            online.append(_value(self.prometheus, "fleet:vehicles_online:count"))
+            errors.append(_value(self.prometheus, "sum(max by (vehicle_id, error_code) (vehicle_errors_total))"))
+            lost += self.prometheus.query('ALERTS{alertname=~"VehicleHeartbeatLost|VehicleOffline"}')
+            time.sleep(0.5)
+        return online, errors, lost
+
+
+def _never_reset(errors: list[float | None]) -> bool:
+    """The replica left has every push but those in flight when the other died, so the total may dip by about a
+    second's events (below 5 % here) and then goes on from there: never a reset."""
+    values = [e or 0.0 for e in errors]
+    return all(later >= 0.95 * max(values[: i + 1]) for i, later in enumerate(values)) and values[-1] > values[0]
+
+
+def test_kill_one_aggregator_of_two_shards_under_load(tmp_path: Path) -> None:
+    total = len(VEHICLES)
+    with Deployment(tmp_path, SHARDS) as deployment, deployment.fleet() as fleet:
+        prometheus = deployment.prometheus
+        wait_for(lambda: _value(prometheus, "fleet:vehicles_online:count") == total, 60, what="fleet online")
+        for name in deployment.aggregators:  # each aggregator exports exactly the vehicles its shard owns
+            assert deployment.exported(name) == deployment.shard_map.owned_by(name[:-1])
+            ready = request(deployment.aggregators[name].url + "/readyz?for=balancer")
+            assert ready.status == 200 and json.loads(ready.body)["shard"] == name[:-1]
+        # From here on, failures count (the start, all TLS handshakes at once on 2 cores, may time some out).
+        before = {path: len(failures) for path, failures in fleet.failures.items()}
+        accepted_b = fleet.accepted["fleet_b"]
+        deployment.aggregators["s1a"].kill()
+        online, errors, lost = deployment.watch(3 * OFFLINE_AFTER_S + 5)  # past offline_after_s and evaluation
+        assert set(online) == {total}, online
+        assert _never_reset(errors), errors
+        assert lost == []
+        failed_a, failed_b = (
+            fleet.failures["fleet_a"][before["fleet_a"] :],
+            fleet.failures["fleet_b"][before["fleet_b"] :],
+        )
+        assert failed_b == []  # the other replica's path never failed
+        assert fleet.accepted["fleet_b"] >= accepted_b + 2 * total
+        assert set(failed_a) <= deployment.shard_map.owned_by("s1")  # only the dead replica's vehicles, retried
+        assert failed_a, "the killed replica's path saw no failure"
+
+        deployment.restart("s1a")
+        fleet.raising = False
+        wait_for(fleet.all_acknowledged, 60, what="both paths acknowledge every vehicle's latest snapshot")
+        truth = {vid: dict(counts) for vid, counts in fleet.truth.items()}
+        restarted = parse_metrics(request(deployment.aggregators["s1a"].url + "/metrics").body.decode())
+        for vid in deployment.shard_map.owned_by("s1"):
+            assert restarted[("vehicle_up", frozenset({("vehicle_id", vid)}))] == 1
+            for code in CODES:
+                key = ("vehicle_errors_total", frozenset({("vehicle_id", vid), ("error_code", code)}))
+                assert restarted.get(key, 0) == truth[vid].get(code, 0), (vid, code)
+        wait_for(lambda: _errors_by_vehicle(prometheus) == truth, 30, what="exact totals in Prometheus")
+        assert _value(prometheus, "fleet:vehicles_online:count") == total
+        assert prometheus.query('ALERTS{alertname=~"VehicleHeartbeatLost|VehicleOffline"}') == []
+        print(
+            f"\nsharded: {total} vehicles; after the kill path a failed (retried) {len(failed_a)} pushes of s1's "
+            f"vehicles, path b none; {fleet.accepted['fleet_b']} accepted on path b; "
+            f"{sum(map(sum, (c.values() for c in truth.values())))} error events exact"
+        )
+
+
+def test_adding_a_shard_moves_a_third_of_the_vehicles_under_load(tmp_path: Path) -> None:
+    """2 shards -> 3 while the fleet pushes: about 1/3 of the vehicles move, all to the new shard, with the
+    documented steps; the fleet count stays exact, no loss alert fires, and the old shards stop reporting the
+    vehicles they no longer own."""
+    total = len(VEHICLES)
+    with Deployment(tmp_path, SHARDS) as deployment, deployment.fleet() as fleet:
+        prometheus = deployment.prometheus
+        wait_for(lambda: _value(prometheus, "fleet:vehicles_online:count") == total, 60, what="fleet online")
+        moved = deployment.add_shard("s3")
+        assert set(moved) == deployment.shard_map.owned_by("s3")
+        assert total / 3 * 0.7 < len(moved) < total / 3 * 1.3
+        online, errors, lost = deployment.watch(3 * OFFLINE_AFTER_S + 5)
+        assert set(online) == {total}, online
+        assert _never_reset(errors), errors  # a moved vehicle has one boot here: its new shard has all its counts
+        assert lost == []
+        for name in deployment.aggregators:  # each exports exactly its shard's vehicles once the move settled
+            wait_for(
+                lambda name=name: deployment.exported(name) == deployment.shard_map.owned_by(name[:-1]),
+                30,
+                what=f"{name} to export only its shard",
+            )
+        fleet.raising = False
+        wait_for(fleet.all_acknowledged, 60, what="both paths acknowledge every vehicle's latest snapshot")
+        truth = {vid: dict(counts) for vid, counts in fleet.truth.items()}
+        wait_for(lambda: _errors_by_vehicle(prometheus) == truth, 30, what="exact totals in Prometheus")
+        # HAProxy's reload closes idle keep-alive connections: a push on one fails and is retried on a new one.
+        print(
+            f"\nadding a shard: {len(moved)} of {total} vehicles moved to s3; pushes retried: path a "
+            f"{len(fleet.failures['fleet_a'])}, path b {len(fleet.failures['fleet_b'])}"
+        )
