@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 import trustme
 import yaml
-from bridge_support import free_port
+from bridge_support import BridgeProcess, FakeVehicle, free_port, write_bridge_params
 from peers import PrometheusProcess, require_binary, stop_gracefully
 from support import REPO, AggregatorProcess, parse_metrics, request, wait_for, wire_snapshot
 
@@ -197,6 +197,8 @@ class Deployment:
         ca = trustme.CA()
         self.pem = workdir / "fleet.pem"
         ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(self.pem)
+        self.ca_file = workdir / "ca.pem"
+        ca.cert_pem.write_to_path(self.ca_file)
         self.context = ssl.create_default_context()
         ca.configure_trust(self.context)
         self.configs: dict[str, Path] = {}
@@ -391,3 +393,71 @@ def test_adding_a_shard_moves_a_third_of_the_vehicles_under_load(tmp_path: Path)
             f"\nadding a shard: {len(moved)} of {total} vehicles moved to s3; pushes retried: path a "
             f"{len(fleet.failures['fleet_a'])}, path b {len(fleet.failures['fleet_b'])}"
         )
+
+
+@pytest.mark.ros
+def test_real_bridges_through_haproxy_survive_a_killed_replica(ros_env, tmp_path: Path) -> None:
+    """Two real vehicle_bridge nodes, one per shard, each pushing over TLS through both HAProxy paths
+    (`aggregator_url`, `second_aggregator_url`, `ca_file`): `kill -9` of one replica of the first's shard, two
+    error events meanwhile: both vehicles stay online, their counts are exact, and the restarted replica has them."""
+    vehicle = FakeVehicle()
+    vehicle.bridges = 2
+    try:
+        with Deployment(tmp_path, SHARDS) as deployment:
+            prometheus = deployment.prometheus
+            ours = [min(deployment.shard_map.owned_by(shard)) for shard in SHARDS]
+            bridges = []
+            for vid in ours:
+                params = write_bridge_params(
+                    tmp_path / f"{vid}.yaml",
+                    vehicle_id=vid,
+                    aggregator_url=f"https://127.0.0.1:{deployment.ports['fleet_a']}",
+                    second_aggregator_url=f"https://127.0.0.1:{deployment.ports['fleet_b']}",
+                    ca_file=str(deployment.ca_file),
+                )
+                bridges.append(BridgeProcess(ros_env, params, f"__ns:=/{vid.replace('-', '_')}").start())
+            try:
+                ids = "|".join(ours)
+                online = f'sum(max by (vehicle_id) (vehicle_up{{vehicle_id=~"{ids}"}}))'
+                wait_for(lambda: _value(prometheus, online) == 2, 60, what="both bridges online in Prometheus")
+                deployment.aggregators["s1a"].kill()
+                for _ in range(2):
+                    vehicle.error_event("camera: driver", "CAM_USB")
+                # The other 198 roster vehicles never pushed: pending VehicleOffline is right for them, not for ours.
+                alerts = f'ALERTS{{alertname=~"VehicleHeartbeatLost|VehicleOffline", vehicle_id=~"{ids}"}}'
+                seen, lost = [], []
+                until = time.monotonic() + 3 * OFFLINE_AFTER_S + 5
+                while time.monotonic() < until:
+                    seen.append(_value(prometheus, online))
+                    lost += prometheus.query(alerts)
+                    time.sleep(0.5)
+                assert set(seen) == {2}, seen
+                assert lost == []
+                errors = 'max by (vehicle_id) (vehicle_errors_total{error_code="CAM_USB"})'
+                wait_for(
+                    lambda: (
+                        {i["metric"]["vehicle_id"]: float(i["value"][1]) for i in prometheus.query(errors)}
+                        == dict.fromkeys(ours, 2.0)
+                    ),
+                    30,
+                    what="two events per vehicle in Prometheus",
+                )
+                assert prometheus.query(alerts) == []
+                deployment.restart("s1a")
+                key = ("vehicle_errors_total", frozenset({("vehicle_id", ours[0]), ("error_code", "CAM_USB")}))
+                wait_for(
+                    lambda: (
+                        parse_metrics(request(deployment.aggregators["s1a"].url + "/metrics").body.decode()).get(key)
+                        == 2
+                    ),
+                    60,
+                    what="the restarted replica to have the exact count",
+                )
+                for bridge in bridges:
+                    assert bridge.stop() == 0, bridge.output[-3000:]
+            finally:
+                for bridge in bridges:
+                    with contextlib.suppress(Exception):
+                        bridge.stop()
+    finally:
+        vehicle.close()
