@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tvm_observability import codec
-from tvm_observability.model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, UNKNOWN_STATUS
+from tvm_observability.model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, ROUTING_HEADER, UNKNOWN_STATUS
 
 MAX_VEHICLES = 20_000
 MAX_DURATION_S = 900.0
@@ -167,7 +167,7 @@ class Target:
         auth = f"Authorization: Bearer {self.tokens[vehicle.id]}\r\n" if self.tokens else ""
         head = (
             f"POST /api/v1/telemetry HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/msgpack\r\n"
-            f"{auth}Content-Length: {len(body)}\r\n\r\n"
+            f"{ROUTING_HEADER}: {vehicle.id}\r\n{auth}Content-Length: {len(body)}\r\n\r\n"
         )
         return head.encode() + body
 

@@ -33,6 +33,7 @@ PACKAGES = {
     "prometheus-alertmanager": "prometheus-alertmanager",
     "chromium": "chromium",
     "systemd-analyze": "systemd",
+    "haproxy": "haproxy",
 }
 """The Debian package that provides each peer binary the tests drive (.ci/run installs these packages)."""
 

@@ -41,6 +41,12 @@ ALERTS = [
     _alert("FleetDegraded", "critical", "site-c"),
     _alert("VehicleHeartbeatLost", "critical", "site-c", "C1"),
     _alert("VehicleOffline", "warning", "site-c", "C2"),
+    # Site D, sharded (docs/scaling.md): one replica of s1 down hides no vehicle alert; all of s2 down pages once
+    # for the shard, its replica's TelemetryAggregatorDown is inhibited.
+    _alert("TelemetryAggregatorDown", "critical", "site-d", shard="s1", instance="a1:9101"),
+    _alert("VehicleHeartbeatLost", "critical", "site-d", "D1"),
+    _alert("TelemetryShardDown", "critical", "site-d", shard="s2"),
+    _alert("TelemetryAggregatorDown", "critical", "site-d", shard="s2", instance="a2:9102"),
     # Info goes nowhere.
     _alert("SomethingToKnow", "info", "site-c"),
 ]
@@ -54,6 +60,7 @@ INHIBITED = {
     ("VehicleInKeepOutZone", "B9"),
     ("VehicleHeartbeatLost", "C1"),
     ("VehicleOffline", "C2"),
+    ("TelemetryAggregatorDown", "a2:9102"),
 }
 
 
@@ -70,6 +77,7 @@ def test_routing_grouping_and_inhibition(tmp_path):
         assert len(_states(am)) == len(ALERTS)
 
         pager = {("TelemetryAggregatorDown", ""), ("FleetDegraded", ""), ("VehicleBatteryCritical", "B4")}
+        pager |= {("TelemetryShardDown", ""), ("VehicleHeartbeatLost", "D1")}
         pager |= {("VehicleHeartbeatLost", vid) for vid in ("B1", "B2", "B3")}
         pager |= {("VehicleSilentInGeofenceViolation", "B9"), ("VehicleOutsideOperatingArea", "B6")}
         chat = {("VehicleOffline", "B9"), ("VehicleLowBattery", "B5")}
@@ -83,14 +91,16 @@ def test_routing_grouping_and_inhibition(tmp_path):
         assert hooks.firing("/pager") == pager
         assert hooks.firing("/chat") == chat
         assert set(hooks.received) == {"/pager", "/chat"}  # info reached no receiver
-        # Grouped by alert name: the three lost vehicles of site B came in one notification.
+        # Grouped by alert name: the three lost vehicles of site B (and D1 of site D) came in one notification.
         lost = [n for n in hooks.received["/pager"] if n["groupLabels"] == {"alertname": "VehicleHeartbeatLost"}]
-        assert len(lost) == 1 and len(lost[0]["alerts"]) == 3
+        assert len(lost) == 1 and len(lost[0]["alerts"]) == 4
 
 
 def _states(am: AlertmanagerProcess) -> dict[tuple[str, str], list[str]]:
     return {
-        (a["labels"]["alertname"], a["labels"].get("vehicle_id", "")): a["status"]["inhibitedBy"]
+        (a["labels"]["alertname"], a["labels"].get("vehicle_id") or a["labels"].get("instance", "")): a["status"][
+            "inhibitedBy"
+        ]
         for a in am.get_json("/api/v2/alerts")
     }
 

@@ -266,6 +266,7 @@ async def test_health_endpoints(client: Client) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 200
     assert (await ready.json())["persistence"] == "off"
+    assert (await ready.json())["shard"] is None  # not sharded
 
 
 @pytest.mark.peer

@@ -166,3 +166,19 @@ def test_the_bridge_doc_lists_exactly_the_runtime_parameters():
     text = (REPO / "docs" / "vehicle-bridge.md").read_text(encoding="utf-8")
     block = text.split("<!-- runtime parameters: begin -->")[1].split("<!-- runtime parameters: end -->")[0]
     assert re.findall(r"`([a-z_]+)`", block) == [spec.name for spec in PARAMETERS if spec.runtime]
+
+
+def test_a_second_aggregator_is_optional_and_checked_like_the_first():
+    assert parse_params(values()).telemetry_urls == ("http://127.0.0.1:9100/api/v1/telemetry",)
+    both = parse_params(values(second_aggregator_url="http://127.0.0.1:9101/"))
+    assert both.telemetry_urls == (
+        "http://127.0.0.1:9100/api/v1/telemetry",
+        "http://127.0.0.1:9101/api/v1/telemetry",
+    )
+    with pytest.raises(ParamError) as info:
+        parse_params(values(second_aggregator_url="ftp://x"))
+    assert "second_aggregator_url: must be an http:// or https:// URL" in str(info.value)
+    with pytest.raises(ParamError, match="second_aggregator_url: the same as aggregator_url"):
+        parse_params(values(second_aggregator_url="http://127.0.0.1:9100"))
+    with pytest.raises(ParamError, match="second_aggregator_url: must not carry credentials"):
+        parse_params(values(second_aggregator_url="http://user:pw@127.0.0.1:9101"))

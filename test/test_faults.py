@@ -254,6 +254,8 @@ def test_state_disk_failure_keeps_serving_reports_and_recovers(tmp_path, write_c
         assert errors_of(samples, "V1") == vehicle.truth
         readyz = request(agg.url + "/readyz").json()
         assert readyz["persistence"].startswith("failing: ")
+        # The balancer's check leaves the state file out: a shard that still serves pushes is not ejected.
+        assert request(agg.url + "/readyz?for=balancer").status == 200
         failures = "telemetry_state_save_failures_total"
         wait_for(lambda: sample(scrape(agg.url), failures) >= 3, 10, what="three failed flushes")  # retried
 

@@ -111,8 +111,13 @@ def test_alertmanager_inhibits_vehicle_alerts_while_the_aggregator_is_down():
     config = yaml.safe_load(ALERTMANAGER.read_text(encoding="utf-8"))
     assert config["route"]["group_by"] == ["alertname"]
     inhibit = {tuple(rule["source_matchers"]): rule for rule in config["inhibit_rules"]}
-    down = inhibit[('alertname="TelemetryAggregatorDown"',)]
+    down = inhibit[('alertname="TelemetryAggregatorDown"', 'shard=""')]  # unsharded: the one aggregator
     assert down["target_matchers"] == ['scope="vehicle"']
+    # Sharded: a whole shard down pages once, for the shard; nothing sharded silences vehicle alerts.
+    shard_down = inhibit[('alertname="TelemetryShardDown"',)]
+    assert shard_down["target_matchers"] == ['alertname="TelemetryAggregatorDown"']
+    assert shard_down["equal"] == ["job", "shard"]
+    assert [rule for rule in config["inhibit_rules"] if rule["target_matchers"] == ['scope="vehicle"']] == [down]
     vehicle_alerts = {rule["alert"] for rule in _alert_rules() if rule["labels"].get("scope") == "vehicle"}
     assert {a for a in vehicle_alerts if a.startswith("Vehicle")} == vehicle_alerts
 

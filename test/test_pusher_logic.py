@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tvm_observability.bridge.pusher import Backoff, PushStatus, link_level
+from tvm_observability.bridge.pusher import Backoff, PushStatus, link_level, links_level
 
 
 def test_backoff_doubles_caps_and_jitters():
@@ -31,3 +31,16 @@ def test_link_levels():
     assert link_level(failing, now=16.0, started=0.0, error_after_s=10)[0] == "ERROR"
     rejected = PushStatus(consecutive_failures=1, rejected=True, last_error="HTTP 401 unauthorized")
     assert link_level(rejected, now=1.0, started=0.0, error_after_s=10)[0] == "ERROR"
+
+
+def test_links_to_two_replicas_count_the_best_and_warn_while_one_fails():
+    ok, warn, error = ("OK", "pushing"), ("WARN", "retrying: refused"), ("ERROR", "no accepted push for 12 s")
+    assert links_level([ok]) == ok
+    assert links_level([ok, ok])[0] == "OK"
+    assert links_level([ok, error]) == (
+        "WARN",
+        "aggregator 1 OK: pushing; aggregator 2 ERROR: no accepted push for 12 s",
+    )
+    assert links_level([error, ok])[0] == "WARN"
+    assert links_level([warn, error])[0] == "WARN"
+    assert links_level([error, error])[0] == "ERROR"

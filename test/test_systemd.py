@@ -1,4 +1,5 @@
-"""The systemd unit passes `systemd-analyze verify` and keeps a low `systemd-analyze security` exposure."""
+"""The systemd units (the single aggregator's and the sharded template's) pass `systemd-analyze verify` and keep a
+low `systemd-analyze security` exposure; the template differs from the single unit only where an instance must."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from peers import require_binary
 from support import REPO
 
 UNIT = REPO / "config" / "systemd" / "telemetry-aggregator.service"
+TEMPLATE = REPO / "config" / "systemd" / "telemetry-aggregator@.service"
+INSTANCE = "telemetry-aggregator@s1a.service"
+"""The template is verified as this instance."""
 EXPOSURE_THRESHOLD = 2.0
 """systemd's scale: 0 (locked down) to 10 (unsafe); below 2 it calls the unit OK. docs/reliability.md has ours."""
 
@@ -23,14 +27,15 @@ def systemd_analyze() -> str:
     return require_binary("systemd-analyze")
 
 
-@pytest.fixture
-def unit_copy(tmp_path: Path) -> Path:
+@pytest.fixture(params=[UNIT, TEMPLATE], ids=["single", "template"])
+def unit_copy(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's console script (verify checks that it exists)."""
     script = Path(sys.executable).with_name("telemetry_aggregator")
     if not script.exists():
         pytest.skip(f"{script} is not installed (pip install -e .)")
-    text = UNIT.read_text(encoding="utf-8").replace("/usr/local/bin/telemetry_aggregator", str(script))
-    copy = tmp_path / UNIT.name
+    unit: Path = request.param
+    text = unit.read_text(encoding="utf-8").replace("/usr/local/bin/telemetry_aggregator", str(script))
+    copy = tmp_path / (INSTANCE if unit == TEMPLATE else unit.name)
     copy.write_text(text, encoding="utf-8")
     return copy
 
@@ -57,3 +62,16 @@ def test_unit_exposure_is_low(systemd_analyze: str, unit_copy: Path) -> None:
     print(f"\nsystemd-analyze security exposure: {match.group(1)}")
     assert float(match.group(1)) < EXPOSURE_THRESHOLD, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_template_is_the_single_unit_but_for_the_instance() -> None:
+    """One hardening, one restart policy: a template line differs only by naming its instance (%i)."""
+
+    def settings(path: Path) -> list[str]:
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+
+    single, template = settings(UNIT), settings(TEMPLATE)
+    assert len(single) == len(template)
+    differing = [(a, b) for a, b in zip(single, template, strict=True) if a != b]
+    assert [b.split("=", 1)[0] for _, b in differing] == ["Description", "ExecStart", "StateDirectory"]
+    assert all("%i" in b for _, b in differing)

@@ -16,6 +16,17 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 AGG = 'job="telemetry_aggregator"'
 V = 'vehicle_id="$vehicle_id"'
 
+
+def per_vehicle(expr: str, *labels: str, op: str = "max") -> str:
+    """`expr` once per vehicle (and `labels`), across every aggregator that exports it: with K shards x 2
+    replicas (docs/scaling.md) each vehicle is on two replicas, and the panels show it once."""
+    return f"{op} by ({', '.join(('job', 'vehicle_id', *labels))}) ({expr})"
+
+
+ONLINE = "fleet:vehicles_online:count"
+TOTAL = "fleet:vehicles_total:count"
+"""The executive numbers, per vehicle across every aggregator (config/prometheus/recording.yml)."""
+
 STATUS_COLOURS = {
     "offline": "red",
     "emergency_stop": "dark-red",
@@ -190,10 +201,10 @@ def geomap(title: str, selector: str, w: int = 16, h: int = 14, *, zones: bool =
     """Vehicles at their last known position, coloured by status (offline ones stay on the map); with `zones`
     the geofence zones under them and a ring coloured by each vehicle's geofence status."""
     targets = [
-        q(f"vehicle_latitude{selector}", table=True),
-        q(f"vehicle_longitude{selector}", table=True),
-        q(f"vehicle_status{selector} == 1", table=True),
-        q(f"vehicle_battery_level{selector}", table=True),
+        q(per_vehicle(f"vehicle_latitude{selector}"), table=True),
+        q(per_vehicle(f"vehicle_longitude{selector}"), table=True),
+        q(per_vehicle(f"vehicle_status{selector}", "status") + " == 1", table=True),
+        q(per_vehicle(f"vehicle_battery_level{selector}"), table=True),
     ]
     fence_targets, fence_layers = geofence_layers(selector) if zones else ([], [])
     targets += fence_targets
@@ -283,9 +294,9 @@ EXECUTIVE = dashboard(
     "tvm-executive",
     "TVM Fleet — Executive",
     [
-        stat("Vehicles online", "sum(vehicles_online)"),
-        stat("Fleet size", "sum(vehicles_total)"),
-        stat("Online ratio", "sum(vehicles_online) / sum(vehicles_total)", unit="percentunit", steps=PCT),
+        stat("Vehicles online", f"sum({ONLINE})"),
+        stat("Fleet size", f"sum({TOTAL})"),
+        stat("Online ratio", f"sum({ONLINE}) / sum({TOTAL})", unit="percentunit", steps=PCT),
         stat(
             "Vehicle uptime, 30 days",
             "fleet:vehicle_up:ratio30d",
@@ -307,7 +318,7 @@ EXECUTIVE = dashboard(
         panel(
             "piechart",
             "Vehicles by status",
-            [q("sum by (status) (vehicle_status == 1)", "{{status}}")],
+            [q(f"count by (status) ({per_vehicle('vehicle_status', 'status')} == 1)", "{{status}}")],
             8,
             9,
             mappings=STATUS_MAPPINGS,
@@ -318,8 +329,8 @@ EXECUTIVE = dashboard(
         ),
         series(
             "Vehicles online over time",
-            q("sum(vehicles_online)", "online"),
-            q("sum(vehicles_total)", "fleet"),
+            q(f"sum({ONLINE})", "online"),
+            q(f"sum({TOTAL})", "fleet"),
             w=16,
             h=9,
         ),
@@ -347,7 +358,11 @@ EXECUTIVE = dashboard(
             steps=PCT,
             options={"reduceOptions": {"calcs": ["lastNotNull"]}, "orientation": "horizontal"},
         ),
-        series("Vehicles by status over time", q("sum by (status) (vehicle_status)", "{{status}}"), w=24),
+        series(
+            "Vehicles by status over time",
+            q(f"sum by (status) ({per_vehicle('vehicle_status', 'status')})", "{{status}}"),
+            w=24,
+        ),
     ],
 )
 
@@ -355,21 +370,26 @@ OPERATIONS = dashboard(
     "tvm-operations",
     "TVM Fleet — Operations",
     [
-        stat("Offline vehicles", "count(vehicle_up == 0) or vector(0)", steps=thresholds((None, "green"), (1, "red"))),
+        stat(
+            "Offline vehicles",
+            f"count({per_vehicle('vehicle_up')} == 0) or vector(0)",
+            steps=thresholds((None, "green"), (1, "red")),
+        ),
         stat(
             "Low battery (< 20 %)",
-            "count(vehicle_battery_level < 20 and on (job, instance, vehicle_id) vehicle_up == 1) or vector(0)",
+            f"count({per_vehicle('vehicle_battery_level < 20 and on (job, instance, vehicle_id) vehicle_up == 1')})"
+            " or vector(0)",
             steps=thresholds((None, "green"), (1, "orange")),
         ),
         stat(
             "Sensors in error or stale",
-            'count(vehicle_sensor_status{status=~"error|stale"} == 1) or vector(0)',
+            "count(" + per_vehicle('vehicle_sensor_status{status=~"error|stale"}', "sensor") + " == 1) or vector(0)",
             steps=thresholds((None, "green"), (1, "orange")),
         ),
-        stat("Vehicles online", "sum(vehicles_online)"),
+        stat("Vehicles online", f"sum({ONLINE})"),
         stat(
             "Online ratio",
-            "sum(vehicles_online) / sum(vehicles_total)",
+            f"sum({ONLINE}) / sum({TOTAL})",
             unit="percentunit",
             steps=PCT,
             w=8,
@@ -400,13 +420,15 @@ OPERATIONS = dashboard(
         merged_table(
             "Vehicles",
             {
-                "Online": "vehicle_up",
-                "Battery %": "vehicle_battery_level",
-                "Heartbeat age (s)": "vehicle_last_heartbeat_seconds_ago",
-                "Bad sensors": 'sum by (job, instance, vehicle_id) (vehicle_sensor_status{status=~"error|stale"})',
-                "Errors": "sum by (job, instance, vehicle_id) (vehicle_errors_total)",
-                "Latitude": "vehicle_latitude",
-                "Longitude": "vehicle_longitude",
+                "Online": per_vehicle("vehicle_up"),
+                "Battery %": per_vehicle("vehicle_battery_level"),
+                "Heartbeat age (s)": per_vehicle("vehicle_last_heartbeat_seconds_ago", op="min"),
+                "Bad sensors": per_vehicle(
+                    'sum by (job, instance, vehicle_id) (vehicle_sensor_status{status=~"error|stale"})'
+                ),
+                "Errors": f"sum by (job, vehicle_id) ({per_vehicle('vehicle_errors_total', 'error_code')})",
+                "Latitude": per_vehicle("vehicle_latitude"),
+                "Longitude": per_vehicle("vehicle_longitude"),
             },
             description="One row per vehicle; offline vehicles keep their last known values. Sort by a column.",
             options={"sortBy": [{"displayName": "Online", "desc": False}], "cellHeight": "sm"},
@@ -434,67 +456,87 @@ VEHICLE = dashboard(
     [
         stat(
             "Status",
-            f"vehicle_status{{{V}}} == 1",
+            per_vehicle(f"vehicle_status{{{V}}}", "status") + " == 1",
             "{{status}}",
             mappings=STATUS_MAPPINGS,
             options={"reduceOptions": {"calcs": ["lastNotNull"]}, "textMode": "name", "colorMode": "background"},
         ),
         stat(
             "Online",
-            f"vehicle_up{{{V}}}",
+            per_vehicle(f"vehicle_up{{{V}}}"),
             steps=thresholds((None, "red"), (1, "green")),
             mappings=[{"type": "value", "options": {"0": {"text": "offline"}, "1": {"text": "online"}}}],
         ),
         stat(
             "Heartbeat age",
-            f"vehicle_last_heartbeat_seconds_ago{{{V}}}",
+            per_vehicle(f"vehicle_last_heartbeat_seconds_ago{{{V}}}", op="min"),
             unit="s",
             steps=thresholds((None, "green"), (15, "orange"), (300, "red")),
         ),
         stat(
             "Battery",
-            f"vehicle_battery_level{{{V}}}",
+            per_vehicle(f"vehicle_battery_level{{{V}}}"),
             unit="percent",
             steps=thresholds((None, "red"), (10, "orange"), (20, "green")),
         ),
         stat(
             "GNSS fix",
-            f"vehicle_gps_fix{{{V}}}",
+            per_vehicle(f"vehicle_gps_fix{{{V}}}"),
             steps=thresholds((None, "orange"), (1, "green")),
             mappings=[{"type": "value", "options": {"0": {"text": "no fix"}, "1": {"text": "fix"}}}],
         ),
-        stat("Bridge restarts", f"vehicle_bridge_restarts_total{{{V}}}"),
-        series("Battery level", q(f"vehicle_battery_level{{{V}}}", "level"), unit="percent", w=8),
-        series("Battery voltage", q(f"vehicle_battery_voltage_volts{{{V}}}", "voltage"), unit="volt", w=8),
-        series("Heartbeat age", q(f"vehicle_last_heartbeat_seconds_ago{{{V}}}", "age"), unit="s", w=8),
+        stat("Bridge restarts", per_vehicle(f"vehicle_bridge_restarts_total{{{V}}}")),
+        series("Battery level", q(per_vehicle(f"vehicle_battery_level{{{V}}}"), "level"), unit="percent", w=8),
+        series("Battery voltage", q(per_vehicle(f"vehicle_battery_voltage_volts{{{V}}}"), "voltage"), unit="volt", w=8),
+        series(
+            "Heartbeat age",
+            q(per_vehicle(f"vehicle_last_heartbeat_seconds_ago{{{V}}}", op="min"), "age"),
+            unit="s",
+            w=8,
+        ),
         panel(
             "state-timeline",
             "Status over time",
-            [q(f"vehicle_status{{{V}}} == 1", "{{status}}")],
+            [q(per_vehicle(f"vehicle_status{{{V}}}", "status") + " == 1", "{{status}}")],
             12,
             6,
             mappings=STATUS_MAPPINGS,
         ),
         merged_table(
             "Sensors",
-            {"Status": f"vehicle_sensor_status{{{V}}} == 1", "Rate (Hz)": f"vehicle_sensor_rate_hertz{{{V}}}"},
+            {
+                "Status": per_vehicle(f"vehicle_sensor_status{{{V}}}", "sensor", "status") + " == 1",
+                "Rate (Hz)": per_vehicle(f"vehicle_sensor_rate_hertz{{{V}}}", "sensor"),
+            },
             w=12,
             h=6,
         ),
-        series("Sensor message rate", q(f"vehicle_sensor_rate_hertz{{{V}}}", "{{sensor}}"), unit="hertz", w=8),
         series(
-            "Errors by code (new per 5 min)", q(f"increase(vehicle_errors_total{{{V}}}[5m])", "{{error_code}}"), w=8
+            "Sensor message rate",
+            q(per_vehicle(f"vehicle_sensor_rate_hertz{{{V}}}", "sensor"), "{{sensor}}"),
+            unit="hertz",
+            w=8,
         ),
-        series("Input ages on the vehicle", q(f"vehicle_input_age_seconds{{{V}}}", "{{input}}"), unit="s", w=8),
-        series("Speed", q(f"vehicle_speed_meters_per_second{{{V}}}", "speed"), unit="velocityms", w=8),
+        series(
+            "Errors by code (new per 5 min)",
+            q(per_vehicle(f"increase(vehicle_errors_total{{{V}}}[5m])", "error_code", op="min"), "{{error_code}}"),
+            w=8,
+        ),
+        series(
+            "Input ages on the vehicle",
+            q(per_vehicle(f"vehicle_input_age_seconds{{{V}}}", "input", op="min"), "{{input}}"),
+            unit="s",
+            w=8,
+        ),
+        series("Speed", q(per_vehicle(f"vehicle_speed_meters_per_second{{{V}}}"), "speed"), unit="velocityms", w=8),
         series(
             "Odometry position",
-            q(f"vehicle_pose_x_meters{{{V}}}", "x"),
-            q(f"vehicle_pose_y_meters{{{V}}}", "y"),
+            q(per_vehicle(f"vehicle_pose_x_meters{{{V}}}"), "x"),
+            q(per_vehicle(f"vehicle_pose_y_meters{{{V}}}"), "y"),
             unit="lengthm",
             w=8,
         ),
-        series("Clock skew", q(f"vehicle_clock_skew_seconds{{{V}}}", "skew"), unit="s", w=8),
+        series("Clock skew", q(per_vehicle(f"vehicle_clock_skew_seconds{{{V}}}"), "skew"), unit="s", w=8),
         geomap("Position", f"{{{V}}}", w=24, h=10),
     ],
     [VEHICLE_VARIABLE],

@@ -380,15 +380,24 @@ async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"alive": True})
 
 
+BALANCER_QUERY = ("for", "balancer")
+"""`/readyz?for=balancer`: the check a load balancer routes by (config/haproxy/haproxy.cfg)."""
+
+
 async def handle_readyz(request: web.Request) -> web.Response:
-    """Ready once config is loaded and state restored; 503 while the state file cannot be written."""
+    """Ready once config is loaded and state restored; 503 while the state file cannot be written.
+
+    `?for=balancer` leaves the state file out: a shard whose disk fails still serves pushes from memory, and
+    ejecting it would turn its vehicles invisible (its replica alone would carry them, or nobody)."""
     rt = request.app[RUNTIME]
-    ready = rt.ready and rt.state_error is None
+    for_balancer = request.query.get(BALANCER_QUERY[0]) == BALANCER_QUERY[1]
+    ready = rt.ready and (for_balancer or rt.state_error is None)
     body = {
         "ready": ready,
         "state_restored": rt.ready,
         "persistence": "off" if rt.state_file is None else ("failing: " + rt.state_error if rt.state_error else "ok"),
         "vehicles": len(rt.fleet),
+        "shard": rt.config.shard.name if rt.config.shard is not None else None,
     }
     return web.json_response(body, status=200 if ready else 503)
 

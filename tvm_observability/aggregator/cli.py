@@ -31,6 +31,8 @@ from .connections import ConnectionGuard, ConnectionPolicy, descriptor_budget
 from .logs import LogSummary, configure_logging, redaction_filters
 from .persistence import StateFile
 from .settings import derive, plan_reload
+from .shard_map_command import shard_map_command
+from .shards import unplaced
 from .state_image import CorruptState, StateRefused
 from .tls import ServerTls, server_context
 
@@ -60,11 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         return _token_command(args[1:])
     if args[:1] == ["state"]:
         return _state_command(args[1:])
+    if args[:1] == ["shard-map"]:
+        return shard_map_command(args[1:])
     parser = argparse.ArgumentParser(
         prog="telemetry_aggregator",
         description="Receive vehicle telemetry pushes and expose the fleet to Prometheus on /metrics. "
         "Subcommands: `telemetry_aggregator token VEHICLE_ID` makes a vehicle credential; "
-        "`telemetry_aggregator state FILE` prints a state file as JSON.",
+        "`telemetry_aggregator state FILE` prints a state file as JSON; "
+        "`telemetry_aggregator shard-map` writes the ownership map of a sharded deployment.",
     )
     parser.add_argument("--config", type=Path, help="YAML config file (default: embedded loopback-only default)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on; beats the config file")
@@ -188,6 +193,7 @@ async def serve(
         )
         if not is_loopback(config.listen_host):
             _warn_exposure(config, tls is not None)
+        _warn_unplaced(config)
         await stop.wait()
         _LOGGER.info("shutting down")
     finally:
@@ -231,6 +237,13 @@ def _warn_exposure(config: AggregatorConfig, tls: bool) -> None:
 
 GEOFENCES_PREFIX = "geofences."
 """Problems of the geofences section (the zones file's included) start with it: a refused reload of the zones."""
+
+
+def _warn_unplaced(config: AggregatorConfig) -> None:
+    """Sharded: name the roster vehicles the ownership map does not place (shards.unplaced)."""
+    warning = None if config.shard is None else unplaced(config.shard.map_file, config.vehicles)
+    if warning is not None:
+        _LOGGER.warning(warning, extra={"shard": config.shard.name if config.shard else None})
 
 
 def reload_config(app: web.Application, tls: ServerTls | None, path: Path | None, listen: str | None) -> None:
@@ -282,6 +295,7 @@ def reload_config(app: web.Application, tls: ServerTls | None, path: Path | None
             "tokens_rotated": plan.rotated,
         },
     )
+    _warn_unplaced(plan.config)
 
 
 def _address(address: object) -> str:

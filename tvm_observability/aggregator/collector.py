@@ -206,11 +206,11 @@ def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
             yield _SENSOR_RATE, (name,), report.rate_hz
 
 
-def _fleet_wide(fleet: FleetState, online: int) -> list[Metric]:
-    """vehicles_online and vehicles_total, which sit between the per-vehicle families."""
+def _fleet_wide(online: int, total: int) -> list[Metric]:
+    """vehicles_online and vehicles_total (of the vehicles exported), which sit between the per-vehicle families."""
     family = _ONLINE.empty()
     family.add_metric([], float(online))
-    return [family, UnknownMetricFamily("vehicles_total", _TOTAL_DOC, value=float(len(fleet)))]
+    return [family, UnknownMetricFamily("vehicles_total", _TOTAL_DOC, value=float(total))]
 
 
 class FleetCollector(Collector):
@@ -226,14 +226,15 @@ class FleetCollector(Collector):
         fleet = self.fleet
         now = fleet.clock.monotonic()
         families = [f.empty() for f in _PER_VEHICLE]
-        online = 0
-        for v in fleet:
+        online = total = 0
+        for v in fleet.exported(now):
             online += fleet.is_online(v, now)
+            total += 1
             for samples in (_live_samples(fleet, v, now), _vehicle_samples(v)):
                 for index, labels, value in samples:
                     families[index].add_metric((v.vehicle_id, *labels), value)
         yield from families[: len(_FAMILIES)]
-        yield from _fleet_wide(fleet, online)
+        yield from _fleet_wide(online, total)
         yield from families[len(_FAMILIES) :]
 
 
@@ -471,7 +472,7 @@ class Exposition:
         age_column: list[str] = []
         rendered: list[_Rendered] = []
         online = 0
-        for v in fleet:
+        for v in fleet.exported(now):
             entry = cache.get(v.vehicle_id)
             if entry is None or entry.vehicle is not v or entry.version != v.version:
                 entry = cache[v.vehicle_id] = _Rendered(v, entry)
@@ -486,7 +487,7 @@ class Exposition:
         parts: list[str] = []
         for index in range(len(_PER_VEHICLE)):
             if index == len(_FAMILIES):
-                parts.append(_without_eof(encoder(_Registry(_fleet_wide(fleet, online))).decode()))
+                parts.append(_without_eof(encoder(_Registry(_fleet_wide(online, len(rendered)))).decode()))
             parts.append(headers[index])
             column = live.get(index)
             parts.append("".join(column if column is not None else [e.columns[index] for e in rendered]))

@@ -28,6 +28,8 @@ from .fleet import FleetSettings
 from .geofence import GeofenceSettings, Zones, ZonesError, parse_zones_text
 from .ingest import IngestLimits
 from .ratelimit import RateSettings
+from .shards import SHARD_NAME_PATTERN, ShardMap, ShardMapError, ownership_problems
+from .shards import parse as parse_shard_map
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9100
@@ -511,6 +513,50 @@ def _read_auth_rule(raw: Mapping[Any, Any], path: str) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class ShardName:
+    doc: str = "shard name"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if isinstance(value, str) and SHARD_NAME_PATTERN.fullmatch(value) is not None:
+            return value
+        return _fail(problems, path, f"must match {SHARD_NAME_PATTERN.pattern}, got {_show(value)}")
+
+
+@dataclass(frozen=True)
+class ShardMapFile:
+    """The path of an ownership map (shards.py), read and checked when the config is loaded."""
+
+    doc: str = "map path"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if not isinstance(value, str) or not value or "\0" in value:
+            return _fail(problems, path, f"must be the path of a shard map file, got {_show(value)}")
+        try:
+            return parse_shard_map(Path(value).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            return _fail(problems, path, f"cannot read {value}: {getattr(exc, 'strerror', None) or exc}")
+        except ShardMapError as exc:
+            problems.extend(f"{path}: {value}: {problem}" for problem in exc.problems)
+            return INVALID
+
+
+@dataclass(frozen=True, slots=True)
+class ShardConfig:
+    """This aggregator's shard in a sharded deployment (docs/scaling.md)."""
+
+    name: str = key(
+        REQUIRED, ShardName(), "the shard this aggregator serves (both replicas of a shard: the same)", reloads=False
+    )
+    map_file: ShardMap = key(
+        REQUIRED,
+        ShardMapFile(),
+        "the ownership map written by `telemetry_aggregator shard-map`, the one HAProxy routes by; re-read on "
+        "SIGHUP; this aggregator exports the roster vehicles the map gives its shard, and others only while "
+        "they push to it",
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class GeofenceConfig:
     """Operating areas and keep-out zones (docs/geofences.md)."""
@@ -619,6 +665,13 @@ class AggregatorConfig:
         Section(GeofenceConfig),
         "evaluate each vehicle's fix against operating areas and keep-out zones",
         default_doc="off",
+    )
+    shard: ShardConfig | None = key(
+        None,
+        Section(ShardConfig),
+        "one shard of a sharded deployment behind HAProxy (docs/scaling.md)",
+        reloads=False,
+        default_doc="not sharded: every vehicle is this aggregator's",
     )
 
     @property
@@ -780,6 +833,8 @@ def cross_key_problems(config: AggregatorConfig) -> list[str]:
             problems.append(
                 "allow_unknown_vehicles: unknown vehicles have no credential, so this needs auth_required: false"
             )
+    if config.shard is not None:
+        problems += [f"shard.name: {p}" for p in ownership_problems(config.shard.name, config.shard.map_file)]
     return problems
 
 

@@ -188,6 +188,9 @@ class FleetSettings:
     max_sensor_series: int = 64
     """Sensor names per vehicle with a series of their own, over the vehicle's lifetime: later names are
     exported as sensor `other` (worst status) and counted in `sensors_folded`."""
+    owned: frozenset[str] | None = None
+    """The vehicles this aggregator's shard owns (shards.py); None: not sharded, every vehicle is its own. A
+    vehicle it does not own is exported only while it is online here (pushed to it), never as offline."""
 
 
 class FleetState:
@@ -319,6 +322,14 @@ class FleetState:
 
     def online_count(self, now_monotonic: float) -> int:
         return sum(1 for v in self._vehicles.values() if self.is_online(v, now_monotonic))
+
+    def exported(self, now_monotonic: float) -> Iterator[VehicleState]:
+        """The vehicles this aggregator reports: all of them unless sharded; sharded, the ones its shard owns and
+        any other only while it is online here (a vehicle moved to or misrouted to this shard)."""
+        owned = self.settings.owned
+        if owned is None:
+            return iter(self._vehicles.values())
+        return (v for v in self._vehicles.values() if v.vehicle_id in owned or self.is_online(v, now_monotonic))
 
     def reconfigure(self, roster: Iterable[str], settings: FleetSettings) -> tuple[list[str], list[str]]:
         """Apply a reloaded config: returns (vehicles added to the roster, vehicles dropped from it).

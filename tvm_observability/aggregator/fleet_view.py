@@ -114,10 +114,11 @@ class FleetView:
 
 
 def build_view(fleet: FleetState, geofence: GeofenceMonitor | None = None) -> FleetView:
-    """Every vehicle of the fleet, worst first (attention level, then battery, then id)."""
+    """Every vehicle this aggregator reports (`FleetState.exported`), worst first (attention level, then battery,
+    then id)."""
     now = fleet.clock.monotonic()
     fences = geofence if geofence is not None and geofence.enabled else None
-    rows = [_row(fleet, vehicle, now, fences) for vehicle in fleet]
+    rows = [_row(fleet, vehicle, now, fences) for vehicle in fleet.exported(now)]
     rows.sort(key=lambda r: (r.level, r.battery_pct if r.battery_pct is not None else 101.0, r.vehicle_id))
     return FleetView(generated_at=fleet.clock.time(), offline_after_s=fleet.offline_after_s, rows=tuple(rows))
 

@@ -32,7 +32,7 @@ from .params import (
     sensor_param,
     update_params,
 )
-from .pusher import Pusher, link_level
+from .pusher import Pusher, link_level, links_level
 from .snapshot import SnapshotBuilder
 
 NODE_NAME = "vehicle_bridge"
@@ -66,28 +66,35 @@ class VehicleBridge(Node):
         sensor_types = {s.name: _message_type(s.name, s.message_type) for s in self.params.builder.sensors if s.topic}
         self._started = time.monotonic()
         self.builder = SnapshotBuilder(self.params.builder, started=self._started)
-        self.pusher = Pusher(
-            self.params.telemetry_url,
-            token,
-            vehicle_id=self.params.builder.vehicle_id,
-            ca_file=self.params.ca_file,
-            request_timeout_s=self.params.request_timeout_s,
-            backoff_initial_s=self.params.backoff_initial_s,
-            backoff_max_s=self.params.backoff_max_s,
-        )
+        # One pusher per aggregator (two replicas of a shard, decision 0005): each keeps its own latest snapshot,
+        # retries and thread, so a failing replica never delays the other.
+        self.pushers = [
+            Pusher(
+                url,
+                token,
+                vehicle_id=self.params.builder.vehicle_id,
+                ca_file=self.params.ca_file,
+                request_timeout_s=self.params.request_timeout_s,
+                backoff_initial_s=self.params.backoff_initial_s,
+                backoff_max_s=self.params.backoff_max_s,
+            )
+            for url in self.params.telemetry_urls
+        ]
+        self.pusher = self.pushers[0]
         self._health_name = f"{self.get_name()}: aggregator link"
         self._link_level = ""
         self._lateness: list[float] = []
         self._next_tick = self._started + self.params.publish_period_s
         self._subscribe(sensor_types)
         self._diag_pub = self.create_publisher(DiagnosticArray, self.params.topics.diagnostics, 10)
-        self.pusher.start()
+        for pusher in self.pushers:
+            pusher.start()
         self._timer = self.create_timer(self.params.publish_period_s, self._tick)
         # After the declarations (declaring runs these callbacks too): `ros2 param set` is applied or refused.
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.get_logger().info(
             f"vehicle {self.params.builder.vehicle_id} boot {self.builder.boot_id}: pushing to "
-            f"{self.params.telemetry_url} every {self.params.publish_period_s:g} s, "
+            f"{' and '.join(self.params.telemetry_urls)} every {self.params.publish_period_s:g} s, "
             f"watching {', '.join(s.name for s in self.params.builder.sensors) or 'no sensors'}"
         )
 
@@ -205,13 +212,18 @@ class VehicleBridge(Node):
         self._lateness = [*self._lateness[-(_LATENESS_WINDOW - 1) :], max(0.0, now - self._next_tick)]
         self._next_tick = max(self._next_tick + self.params.publish_period_s, now)
         snapshot = self.builder.build(now, time.time())
-        self.pusher.offer(codec.encode(snapshot))
+        body = codec.encode(snapshot)
+        for pusher in self.pushers:
+            pusher.offer(body)
         self._publish_health(now, snapshot.seq)
 
     def _publish_health(self, now: float, seq: int) -> None:
-        status = self.pusher.status()
-        level, message = link_level(status, now, self._started, self.params.link_error_after_s)
-        if level != self._link_level and status.attempts > 0:  # the first push is not news
+        statuses = [pusher.status() for pusher in self.pushers]
+        status = statuses[0]
+        level, message = links_level(
+            [link_level(s, now, self._started, self.params.link_error_after_s) for s in statuses]
+        )
+        if level != self._link_level and any(s.attempts > 0 for s in statuses):  # the first push is not news
             text = f"aggregator link {level}: {message}"
             # One call site per severity: rclpy's logger refuses a severity change at the same call site.
             if level == "OK":
@@ -236,6 +248,14 @@ class VehicleBridge(Node):
             "stale_inputs": ",".join(stale),
             "error_events": str(sum(self.builder.errors.values())),
         }
+        if len(statuses) > 1:
+            second = statuses[1]
+            values["second_aggregator_url"] = self.params.second_telemetry_url
+            values["second_last_push_age_s"] = (
+                "never" if second.last_success is None else f"{now - second.last_success:.1f}"
+            )
+            values["second_pushes_accepted"] = str(second.accepted)
+            values["second_pushes_failed"] = str(second.failures)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [
@@ -250,7 +270,8 @@ class VehicleBridge(Node):
         self._diag_pub.publish(array)
 
     def close(self) -> None:
-        self.pusher.close(self.params.request_timeout_s + 2.0)
+        for pusher in self.pushers:
+            pusher.close(self.params.request_timeout_s + 2.0)
 
 
 def _now() -> float:

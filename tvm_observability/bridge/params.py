@@ -48,6 +48,12 @@ class ParamSpec:
 PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("vehicle_id", "", "Required. This vehicle's id, the vehicle_id label ([A-Za-z0-9_.-]{1,64})."),
     ParamSpec("aggregator_url", "http://127.0.0.1:9100", "Base URL of the telemetry_aggregator (http or https)."),
+    ParamSpec(
+        "second_aggregator_url",
+        "",
+        "Optional second aggregator (the other replica of this vehicle's shard, or a second balancer): every "
+        "snapshot is pushed to both, independently. Empty: one aggregator.",
+    ),
     ParamSpec("token_file", "", "File holding this vehicle's bearer token (mode 0600). Empty: no credentials."),
     ParamSpec("ca_file", "", "PEM CA bundle to verify an https aggregator. Empty: the system trust store."),
     ParamSpec("publish_period_s", 1.0, "Seconds between snapshots.", runtime=True),
@@ -131,6 +137,13 @@ class BridgeParams:
     backoff_max_s: float
     link_error_after_s: float
     topics: Topics
+    second_telemetry_url: str = ""
+    """The telemetry URL of `second_aggregator_url`; empty: none."""
+
+    @property
+    def telemetry_urls(self) -> tuple[str, ...]:
+        """Every aggregator a snapshot goes to, each through its own pusher."""
+        return (self.telemetry_url, self.second_telemetry_url) if self.second_telemetry_url else (self.telemetry_url,)
 
 
 def sensor_param(sensor: str, field: str) -> str:
@@ -170,9 +183,15 @@ def parse_params(values: Mapping[str, Any]) -> BridgeParams:
             f"(got {vehicle_id!r}; set it with -p vehicle_id:=V5 or the launch argument)"
         )
     telemetry_url = _telemetry_url(values["aggregator_url"], problems)
+    second = values["second_aggregator_url"]
+    second_url = _telemetry_url(second, problems, "second_aggregator_url") if second != "" else ""
+    if second_url and second_url == telemetry_url:
+        problems.append(
+            "second_aggregator_url: the same as aggregator_url; give the other replica's URL or leave it empty"
+        )
     token_file = _readable(values["token_file"], "token_file", problems)
     ca_file = _readable(values["ca_file"], "ca_file", problems)
-    if ca_file and telemetry_url.startswith("http:"):
+    if ca_file and telemetry_url.startswith("http:") and not second_url.startswith("https:"):
         problems.append("ca_file: set, but aggregator_url is not https")
     period = r.number("publish_period_s", 0.05, 3600.0)
     stale = {name: r.number(name, 0.0, 86400.0) for name in _STALE_PARAMS}
@@ -199,6 +218,7 @@ def parse_params(values: Mapping[str, Any]) -> BridgeParams:
     params = BridgeParams(
         builder=builder,
         telemetry_url=telemetry_url,
+        second_telemetry_url=second_url,
         token_file=token_file,
         ca_file=ca_file,
         publish_period_s=period,
@@ -268,8 +288,8 @@ def _sensors(values: Mapping[str, Any], r: _Reader) -> tuple[SensorSpec, ...]:
     return tuple(specs)
 
 
-def _telemetry_url(raw: Any, problems: list[str]) -> str:
-    problem = f"aggregator_url: must be an http:// or https:// URL with a host, got {raw!r}"
+def _telemetry_url(raw: Any, problems: list[str], name: str = "aggregator_url") -> str:
+    problem = f"{name}: must be an http:// or https:// URL with a host, got {raw!r}"
     if not isinstance(raw, str):
         problems.append(problem)
         return ""
@@ -283,7 +303,7 @@ def _telemetry_url(raw: Any, problems: list[str]) -> str:
         problems.append(problem)
         return ""
     if parts.username or parts.password:
-        problems.append("aggregator_url: must not carry credentials (use token_file)")
+        problems.append(f"{name}: must not carry credentials (use token_file)")
         return ""
     return raw.rstrip("/") + TELEMETRY_PATH
 

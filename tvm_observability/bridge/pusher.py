@@ -80,6 +80,21 @@ def link_level(status: PushStatus, now: float, started: float, error_after_s: fl
     return "WARN", f"retrying: {status.last_error}" if status.last_error else "connecting"
 
 
+_LEVELS_BY_RANK = ("OK", "WARN", "ERROR")
+
+
+def links_level(levels: list[tuple[str, str]]) -> tuple[str, str]:
+    """One level for the links to several aggregators (replicas, decision 0005): the vehicle is visible while one
+    link works, so the best level counts, lowered to WARN while another link fails; each link's message, numbered."""
+    if len(levels) == 1:
+        return levels[0]
+    best = min(_LEVELS_BY_RANK.index(level) for level, _ in levels)
+    worst = max(_LEVELS_BY_RANK.index(level) for level, _ in levels)
+    return _LEVELS_BY_RANK[max(best, min(worst, 1))], "; ".join(
+        f"aggregator {n} {lvl}: {message}" for n, (lvl, message) in enumerate(levels, start=1)
+    )
+
+
 class Pusher:
     """Owns the asyncio thread and the HTTP session. start() once, offer() often, close() once."""
 
