@@ -87,7 +87,7 @@ def test_amtool_accepts_the_alertmanager_config():
     amtool = require_binary("amtool")
     result = _run(amtool, "check-config", ALERTMANAGER)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 inhibit rules" in result.stdout
+    assert "6 inhibit rules" in result.stdout
 
 
 @pytest.mark.peer
