@@ -10,7 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from aiohttp import web
-from support import AggregatorProcess, wire_snapshot
+from support import wire_snapshot
 from test_pusher import until
 
 from tvm_observability import codec
@@ -131,21 +131,22 @@ async def test_unreachable_aggregator_keeps_everything(tmp_path: Path) -> None:
         assert await asyncio.to_thread(up.close)
 
 
-@pytest.mark.usefixtures("write_config")
 async def test_an_aggregator_without_the_endpoint_keeps_the_journal_and_is_logged_once(
-    tmp_path: Path, write_config, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A real aggregator that does not know the history endpoint (decision 0006): 404, journal kept."""
+    """A server that does not know the history endpoint, as an aggregator older than it (decision 0006): 404."""
     caplog.set_level(logging.WARNING, logger="tvm_observability.bridge.backlog")
-    with AggregatorProcess(write_config({"V7": "tok"})) as agg:
-        journal = filled_journal(tmp_path, 3)
-        up = uploader(journal, agg.url + HISTORY_PATH, slow_retry_s=0.05)
-        try:
-            await until(lambda: up.status().failures >= 3, what="several attempts")
-            assert up.status().state == "unsupported"
-            assert "404" in up.status().last_error
-            assert [e.seq for e in journal.oldest(100, 10_000_000)] == [1, 2, 3]
-        finally:
-            assert await asyncio.to_thread(up.close)
+    recorder = HistoryRecorder()
+    runner, url = await serve(recorder)
+    journal = filled_journal(tmp_path, 3)
+    up = uploader(journal, url.replace(HISTORY_PATH, "/api/v1/older"), slow_retry_s=0.05)
+    try:
+        await until(lambda: up.status().failures >= 3, what="several attempts")
+        assert up.status().state == "unsupported"
+        assert "404" in up.status().last_error
+        assert [e.seq for e in journal.oldest(100, 10_000_000)] == [1, 2, 3]
+    finally:
+        assert await asyncio.to_thread(up.close)
+        await runner.cleanup()
     logged = [r.getMessage() for r in caplog.records if "no history endpoint" in r.getMessage()]
     assert len(logged) == 1

@@ -32,12 +32,23 @@ def journalled(directory: Path) -> list[tuple[str, int]]:
         journal.close()
 
 
-def test_outage_is_journalled_survives_kill_9_and_live_resumes_first(
+def health(vehicle: FakeVehicle, key: str) -> int:
+    return int(vehicle.latest_health().get(key) or 0)
+
+
+def test_counts_of_a_boot_killed_in_an_outage_reach_the_aggregator_from_the_journal(
     ros_env, vehicle, tmp_path, fleet_tokens, write_config
 ):
+    """Error events during an outage, then kill -9: the killed boot's last counts exist only in its journal.
+    After the link returns, the next boot pushes live at once and uploads the backlog: vehicle_errors_total is
+    exact, the journal empties. (Before the journal, the killed boot's outage events were lost for good.)"""
     config = write_config(fleet_tokens, offline_after_s=2)
     journal_root = tmp_path / "journal"
     with AggregatorProcess(config) as agg:
+
+        def errors() -> float | None:
+            return sample(scrape(agg.url), "vehicle_errors_total", vehicle_id="V1", error_code="CAM_USB")
+
         link = LinkProxy(host_port(agg.url))
         params = write_bridge_params(
             tmp_path / "bridge.yaml",
@@ -50,30 +61,38 @@ def test_outage_is_journalled_survives_kill_9_and_live_resumes_first(
         try:
             with BridgeProcess(ros_env, params) as first:
                 wait_for(lambda: sample(scrape(agg.url), "vehicle_up", vehicle_id="V1") == 1, 30, what="V1 up")
-                # Online: every snapshot is acknowledged before the next flush, nothing is written.
-                wait_for(lambda: int(vehicle.latest_health().get("pushes_accepted", "0")) >= 4, 30)
-                assert vehicle.latest_health()["journal_entries"] in ("0", "1")
-                boot = first.boot_id()
+                vehicle.error_event("camera: driver", "CAM_USB")
+                wait_for(lambda: errors() == 1, 30, what="the first event, live")
+                # Online: every snapshot is acknowledged before the next flush, nothing stays in the journal.
+                assert health(vehicle, "journal_entries") <= 1
                 link.cut()
-                wait_for(lambda: int(vehicle.latest_health().get("journal_entries", "0")) >= 12, 60, what="backlog")
+                for events in (2, 3):
+                    vehicle.error_event("camera: driver", "CAM_USB")
+                    wait_for(lambda e=events: health(vehicle, "error_events") == e, 30, what=f"event {events}")
+                entries = health(vehicle, "journal_entries")
+                # Flushed to disk after the last event: the snapshots that carry count 3 are on disk.
+                wait_for(lambda: health(vehicle, "journal_entries") >= entries + 4, 30, what="journal flushes")
                 first.stop(signal.SIGKILL)
             kept = journalled(journal_root / "V1")
-            assert len(kept) >= 10
-            assert {b for b, _ in kept} == {boot}
+            boot = first.boot_id()
+            assert len(kept) >= 4 and {b for b, _ in kept} == {boot}
             seqs = [s for _, s in kept]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # consecutive, oldest first, no hole
+            assert errors() == 1  # the outage's events have not arrived anywhere yet
 
-            # This aggregator has no history endpoint (an older version): live works, the journal is kept.
             link.restore()
             with BridgeProcess(ros_env, params) as second:
                 wait_for(lambda: second.boot_id() not in (None, boot), 30, what="second boot")
-                wait_for(lambda: vehicle.latest_health().get("backlog_state") == "unsupported", 60)
+                wait_for(lambda: errors() == 3, 60, what="the killed boot's counts, from its journal")
                 wait_for(lambda: sample(scrape(agg.url), "vehicle_up", vehicle_id="V1") == 1, 30, what="live again")
-                wait_for(lambda: int(vehicle.latest_health().get("pushes_accepted", "0")) >= 2, 30)
-                assert second.output.count("has no history endpoint") == 1
+                wait_for(lambda: health(vehicle, "backlog_uploaded") >= len(kept), 60, what="backlog uploaded")
+                wait_for(lambda: health(vehicle, "journal_entries") <= 1, 30, what="journal emptied")
+                assert vehicle.latest_health()["backlog_state"] in ("idle", "draining")
                 second.stop()
-            after = journalled(journal_root / "V1")
-            assert after[: len(kept)] == kept  # nothing of the first boot was deleted unacknowledged
+            assert errors() == 3  # exact: no event counted twice by the live and the history path
+            history = sample(scrape(agg.url), "telemetry_history_snapshots_total", outcome="no_store")
+            assert history is not None and history >= len(kept)
+            assert journalled(journal_root / "V1")[: len(kept)] != kept  # the first boot's backlog is gone
         finally:
             link.close()
 

@@ -33,12 +33,13 @@ from ..errors import (
     UnknownVehicle,
     UnsupportedMediaType,
 )
-from ..model import ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
+from ..model import HISTORY_PATH, ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
 from .access import read_auth_middleware
 from .collector import Exposition, ServiceMetrics, disable_created_series
 from .config import AggregatorConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
+from .history import accept_batch, parse_batch
 from .ingest import IngestLimits, parse_snapshot
 from .logs import LogSummary
 from .persistence import StateFile, keep_state
@@ -126,6 +127,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(lambda _: keep_state(runtime))
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
+    app.router.add_post(HISTORY_PATH, handle_history)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
@@ -191,6 +193,35 @@ async def handle_telemetry(request: web.Request) -> web.Response:
         _log_unknown_status(rt, snap, request_id)
     return web.json_response(
         {"status": outcome.value, "vehicle_id": snap.vehicle_id, "boot_id": snap.boot_id, "seq": snap.seq},
+        headers={"X-Request-Id": request_id},
+    )
+
+
+async def handle_history(request: web.Request) -> web.Response:
+    """POST /api/v1/telemetry/history: a batch of one vehicle's journalled snapshots (history.py). The same
+    checks as a push, in the same order, with the batch's own limits; decoded off the event loop; the live rate
+    limit does not apply (the bridge paces its backlog) and live values and liveness are never touched."""
+    rt = request.app[RUNTIME]
+    request_id = _request_id(request)
+    vehicle_id: str | None = None
+    try:
+        _check_content_type(request)
+        vehicle_id = credential = _authenticate(rt, bearer_token(request.headers.get("Authorization")))
+        routed = _routing_vehicle(request, credential)
+        history = rt.config.history
+        body = await _read_body(request, history.max_body_bytes, rt.config.limits.body_timeout_s)
+        limits = rt.ingest_limits
+        snaps = await asyncio.to_thread(lambda: parse_batch(codec.decode(body), limits, history.max_batch_snapshots))
+        vehicle_id = snaps[0].vehicle_id
+        _authorise(rt, vehicle_id, credential, routed)
+        outcomes = accept_batch(rt.fleet, snaps)
+    except TelemetryError as exc:
+        return _reject(rt, exc, request, request_id, vehicle_id)
+    for outcome, count in outcomes.items():
+        if count:
+            rt.metrics.history_snapshots.labels(outcome).inc(count)
+    return web.json_response(
+        {"status": "accepted", "vehicle_id": vehicle_id, "snapshots": len(snaps), **outcomes},
         headers={"X-Request-Id": request_id},
     )
 

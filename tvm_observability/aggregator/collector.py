@@ -34,6 +34,7 @@ from .. import __version__
 from ..errors import REJECTION_REASONS
 from ..model import SENSOR_STATUSES
 from .fleet import FleetState, VehicleState
+from .history import OUTCOMES as HISTORY_OUTCOMES
 
 _V = ("vehicle_id",)
 
@@ -481,6 +482,14 @@ class ServiceMetrics:
         )
         for reason in REJECTION_REASONS:  # every reason from 0, so rate() works from the first scrape
             self.rejected.labels(reason)
+        self.history_snapshots = Counter(
+            "telemetry_history_snapshots",
+            "Backlog snapshots received in history batches, by what became of them (docs/history.md).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in HISTORY_OUTCOMES:
+            self.history_snapshots.labels(outcome)
         self.state_saves = Counter("telemetry_state_saves", "Successful writes of the state file.", registry=registry)
         self.state_save_failures = Counter(
             "telemetry_state_save_failures",

@@ -23,6 +23,7 @@ import yaml
 from ..auth import TOKEN_SHA256_PATTERN
 from ..model import NAME_PATTERN, OFFLINE_STATUS, UNKNOWN_STATUS, VEHICLE_ID_PATTERN
 from .fleet import FleetSettings
+from .history import DEFAULT_MAX_BATCH_SNAPSHOTS
 from .ingest import IngestLimits
 from .ratelimit import RateSettings
 
@@ -346,6 +347,16 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """Backlog batches from vehicles' journals (POST /api/v1/telemetry/history, docs/history.md)."""
+
+    max_batch_snapshots: int = key(
+        DEFAULT_MAX_BATCH_SNAPSHOTS, Number(1, integer=True), "snapshots in one history batch (more: 413 `limit_batch`)"
+    )
+    max_body_bytes: int = key(1024 * 1024, Number(256, integer=True), "larger history batches get 413 `too_large`")
+
+
+@dataclass(frozen=True, slots=True)
 class VehicleEntry:
     """A roster vehicle: expected from start-up, with the hash of its bearer token."""
 
@@ -493,6 +504,7 @@ class AggregatorConfig:
     read_auth: ReadAuth | None = key(
         None, Section(ReadAuth, _read_auth_rule), "credentials for reading fleet data", default_doc="off"
     )
+    history: HistoryConfig = key(HistoryConfig(), Section(HistoryConfig), "backlog batches from vehicles' journals")
 
     @property
     def listen_host(self) -> str:

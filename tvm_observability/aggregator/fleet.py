@@ -89,6 +89,9 @@ class BootRecord:
     overflow: int = 0
     """Events of the codes past MAX_CODES_PER_BOOT: the highest sum seen in one push (counts are cumulative, so
     that is exact for a vehicle that sends all its codes in every push, and never counts an event twice)."""
+    history_seq: int = 0
+    """The highest seq of this boot written to history (decision 0003's watermark): backlog items at or below it
+    are acknowledged without being written again. 0: nothing written."""
 
 
 @dataclass(slots=True)
@@ -234,6 +237,7 @@ class FleetState:
         record = self._boot_record(vehicle, snap)
         if record is None:
             return Outcome.DUPLICATE
+        record.seq = snap.seq
         self._merge_counts(vehicle, record, snap)
         vehicle.version += 1
         self.dirty = True
@@ -278,7 +282,6 @@ class FleetState:
 
     def _merge_counts(self, vehicle: VehicleState, record: BootRecord, snap: VehicleSnapshot) -> None:
         """Keep the highest cumulative count per code of this boot; give new codes a series while the budget lasts."""
-        record.seq = snap.seq
         overflow = 0
         for code, count in snap.errors.items():
             if code not in record.errors and len(record.errors) >= MAX_CODES_PER_BOOT:
@@ -303,6 +306,29 @@ class FleetState:
         vehicle.heartbeat_monotonic = self.clock.monotonic()
         vehicle.heartbeat_wall = self.clock.time()
         vehicle.clock_skew_s = snap.sent_at - vehicle.heartbeat_wall
+
+    def merge_history(self, snap: VehicleSnapshot) -> BootRecord | None:
+        """Fold a backlog snapshot's counts into its boot (history.py): never its live values, heartbeat or the
+        boot's live seq. The boot's record, None when the snapshot needs nothing more (already written to
+        history, or of a boot retired since, whose counts are in the retired sum). A boot not seen live (it
+        ended during the outage) is tracked as the newest-but-one: the live boot stays the current one."""
+        vehicle = self._admit(snap.vehicle_id)
+        record = vehicle.boots.get(snap.boot_id)
+        if record is None:
+            if snap.boot_id in vehicle.retired_boots:
+                return None
+            current = vehicle.boot_id
+            record = self._boot_record(vehicle, snap)
+            assert record is not None
+            if current is not None and current in vehicle.boots:
+                vehicle.boots.move_to_end(current)
+            record.seq = 0  # no live push of it seen: live pushes of it (none will come) are not duplicates
+        elif snap.seq <= record.history_seq:
+            return None
+        self._merge_counts(vehicle, record, snap)
+        vehicle.version += 1
+        self.dirty = True
+        return record
 
     def is_online(self, vehicle: VehicleState, now_monotonic: float) -> bool:
         return vehicle.heartbeat_age(now_monotonic) <= self.offline_after_s
