@@ -2,11 +2,10 @@
 
 Pure of rclpy. The node `add`s every snapshot it builds; the live pusher reports each body it got accepted
 (`acknowledged`), which forgets it; every `flush_interval_s` the rest is written to an sqlite3 database in one
-transaction (WAL, `synchronous=NORMAL`: no fsync per snapshot; a kill -9 loses at most the snapshots of the
-last flush interval, a power loss at most those since the last checkpoint, which `flush` requests every
-`checkpoint_interval_s`). While the link is up nothing reaches the disk: every snapshot is acknowledged
-before the next flush. The backlog uploader reads the oldest entries (`oldest`) and deletes them once the
-aggregator acknowledged them (`delete`).
+transaction (WAL, `synchronous=FULL`: one fsync per flush, not per snapshot; a kill -9 or a power loss loses at
+most the snapshots of the last flush interval). While the link is up nothing reaches the disk: every snapshot
+is acknowledged before the next flush. The backlog uploader reads the oldest entries (`oldest`) and deletes them
+once the aggregator acknowledged them (`delete`).
 
 Bounded by `max_bytes` (bytes of snapshot bodies plus a fixed per-entry overhead) and `max_age_s` (by the
 snapshot's wall time): the oldest entries are dropped first, and counted by reason. A journal file that cannot
@@ -83,14 +82,12 @@ class Journal:
         max_bytes: int,
         max_age_s: float,
         flush_interval_s: float = 5.0,
-        checkpoint_interval_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(directory) / JOURNAL_FILE
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.flush_interval_s = flush_interval_s
-        self.checkpoint_interval_s = checkpoint_interval_s
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[bytes, tuple[str, int, float]] = {}
@@ -101,7 +98,6 @@ class Journal:
         self._disk_bytes = 0
         self._disk_entries = 0
         self._last_flush = self._clock()
-        self._last_checkpoint = self._last_flush
         self._db: sqlite3.Connection | None = None
         with self._lock:
             self._open()
@@ -148,9 +144,6 @@ class Journal:
         if too_old or over:
             s = self._stats
             self._stats = replace(s, dropped_age=s.dropped_age + too_old, dropped_size=s.dropped_size + over)
-        if now - self._last_checkpoint >= self.checkpoint_interval_s:
-            self._last_checkpoint = now
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _trim_to_size(self, db: sqlite3.Connection) -> int:
         dropped = 0
@@ -260,7 +253,7 @@ class Journal:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level="DEFERRED")
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA synchronous=FULL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise _LayoutError(f"layout version {version}, expected {_SCHEMA_VERSION}")
