@@ -77,8 +77,6 @@ class VehicleBridge(Node):
                 max_age_s=journal.max_age_s,
                 flush_interval_s=journal.flush_interval_s,
             )
-            if problem := self.journal.stats().problem:
-                self.get_logger().error(problem)
             self.backlog = BacklogUploader(
                 self.journal,
                 journal.history_url,
@@ -102,6 +100,7 @@ class VehicleBridge(Node):
             on_accepted=None if self.journal is None else self.journal.acknowledged,
         )
         self._health_name = f"{self.get_name()}: aggregator link"
+        self._journal_problem = ""
         self._link_level = ""
         self._lateness: list[float] = []
         self._next_tick = self._started + self.params.publish_period_s
@@ -245,8 +244,9 @@ class VehicleBridge(Node):
         status = self.pusher.status()
         level, message = link_level(status, now, self._started, self.params.link_error_after_s)
         journal_values = self._journal_values()
-        if level == "OK" and journal_values.get("journal_problem"):
-            level, message = "WARN", f"journal: {journal_values['journal_problem']}"
+        if journal_values.get("journal_problem", "") not in ("", self._journal_problem):
+            self._journal_problem = journal_values["journal_problem"]
+            self.get_logger().error(self._journal_problem)  # each new problem once; it stays in the key-values
         if level == "OK" and self._link_level not in ("OK", "") and self.backlog is not None:
             self.backlog.wake()  # the link is back: drain now, not after the uploader's backoff
         if level != self._link_level and status.attempts > 0:  # the first push is not news
