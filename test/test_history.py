@@ -128,7 +128,7 @@ async def test_without_a_credential_nothing_is_read(client: Client) -> None:
 def test_history_watermark_survives_the_state_image_and_old_images_migrate() -> None:
     clock = FakeClock()
     fleet = FleetState(["V1"], FleetSettings(), clock=clock)
-    accept_batch(fleet, [parse_snapshot(wire_snapshot(boot_id="b1", seq=7, errors={"E1": 2}))])
+    accept_batch(fleet, [parse_snapshot(wire_snapshot(boot_id="b1", seq=7, errors={"E1": 2}))], store=False)
     image = state_image.to_image(fleet)
     assert image["format"] == 4 and image["vehicles"]["V1"]["boots"][0]["history_seq"] == 7
     restored = FleetState(["V1"], FleetSettings(), clock=clock)
@@ -141,3 +141,48 @@ def test_history_watermark_survives_the_state_image_and_old_images_migrate() -> 
         "V1": {**image["vehicles"]["V1"], "boots": [{"boot_id": "b1", "seq": 7, "errors": {}, "overflow": 0}]}
     }
     assert state_image.migrate(old)["vehicles"]["V1"]["boots"][0]["history_seq"] == 0
+
+
+async def test_with_backfill_an_offline_vehicle_exports_no_stale_values_but_stays_findable(
+    aiohttp_client: MakeClient, clock: FakeClock
+) -> None:
+    """While history is written to Prometheus, value series stop when the vehicle goes offline (a scraped stale
+    value would sit between backfilled ones); the last position stays in /api/v1/vehicles."""
+    history = {"remote_write_url": "http://127.0.0.1:9/api/v1/write", "job": "j", "instance": "i"}
+    config = parse_config(
+        {
+            "offline_after_s": 15,
+            "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in TOKENS.items()},
+            "history": history,
+        }
+    )
+    client = await aiohttp_client(make_app(config, clock=clock))
+    assert (await send(client, "/api/v1/telemetry", wire_snapshot(seq=1))).status == 200
+    online = await metrics(client)
+    assert sample(online, "vehicle_battery_level", vehicle_id="V1") == 76.5
+    assert sample(online, "vehicle_latitude", vehicle_id="V1") == 52.52
+    clock.advance(20)
+    offline = await metrics(client)
+    assert sample(offline, "vehicle_up", vehicle_id="V1") == 0
+    for name in ("vehicle_battery_level", "vehicle_latitude", "vehicle_pose_x_meters"):
+        assert sample(offline, name, vehicle_id="V1") is None, name
+    assert sample(offline, "vehicle_sensor_status", vehicle_id="V1", sensor="lidar", status="ok") is None
+    assert sample(offline, "vehicle_last_heartbeat_timestamp_seconds", vehicle_id="V1") is not None
+    vehicles = await (await client.get("/api/v1/vehicles")).json()
+    row = next(v for v in vehicles["vehicles"] if v["vehicle_id"] == "V1")
+    assert row["latitude"] == 52.52
+    # Back online: the values are exported again.
+    assert (await send(client, "/api/v1/telemetry", wire_snapshot(seq=2))).status == 200
+    assert sample(await metrics(client), "vehicle_battery_level", vehicle_id="V1") == 76.5
+
+
+def test_history_config_names_every_problem() -> None:
+    from tvm_observability.aggregator.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"history": {"remote_write_url": "ftp://prometheus/api/v1/write", "job": "", "timeout_s": 0}})
+    text = str(info.value)
+    for fragment in ("history.remote_write_url: must be an http", "history.job:", "history.timeout_s:"):
+        assert fragment in text
+    with pytest.raises(ConfigError, match="remote_write_url needs job and instance"):
+        parse_config({"history": {"remote_write_url": "http://127.0.0.1:9090/api/v1/write", "job": "j"}})

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -34,12 +35,14 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..model import HISTORY_PATH, ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
+from . import remote_write
 from .access import read_auth_middleware
+from .backfill import snapshot_series
 from .collector import Exposition, ServiceMetrics, disable_created_series
-from .config import AggregatorConfig
+from .config import AggregatorConfig, HistoryConfig
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_view import build_view
-from .history import accept_batch, parse_batch
+from .history import accept_batch, mark_written, parse_batch
 from .ingest import IngestLimits, parse_snapshot
 from .logs import LogSummary
 from .persistence import StateFile, keep_state
@@ -58,6 +61,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 """HTTP methods counted under their own label; any other token a client sends is counted as `other`."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _UNKNOWN_STATUS_MEMORY = 10_000
+HISTORY_RETRY_AFTER_S = 30
+"""Retry-After of a 503 while the history store cannot be written: the vehicle keeps the batch and comes back."""
 
 
 @dataclass
@@ -78,6 +83,8 @@ class Runtime:
     state_error: str | None = None
     unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
     refusal_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "push rejected"))
+    history_client: aiohttp.ClientSession | None = None
+    """The remote-write connection pool, opened at the first backfill, closed with the app."""
     """Refusals are counted exactly, but logged at most LogSummary's burst per reason and client per interval."""
 
     @property
@@ -126,6 +133,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     )
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(lambda _: keep_state(runtime))
+    app.on_cleanup.append(_close_history_client)
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
     app.router.add_post(HISTORY_PATH, handle_history)
     app.router.add_get("/metrics", handle_metrics)
@@ -134,6 +142,12 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     app.router.add_get("/", handle_status_page)
     app.router.add_get(VEHICLES_PATH, handle_vehicles)
     return app
+
+
+async def _close_history_client(app: web.Application) -> None:
+    client = app[RUNTIME].history_client
+    if client is not None:
+        await client.close()
 
 
 # -- middleware --------------------------------------------------------------------------------
@@ -214,9 +228,22 @@ async def handle_history(request: web.Request) -> web.Response:
         snaps = await asyncio.to_thread(lambda: parse_batch(codec.decode(body), limits, history.max_batch_snapshots))
         vehicle_id = snaps[0].vehicle_id
         _authorise(rt, vehicle_id, credential, routed)
-        outcomes = accept_batch(rt.fleet, snaps)
+        outcomes, to_write = accept_batch(rt.fleet, snaps, store=history.remote_write_url is not None)
     except TelemetryError as exc:
         return _reject(rt, exc, request, request_id, vehicle_id)
+    if to_write:
+        error = await _backfill(rt, history, to_write, outcomes)
+        if error is not None:
+            _LOGGER.warning(
+                "history not written, the vehicle keeps its backlog: %s",
+                error,
+                extra={"request_id": request_id, "vehicle_id": vehicle_id},
+            )
+            return web.json_response(
+                {"error": "history_unavailable", "detail": error},
+                status=503,
+                headers={"X-Request-Id": request_id, "Retry-After": str(HISTORY_RETRY_AFTER_S)},
+            )
     for outcome, count in outcomes.items():
         if count:
             rt.metrics.history_snapshots.labels(outcome).inc(count)
@@ -224,6 +251,60 @@ async def handle_history(request: web.Request) -> web.Response:
         {"status": "accepted", "vehicle_id": vehicle_id, "snapshots": len(snaps), **outcomes},
         headers={"X-Request-Id": request_id},
     )
+
+
+async def _backfill(
+    rt: Runtime, history: HistoryConfig, snaps: list[VehicleSnapshot], outcomes: dict[str, int]
+) -> str | None:
+    """Write the values of `snaps` to the remote-write endpoint; None once written (watermarks advanced,
+    `outcomes` updated), else what went wrong (nothing advanced: the vehicle sends the batch again)."""
+    assert history.remote_write_url is not None and history.job is not None and history.instance is not None
+    series, dropped = snapshot_series(
+        rt.fleet,
+        snaps,
+        job=history.job,
+        instance=history.instance,
+        now=rt.fleet.clock.time(),
+        max_age_s=history.max_sample_age_s,
+    )
+    if series:
+        if rt.history_client is None:
+            rt.history_client = aiohttp.ClientSession()
+        body = remote_write.encode(series)
+        started = time.perf_counter()
+        try:
+            async with rt.history_client.post(
+                history.remote_write_url,
+                data=body,
+                headers=remote_write.HEADERS,
+                timeout=aiohttp.ClientTimeout(total=history.timeout_s),
+            ) as response:
+                answer = (await response.read())[:300].decode("utf-8", "replace").strip()
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            rt.metrics.remote_write_failures.inc()
+            return f"remote write to {history.remote_write_url} failed: {type(exc).__name__}: {exc}"[:300]
+        finally:
+            rt.metrics.remote_write_duration.observe(time.perf_counter() - started)
+        if status // 100 != 2:
+            if "too old" not in answer:  # Prometheus 2.42 answers a too-old sample with 500: refused for good
+                rt.metrics.remote_write_failures.inc()
+                return f"remote write to {history.remote_write_url} answered {status}: {answer}"
+            _LOGGER.warning(
+                "remote write refused a batch as too old (%s): dropped; keep history.max_sample_age_s within the "
+                "receiver's out_of_order_time_window",
+                answer,
+            )
+            dropped["too_old"] += len(snaps) - sum(dropped.values())
+            series = []
+    mark_written(rt.fleet, snaps)
+    for reason, count in dropped.items():
+        if count:
+            rt.metrics.history_dropped.labels(reason).inc(count)
+    outcomes["dropped"] = sum(dropped.values())
+    outcomes["written"] = len(snaps) - outcomes["dropped"]
+    rt.metrics.history_samples.inc(sum(len(samples) for _, samples in series))
+    return None
 
 
 def _check_content_type(request: web.Request) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -346,6 +347,40 @@ class Limits:
     )
 
 
+@dataclass(frozen=True)
+class OptionalText:
+    doc: str = "string or null"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        return None if value is None else Text().read(value, path, problems)
+
+
+@dataclass(frozen=True)
+class OptionalUrl:
+    doc: str = "http(s) URL or null"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if value is None:
+            return None
+        problem = f"must be an http:// or https:// URL with a host and no credentials, got {_show(value)}"
+        if not isinstance(value, str):
+            return _fail(problems, path, problem)
+        try:
+            parts = urlsplit(value)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            return _fail(problems, path, problem)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.username:
+            return _fail(problems, path, problem)
+        return value
+
+
+def _history_rule(raw: Mapping[Any, Any], path: str) -> list[str]:
+    if raw.get("remote_write_url") is not None and (raw.get("job") is None or raw.get("instance") is None):
+        return [f"{path}: remote_write_url needs job and instance (the labels the scrape gives the series)"]
+    return []
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryConfig:
     """Backlog batches from vehicles' journals (POST /api/v1/telemetry/history, docs/history.md)."""
@@ -354,6 +389,22 @@ class HistoryConfig:
         DEFAULT_MAX_BATCH_SNAPSHOTS, Number(1, integer=True), "snapshots in one history batch (more: 413 `limit_batch`)"
     )
     max_body_bytes: int = key(1024 * 1024, Number(256, integer=True), "larger history batches get 413 `too_large`")
+    remote_write_url: str | None = key(
+        None,
+        OptionalUrl(),
+        "Prometheus remote-write endpoint (`…/api/v1/write`) the backlog's values are written to; while set, a "
+        "vehicle's value series are exported only while it is online ([history](history.md))",
+        default_doc="off: counts merged, values not written",
+    )
+    job: str | None = key(None, OptionalText(), "the `job` label the scrape gives the aggregator's series")
+    instance: str | None = key(None, OptionalText(), "the `instance` label the scrape gives the aggregator's series")
+    max_sample_age_s: float = key(
+        86400.0,
+        Number(1),
+        'older samples are dropped (`telemetry_history_snapshots_dropped_total{reason="too_old"}`): at most the '
+        "receiver's `out_of_order_time_window`",
+    )
+    timeout_s: float = key(10.0, Number(0.1), "timeout of one remote write; on failure the vehicle gets 503")
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,7 +555,9 @@ class AggregatorConfig:
     read_auth: ReadAuth | None = key(
         None, Section(ReadAuth, _read_auth_rule), "credentials for reading fleet data", default_doc="off"
     )
-    history: HistoryConfig = key(HistoryConfig(), Section(HistoryConfig), "backlog batches from vehicles' journals")
+    history: HistoryConfig = key(
+        HistoryConfig(), Section(HistoryConfig, _history_rule), "backlog batches from vehicles' journals"
+    )
 
     @property
     def listen_host(self) -> str:

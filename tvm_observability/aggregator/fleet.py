@@ -191,6 +191,9 @@ class FleetSettings:
     max_sensor_series: int = 64
     """Sensor names per vehicle with a series of their own, over the vehicle's lifetime: later names are
     exported as sensor `other` (worst status) and counted in `sensors_folded`."""
+    values_while_offline: bool = True
+    """Export an offline vehicle's last values (battery, position, pose, sensors). False while history is written
+    to Prometheus: a stale value scraped during an outage would sit between the backfilled ones (docs/history.md)."""
 
 
 class FleetState:
@@ -216,6 +219,7 @@ class FleetState:
         self.offline_after_s = settings.offline_after_s
         self.max_error_codes = settings.max_error_code_series
         self.max_unknown = settings.max_unknown_vehicles
+        self.values_while_offline = settings.values_while_offline
 
     def __len__(self) -> int:
         return len(self._vehicles)

@@ -6,8 +6,8 @@ ended during an outage (its last counts only in the vehicle's journal) reaches `
 values, heartbeat and liveness are never touched. Per (vehicle, boot) the history watermark (decision 0003)
 skips items already written, so a retried batch writes nothing twice.
 
-The values are not written anywhere yet: the history store (Prometheus remote write, issue 13's next step) is not
-built. `accept_batch` counts them as `no_store`; the batch is acknowledged and its counts are kept.
+With `history.remote_write_url` the values are written to Prometheus (backfill.py, remote_write.py) before the
+batch is acknowledged; without it they are counted as `no_store`, the batch is acknowledged and its counts kept.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .ingest import IngestLimits, parse_snapshot
 DEFAULT_MAX_BATCH_SNAPSHOTS = 240
 """Default of `history.max_batch_snapshots` (the bridge sends at most 60 by default)."""
 
-OUTCOMES = ("already_written", "no_store", "retired_boot")
+OUTCOMES = ("written", "dropped", "already_written", "no_store", "retired_boot")
 """`telemetry_history_snapshots_total{outcome}`: what became of each backlog snapshot received."""
 
 
@@ -44,10 +44,14 @@ def parse_batch(raw: Any, limits: IngestLimits, max_snapshots: int) -> list[Vehi
     return snaps
 
 
-def accept_batch(fleet: FleetState, snaps: Sequence[VehicleSnapshot]) -> dict[str, int]:
-    """Merge each snapshot's counts into its boot and advance the boot's history watermark; the number of
-    snapshots per outcome (OUTCOMES)."""
+def accept_batch(
+    fleet: FleetState, snaps: Sequence[VehicleSnapshot], *, store: bool
+) -> tuple[dict[str, int], list[VehicleSnapshot]]:
+    """Merge each snapshot's counts into its boot; the number of snapshots per outcome (OUTCOMES) and those whose
+    values still go to the history store (`store`), oldest first: their watermarks advance with `mark_written`
+    once the store has them. Without a store the watermarks advance at once (`no_store`)."""
     outcomes = dict.fromkeys(OUTCOMES, 0)
+    to_write: list[VehicleSnapshot] = []
     for snap in snaps:
         vehicle = fleet.get(snap.vehicle_id)
         if vehicle is not None and snap.boot_id not in vehicle.boots and snap.boot_id in vehicle.retired_boots:
@@ -56,7 +60,19 @@ def accept_batch(fleet: FleetState, snaps: Sequence[VehicleSnapshot]) -> dict[st
         record = fleet.merge_history(snap)
         if record is None:
             outcomes["already_written"] += 1
-            continue
-        record.history_seq = max(record.history_seq, snap.seq)  # no store: nothing left to write
-        outcomes["no_store"] += 1
-    return outcomes
+        elif store:
+            to_write.append(snap)
+        else:
+            record.history_seq = max(record.history_seq, snap.seq)
+            outcomes["no_store"] += 1
+    return outcomes, to_write
+
+
+def mark_written(fleet: FleetState, written: Sequence[VehicleSnapshot]) -> None:
+    """Advance the history watermarks of snapshots the store has (or refused for good): persisted with the boots."""
+    for snap in written:
+        vehicle = fleet.get(snap.vehicle_id)
+        record = None if vehicle is None else vehicle.boots.get(snap.boot_id)
+        if record is not None and snap.seq > record.history_seq:
+            record.history_seq = snap.seq
+            fleet.dirty = True
