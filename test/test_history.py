@@ -84,16 +84,30 @@ async def test_a_boot_that_ended_in_the_outage_is_counted_and_live_values_stay(c
 
 
 async def test_a_boot_never_seen_live_does_not_become_the_current_one(client: Client) -> None:
-    assert (await send(client, "/api/v1/telemetry", wire_snapshot(boot_id="b3", seq=9))).status == 200
-    # b2 started and ended entirely during the outage: known only from the journal.
-    response = await send(client, HISTORY_PATH, batch(wire_snapshot(boot_id="b2", seq=4, errors={"E9": 2})))
+    live_at = 1_800_000_000.0
+    assert (await send(client, "/api/v1/telemetry", wire_snapshot(boot_id="b3", seq=9, sent_at=live_at))).status == 200
+    # b2 started and ended entirely during the outage, before b3: known only from the journal.
+    old = wire_snapshot(boot_id="b2", seq=4, errors={"E9": 2}, sent_at=live_at - 60)
+    response = await send(client, HISTORY_PATH, batch(old))
     assert response.status == 200
     vehicle = client.app[RUNTIME].fleet.get("V1")
     assert vehicle is not None and vehicle.boot_id == "b3" and list(vehicle.boots) == ["b2", "b3"]
     assert sample(await metrics(client), "vehicle_errors_total", vehicle_id="V1", error_code="E9") == 2
     # The live boot's next push is still accepted as live.
-    live = await send(client, "/api/v1/telemetry", wire_snapshot(boot_id="b3", seq=10))
+    live = await send(client, "/api/v1/telemetry", wire_snapshot(boot_id="b3", seq=10, sent_at=live_at + 1))
     assert (await live.json())["status"] == "accepted"
+
+
+async def test_a_boot_that_began_in_the_outage_is_live_when_its_backlog_comes_first(client: Client) -> None:
+    live_at = 1_800_000_000.0
+    assert (await send(client, "/api/v1/telemetry", wire_snapshot(boot_id="b1", seq=9, sent_at=live_at))).status == 200
+    # b1 was killed in the outage; b2 started then, and its backlog arrives before its first live push.
+    backlog = wire_snapshot(boot_id="b2", seq=3, sent_at=live_at + 30)
+    assert (await send(client, HISTORY_PATH, batch(backlog))).status == 200
+    live = await send(client, "/api/v1/telemetry", wire_snapshot(boot_id="b2", seq=40, sent_at=live_at + 67))
+    assert (await live.json())["status"] == "accepted"
+    assert client.app[RUNTIME].fleet.get("V1").boot_id == "b2"  # type: ignore[union-attr]
+    assert sample(await metrics(client), "vehicle_up", vehicle_id="V1") == 1
 
 
 @pytest.mark.parametrize(

@@ -314,17 +314,20 @@ class FleetState:
     def merge_history(self, snap: VehicleSnapshot) -> BootRecord | None:
         """Fold a backlog snapshot's counts into its boot (history.py): never its live values, heartbeat or the
         boot's live seq. The boot's record, None when the snapshot needs nothing more (already written to
-        history, or of a boot retired since, whose counts are in the retired sum). A boot not seen live (it
-        ended during the outage) is tracked as the newest-but-one: the live boot stays the current one."""
+        history, or of a boot retired since, whose counts are in the retired sum). A boot not seen live is placed
+        by the vehicle's own clock: one that began before the last live snapshot (it ended during the outage) is
+        tracked as the newest-but-one, so the live boot stays current; a later one (the bridge restarted during
+        the outage, its backlog arrived before its first live push) becomes the current boot, whose live pushes
+        are then taken as live."""
         vehicle = self._admit(snap.vehicle_id)
         record = vehicle.boots.get(snap.boot_id)
         if record is None:
             if snap.boot_id in vehicle.retired_boots:
                 return None
-            current = vehicle.boot_id
+            current, last = vehicle.boot_id, vehicle.snapshot
             record = self._boot_record(vehicle, snap)
             assert record is not None
-            if current is not None and current in vehicle.boots:
+            if current is not None and current in vehicle.boots and (last is None or snap.sent_at < last.sent_at):
                 vehicle.boots.move_to_end(current)
             record.seq = 0  # no live push of it seen: live pushes of it (none will come) are not duplicates
         elif snap.seq <= record.history_seq:
