@@ -5,19 +5,23 @@ and future snapshots dropped and counted; a retried batch writes nothing twice."
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from bridge_support import free_port
 from peers import PeerServer, require_binary
 from support import AggregatorProcess, push, request, sample, scrape, wire_snapshot
+from tls_certs import ThrowawayCA
 
 from tvm_observability import codec
 from tvm_observability.model import HISTORY_PATH
 
-pytestmark = pytest.mark.peer
 SKEW_S = 100.0
 """The vehicle's clock runs this far ahead of the aggregator's."""
 
@@ -40,6 +44,7 @@ def prometheus_args(binary: str, tmp_path: Path, port: int) -> list[str]:
     ]
 
 
+@pytest.mark.peer
 def test_backlog_values_land_at_their_own_time_and_only_once(tmp_path, write_config, fleet_tokens) -> None:
     binary = require_binary("prometheus")
     port = free_port()
@@ -110,3 +115,54 @@ def test_backlog_values_land_at_their_own_time_and_only_once(tmp_path, write_con
         assert sample(samples, "vehicle_errors_total", vehicle_id="V1", error_code="E1") == 3
         # Live values and liveness are the live push's, not the backlog's.
         assert sample(samples, "vehicle_battery_level", vehicle_id="V1") == live["battery"]["percentage"]
+
+
+class Receiver:
+    """An https remote-write endpoint that checks basic auth (the aggregator's client is what is tested here)."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, str]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append(dict(request.headers))
+        await request.read()
+        expected = "Basic " + base64.b64encode(b"rw-user:s3cret-pass").decode()
+        return web.Response(status=204 if request.headers.get("Authorization") == expected else 401)
+
+
+async def test_remote_write_over_verified_tls_with_basic_auth(tmp_path, write_config, fleet_tokens) -> None:
+    ca = ThrowawayCA(tmp_path / "pki")
+    server_cert = ca.issue()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(server_cert.cert_file, server_cert.key_file)
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/api/v1/write", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/api/v1/write"
+    password = tmp_path / "rw.password"
+    password.write_text("s3cret-pass\n", encoding="utf-8")
+    password.chmod(0o600)
+    history = {"remote_write_url": url, "job": "j", "instance": "i", "basic_username": "rw-user"}
+    token = fleet_tokens["V1"]
+    wire = wire_snapshot("V1", boot_id="b1", seq=1, sent_at=time.time() - 10)
+    try:
+        verified = {**history, "ca_file": str(ca.ca_file), "basic_password_file": str(password)}
+        with AggregatorProcess(write_config(fleet_tokens, history=verified)) as agg:
+            answer = await asyncio.to_thread(post_batch, agg.url, token, [wire])
+            assert answer.status == 200 and answer.json()["written"] == 1, answer.body
+            assert receiver.requests[-1]["Content-Encoding"] == "snappy"
+            assert not any("s3cret" in line for line in agg.raw_stderr)
+        # The system trust store does not know the throwaway CA: refused, the vehicle keeps its batch.
+        unverified = {**history, "basic_password_file": str(password)}
+        config = write_config(fleet_tokens, history=unverified)
+        with AggregatorProcess(config) as agg:
+            before = len(receiver.requests)
+            answer = await asyncio.to_thread(post_batch, agg.url, token, [wire])
+            assert answer.status == 503 and "certificate" in answer.json()["detail"].lower()
+            assert len(receiver.requests) == before
+    finally:
+        await runner.cleanup()

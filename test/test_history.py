@@ -200,3 +200,22 @@ def test_history_config_names_every_problem() -> None:
         assert fragment in text
     with pytest.raises(ConfigError, match="remote_write_url needs job and instance"):
         parse_config({"history": {"remote_write_url": "http://127.0.0.1:9090/api/v1/write", "job": "j"}})
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "history": {
+                    "remote_write_url": "http://p:9090/api/v1/write",
+                    "job": "j",
+                    "instance": "i",
+                    "basic_username": "u",
+                    "ca_file": "/nonexistent.pem",
+                }
+            }
+        )
+    text = str(info.value)
+    for fragment in (
+        "basic_username and basic_password_file go together",
+        "history.ca_file: cannot read",
+        "ca_file is set, but remote_write_url is not https",
+    ):
+        assert fragment in text

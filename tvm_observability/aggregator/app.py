@@ -13,6 +13,7 @@ import hmac
 import logging
 import re
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class Runtime:
     refusal_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "push rejected"))
     history_client: aiohttp.ClientSession | None = None
     """The remote-write connection pool, opened at the first backfill, closed with the app."""
+    history_auth: aiohttp.BasicAuth | None = None
     """Refusals are counted exactly, but logged at most LogSummary's burst per reason and client per interval."""
 
     @property
@@ -268,15 +270,15 @@ async def _backfill(
         max_age_s=history.max_sample_age_s,
     )
     if series:
-        if rt.history_client is None:
-            rt.history_client = aiohttp.ClientSession()
         body = remote_write.encode(series)
         started = time.perf_counter()
         try:
-            async with rt.history_client.post(
+            client, auth = _history_client(rt, history)
+            async with client.post(
                 history.remote_write_url,
                 data=body,
                 headers=remote_write.HEADERS,
+                auth=auth,
                 timeout=aiohttp.ClientTimeout(total=history.timeout_s),
             ) as response:
                 answer = (await response.read())[:300].decode("utf-8", "replace").strip()
@@ -305,6 +307,18 @@ async def _backfill(
     outcomes["written"] = len(snaps) - outcomes["dropped"]
     rt.metrics.history_samples.inc(sum(len(samples) for _, samples in series))
     return None
+
+
+def _history_client(rt: Runtime, history: HistoryConfig) -> tuple[aiohttp.ClientSession, aiohttp.BasicAuth | None]:
+    """The remote-write connection pool and credentials, made at the first backfill (their keys are restart-only).
+    Certificates are always verified: aiohttp's `ssl=True` would not, so the context is explicit."""
+    if rt.history_client is None:
+        context = ssl.create_default_context(cafile=history.ca_file)
+        rt.history_client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+        if history.basic_username is not None and history.basic_password_file is not None:
+            with open(history.basic_password_file, encoding="utf-8") as handle:
+                rt.history_auth = aiohttp.BasicAuth(history.basic_username, handle.read().strip())
+    return rt.history_client, rt.history_auth
 
 
 def _check_content_type(request: web.Request) -> None:

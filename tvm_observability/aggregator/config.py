@@ -375,10 +375,26 @@ class OptionalUrl:
         return value
 
 
+@dataclass(frozen=True)
+class OptionalFile:
+    """A file that must be readable when the config is loaded, or null."""
+
+    doc: str = "file path or null"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        return None if value is None else PemFile(self.doc).read(value, path, problems)
+
+
 def _history_rule(raw: Mapping[Any, Any], path: str) -> list[str]:
-    if raw.get("remote_write_url") is not None and (raw.get("job") is None or raw.get("instance") is None):
-        return [f"{path}: remote_write_url needs job and instance (the labels the scrape gives the series)"]
-    return []
+    problems = []
+    url = raw.get("remote_write_url")
+    if url is not None and (raw.get("job") is None or raw.get("instance") is None):
+        problems.append(f"{path}: remote_write_url needs job and instance (the labels the scrape gives the series)")
+    if (raw.get("basic_username") is None) != (raw.get("basic_password_file") is None):
+        problems.append(f"{path}: basic_username and basic_password_file go together")
+    if raw.get("ca_file") is not None and not (isinstance(url, str) and url.startswith("https:")):
+        problems.append(f"{path}: ca_file is set, but remote_write_url is not https")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,6 +421,22 @@ class HistoryConfig:
         "receiver's `out_of_order_time_window`",
     )
     timeout_s: float = key(10.0, Number(0.1), "timeout of one remote write; on failure the vehicle gets 503")
+    ca_file: str | None = key(
+        None,
+        OptionalFile("PEM path or null"),
+        "CA bundle to verify an https `remote_write_url` (certificates are always verified); null: the system "
+        "trust store",
+        reloads=False,
+    )
+    basic_username: str | None = key(
+        None, Username(), "HTTP basic auth towards the endpoint: this user, with `basic_password_file`", reloads=False
+    )
+    basic_password_file: str | None = key(
+        None,
+        OptionalFile(),
+        "file holding the basic auth password (one line; mode 0600): the password is never in the config or a log",
+        reloads=False,
+    )
 
 
 @dataclass(frozen=True, slots=True)
