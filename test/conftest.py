@@ -16,10 +16,12 @@ from tvm_observability.auth import generate_token, hash_token
 
 
 @pytest.fixture
-def ros_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    """A private ROS_DOMAIN_ID (localhost-only discovery) for this test, in os.environ and as a dict."""
+def ros_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A private ROS_DOMAIN_ID (localhost-only discovery) and ROS_HOME (ROS logs, a bridge's journal with the
+    shipped parameters) for this test, in os.environ and as a dict."""
     require_module("rclpy", ROS_INSTALL)
-    with ros_domain() as env:
+    with ros_domain() as domain:
+        env = {**domain, "ROS_HOME": str(tmp_path / "ros_home")}
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         yield {**os.environ, **env}

@@ -133,7 +133,9 @@ def test_shipped_config_documents_every_parameter_and_is_valid():
     params = yaml.safe_load(text)["/**"]["ros__parameters"]
     assert sorted(k for k in params if k != "sensor") == sorted(spec.name for spec in PARAMETERS)
     for spec in PARAMETERS:
-        assert params[spec.name] == spec.default or spec.name == "sensors", spec.name
+        # The shipped file turns the journal on (the node's default, for a bridge off-robot, is off).
+        assert params[spec.name] == spec.default or spec.name in ("sensors", "journal_dir"), spec.name
+    assert params["journal_dir"]
     flat = _flatten(params)
     flat["vehicle_id"] = "V5"
     parsed = parse_params(flat)
@@ -182,3 +184,24 @@ def test_a_second_aggregator_is_optional_and_checked_like_the_first():
         parse_params(values(second_aggregator_url="http://127.0.0.1:9100"))
     with pytest.raises(ParamError, match="second_aggregator_url: must not carry credentials"):
         parse_params(values(second_aggregator_url="http://user:pw@127.0.0.1:9101"))
+
+
+def test_journal_is_off_by_default_and_per_vehicle_below_the_ros_home(monkeypatch, tmp_path):
+    assert parse_params(values()).journal is None
+    monkeypatch.setenv("ROS_HOME", str(tmp_path))
+    journal = parse_params(values(journal_dir="tvm_observability/journal", aggregator_url="https://a.example:9443/"))
+    assert journal.journal is not None
+    assert journal.journal.directory == str(tmp_path / "tvm_observability" / "journal" / "V5")
+    assert journal.journal.history_url == "https://a.example:9443/api/v1/telemetry/history"
+    absolute = parse_params(values(journal_dir="/var/lib/bridge")).journal
+    assert absolute is not None and absolute.directory == "/var/lib/bridge/V5"
+
+
+def test_journal_problems_are_reported_together():
+    with pytest.raises(ParamError) as info:
+        parse_params(
+            values(journal_dir=3, journal_max_bytes=10, journal_max_age_s=-1.0, backlog_max_snapshots_per_s=0.0)
+        )
+    text = str(info.value)
+    for fragment in ("journal_dir:", "journal_max_bytes:", "journal_max_age_s:", "backlog_max_snapshots_per_s:"):
+        assert fragment in text

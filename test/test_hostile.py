@@ -223,7 +223,9 @@ def test_only_the_baseline_is_left_after_the_corpus(hostile: Hostile) -> None:
     image = wait_for(lambda: hostile.state_file.exists() and StateFile(hostile.state_file).load(), 10)
     assert sorted(image["vehicles"]) == ["V1", "V2"]
     for saved in image["vehicles"].values():
-        assert saved["boots"] == [{"boot_id": "boot-a", "seq": BASE_SEQ, "errors": {"motor_stall": 3}, "overflow": 0}]
+        assert saved["boots"] == [
+            {"boot_id": "boot-a", "seq": BASE_SEQ, "errors": {"motor_stall": 3}, "overflow": 0, "history_seq": 0}
+        ]
 
 
 def test_valid_push_still_accepted_after_the_corpus(hostile: Hostile) -> None:

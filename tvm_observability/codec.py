@@ -29,6 +29,12 @@ def encode_wire(wire: dict[str, Any]) -> bytes:
     return packed
 
 
+def encode_batch(bodies: Sequence[bytes]) -> bytes:
+    """A msgpack array of already encoded snapshot bodies (a backlog upload), without decoding them again."""
+    header: bytes = msgpack.Packer().pack_array_header(len(bodies))
+    return header + b"".join(bodies)
+
+
 def decode(body: bytes) -> Any:
     """Unpack a body into plain Python values; anything but clean msgpack raises MalformedBody.
 

@@ -88,6 +88,13 @@ class TooManyVehicles(LimitExceeded):
     reason = "limit_vehicles"
 
 
+class TooManySnapshots(LimitExceeded):
+    """More snapshots in one history batch than `history.max_batch_snapshots` (the bridge halves its batch)."""
+
+    status = 413
+    reason = "limit_batch"
+
+
 class BodyTooLarge(TelemetryError):
     status = 413
     reason = "too_large"

@@ -47,6 +47,9 @@ for codes beyond its per-boot budget, by the aggregator for codes beyond a vehic
 TELEMETRY_PATH = "/api/v1/telemetry"
 """Where a vehicle POSTs its snapshots (docs/telemetry-protocol.md)."""
 
+HISTORY_PATH = "/api/v1/telemetry/history"
+"""Where a vehicle POSTs its backlog: snapshots journalled during an outage (docs/telemetry-protocol.md)."""
+
 ROUTING_HEADER = "X-Vehicle-Id"
 """Carried by every POST so that a load balancer can route on the vehicle without decoding the body
 (docs/decisions/0001-routing-key.md)."""

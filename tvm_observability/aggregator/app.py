@@ -13,10 +13,12 @@ import hmac
 import logging
 import re
 import secrets
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -36,15 +38,18 @@ from ..errors import (
     UnknownVehicle,
     UnsupportedMediaType,
 )
-from ..model import ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
+from ..model import HISTORY_PATH, ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
+from . import remote_write
 from .access import read_auth_middleware
+from .backfill import snapshot_series
 from .collector import Exposition, ServiceMetrics, disable_created_series
-from .config import AggregatorConfig
+from .config import AggregatorConfig, HistoryConfig
 from .connections import request_client
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_map import render_map
 from .fleet_view import build_view
 from .geofence_monitor import GeofenceMonitor
+from .history import accept_batch, mark_written, parse_batch
 from .ingest import IngestLimits, parse_snapshot
 from .logs import LogSummary
 from .persistence import StateFile, keep_state
@@ -64,6 +69,8 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 """HTTP methods counted under their own label; any other token a client sends is counted as `other`."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _UNKNOWN_STATUS_MEMORY = 10_000
+HISTORY_RETRY_AFTER_S = 30
+"""Retry-After of a 503 while the history store cannot be written: the vehicle keeps the batch and comes back."""
 
 
 @dataclass
@@ -87,6 +94,9 @@ class Runtime:
     refusal_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "push rejected"))
     status_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "unknown statuses"))
     """Unknown statuses are logged once per vehicle and status, and at LogSummary's rate however many arrive."""
+    history_client: aiohttp.ClientSession | None = None
+    """The remote-write connection pool, opened at the first backfill, closed with the app."""
+    history_auth: aiohttp.BasicAuth | None = None
     """Refusals are counted exactly, but logged at most LogSummary's burst per reason and client per interval."""
 
     @property
@@ -145,7 +155,9 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(lambda _: keep_state(runtime))
     app.cleanup_ctx.append(lambda _: recall_geofences(runtime))
+    app.on_cleanup.append(_close_history_client)
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
+    app.router.add_post(HISTORY_PATH, handle_history)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
@@ -159,6 +171,12 @@ async def recall_geofences(rt: Runtime) -> AsyncIterator[None]:
     """After the state is restored: the last known violations of the restored vehicles stay known."""
     rt.geofence.recall(v.snapshot for v in rt.fleet if v.snapshot is not None)
     yield
+
+
+async def _close_history_client(app: web.Application) -> None:
+    client = app[RUNTIME].history_client
+    if client is not None:
+        await client.close()
 
 
 # -- middleware --------------------------------------------------------------------------------
@@ -229,6 +247,114 @@ async def handle_telemetry(request: web.Request) -> web.Response:
         {"status": outcome.value, "vehicle_id": snap.vehicle_id, "boot_id": snap.boot_id, "seq": snap.seq},
         headers={"X-Request-Id": request_id},
     )
+
+
+async def handle_history(request: web.Request) -> web.Response:
+    """POST /api/v1/telemetry/history: a batch of one vehicle's journalled snapshots (history.py). The same
+    checks as a push, in the same order, with the batch's own limits; decoded off the event loop; the live rate
+    limit does not apply (the bridge paces its backlog) and live values and liveness are never touched."""
+    rt = request.app[RUNTIME]
+    request_id = _request_id(request)
+    vehicle_id: str | None = None
+    try:
+        _check_content_type(request)
+        vehicle_id = credential = _authenticate(rt, bearer_token(request.headers.get("Authorization")))
+        routed = _routing_vehicle(request, credential)
+        history = rt.config.history
+        body = await _read_body(request, history.max_body_bytes, rt.config.limits.body_timeout_s)
+        limits = rt.ingest_limits
+        snaps = await asyncio.to_thread(lambda: parse_batch(codec.decode(body), limits, history.max_batch_snapshots))
+        vehicle_id = snaps[0].vehicle_id
+        _authorise(rt, vehicle_id, credential, routed)
+        outcomes, to_write = accept_batch(rt.fleet, snaps, store=history.remote_write_url is not None)
+    except TelemetryError as exc:
+        return _reject(rt, exc, request, request_id, vehicle_id)
+    if to_write:
+        error = await _backfill(rt, history, to_write, outcomes)
+        if error is not None:
+            _LOGGER.warning(
+                "history not written, the vehicle keeps its backlog: %s",
+                error,
+                extra={"request_id": request_id, "vehicle_id": vehicle_id},
+            )
+            return web.json_response(
+                {"error": "history_unavailable", "detail": error},
+                status=503,
+                headers={"X-Request-Id": request_id, "Retry-After": str(HISTORY_RETRY_AFTER_S)},
+            )
+    for outcome, count in outcomes.items():
+        if count:
+            rt.metrics.history_snapshots.labels(outcome).inc(count)
+    return web.json_response(
+        {"status": "accepted", "vehicle_id": vehicle_id, "snapshots": len(snaps), **outcomes},
+        headers={"X-Request-Id": request_id},
+    )
+
+
+async def _backfill(
+    rt: Runtime, history: HistoryConfig, snaps: list[VehicleSnapshot], outcomes: dict[str, int]
+) -> str | None:
+    """Write the values of `snaps` to the remote-write endpoint; None once written (watermarks advanced,
+    `outcomes` updated), else what went wrong (nothing advanced: the vehicle sends the batch again)."""
+    assert history.remote_write_url is not None and history.job is not None and history.instance is not None
+    series, dropped = snapshot_series(
+        rt.fleet,
+        snaps,
+        job=history.job,
+        instance=history.instance,
+        now=rt.fleet.clock.time(),
+        max_age_s=history.max_sample_age_s,
+    )
+    if series:
+        body = remote_write.encode(series)
+        started = time.perf_counter()
+        try:
+            client, auth = _history_client(rt, history)
+            async with client.post(
+                history.remote_write_url,
+                data=body,
+                headers=remote_write.HEADERS,
+                auth=auth,
+                timeout=aiohttp.ClientTimeout(total=history.timeout_s),
+            ) as response:
+                answer = (await response.read())[:300].decode("utf-8", "replace").strip()
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            rt.metrics.remote_write_failures.inc()
+            return f"remote write to {history.remote_write_url} failed: {type(exc).__name__}: {exc}"[:300]
+        finally:
+            rt.metrics.remote_write_duration.observe(time.perf_counter() - started)
+        if status // 100 != 2:
+            if "too old" not in answer:  # Prometheus 2.42 answers a too-old sample with 500: refused for good
+                rt.metrics.remote_write_failures.inc()
+                return f"remote write to {history.remote_write_url} answered {status}: {answer}"
+            _LOGGER.warning(
+                "remote write refused a batch as too old (%s): dropped; keep history.max_sample_age_s within the "
+                "receiver's out_of_order_time_window",
+                answer,
+            )
+            dropped["too_old"] += len(snaps) - sum(dropped.values())
+            series = []
+    mark_written(rt.fleet, snaps)
+    for reason, count in dropped.items():
+        if count:
+            rt.metrics.history_dropped.labels(reason).inc(count)
+    outcomes["dropped"] = sum(dropped.values())
+    outcomes["written"] = len(snaps) - outcomes["dropped"]
+    rt.metrics.history_samples.inc(sum(len(samples) for _, samples in series))
+    return None
+
+
+def _history_client(rt: Runtime, history: HistoryConfig) -> tuple[aiohttp.ClientSession, aiohttp.BasicAuth | None]:
+    """The remote-write connection pool and credentials, made at the first backfill (their keys are restart-only).
+    Certificates are always verified: aiohttp's `ssl=True` would not, so the context is explicit."""
+    if rt.history_client is None:
+        context = ssl.create_default_context(cafile=history.ca_file)
+        rt.history_client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context))
+        if history.basic_username is not None and history.basic_password_file is not None:
+            with open(history.basic_password_file, encoding="utf-8") as handle:
+                rt.history_auth = aiohttp.BasicAuth(history.basic_username, handle.read().strip())
+    return rt.history_client, rt.history_auth
 
 
 def _check_content_type(request: web.Request) -> None:

@@ -3,7 +3,9 @@
 Every roster vehicle appears from start-up (offline, heartbeat age +Inf until first contact),
 so a vehicle that never reports or dies stays visible. Unknown values are absent, never NaN.
 Last-known values of an offline vehicle stay exported (its last position is what an operator
-needs to find it); `vehicle_up`, `vehicle_status{status="offline"}` and the ages say they are old.
+needs to find it); `vehicle_up`, `vehicle_status{status="offline"}` and the ages say they are old. While
+history is written to Prometheus (`history.remote_write_url`) they stop when the vehicle goes offline instead,
+and the backlog fills the outage in (docs/history.md).
 
 Two renderings of the same samples (`_vehicle_samples` is their one source):
 - `FleetCollector.collect()` builds prometheus_client metric families (registries, tests, get_sample_value);
@@ -17,7 +19,7 @@ Two renderings of the same samples (`_vehicle_samples` is their one source):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import prometheus_client
@@ -32,11 +34,12 @@ from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..errors import REJECTION_REASONS
-from ..model import SENSOR_STATUSES
+from ..model import SENSOR_STATUSES, SensorReport, VehicleSnapshot
 from .connections import REFUSAL_REASONS as CONNECTION_REFUSAL_REASONS
 from .fleet import FleetState, VehicleState
 from .geofence import GEOFENCE_STATUSES
 from .geofence_monitor import GeofenceMonitor
+from .history import OUTCOMES as HISTORY_OUTCOMES
 
 _V = ("vehicle_id",)
 
@@ -157,8 +160,9 @@ def _live_samples(fleet: FleetState, v: VehicleState, now: float) -> Iterator[Sa
     yield _HB_AGE, (), age
 
 
-def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
-    """Every sample of one vehicle that changes only when its state does (i.e. with `v.version`)."""
+def _vehicle_samples(v: VehicleState, values: bool = True) -> Iterator[Sample]:
+    """Every sample of one vehicle that changes only when its state does (i.e. with `v.version`); without the
+    values of its last snapshot when `values` is false (an offline vehicle while history is backfilled)."""
     yield _ON_ROSTER, (), 1.0 if v.on_roster else 0.0
     if v.heartbeat_wall is not None:
         yield _HB_TS, (), v.heartbeat_wall
@@ -170,7 +174,7 @@ def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
         yield _RESTARTS, (), float(v.restarts)
         yield _SENSORS_FOLDED, (), float(v.sensors_folded)
     snap = v.snapshot
-    if snap is None:
+    if snap is None or not values:
         return
     if snap.battery is not None:
         b = snap.battery
@@ -206,6 +210,22 @@ def _vehicle_samples(v: VehicleState) -> Iterator[Sample]:
             yield _SENSOR_RATE, (name,), report.rate_hz
 
 
+_VALUE_FAMILIES = range(_BATTERY, _SENSOR_RATE + 1)
+"""The families that carry a snapshot's values (what history backfills), as opposed to liveness and counters."""
+
+
+def value_samples(
+    vehicle_id: str, snap: VehicleSnapshot, sensors: Mapping[str, SensorReport]
+) -> Iterator[tuple[str, dict[str, str], float]]:
+    """The value samples one snapshot makes, as /metrics names and labels them (`sensors` as exported, i.e.
+    folded into the vehicle's sensor-name budget): (metric name, labels with vehicle_id, value)."""
+    vehicle = VehicleState(vehicle_id, on_roster=False, snapshot=snap, sensors=sensors)
+    for index, labels, value in _vehicle_samples(vehicle):
+        if index in _VALUE_FAMILIES:
+            family = _PER_VEHICLE[index]
+            yield family.name, dict(zip(family.labels, (vehicle_id, *labels), strict=True)), value
+
+
 def _fleet_wide(online: int, total: int) -> list[Metric]:
     """vehicles_online and vehicles_total (of the vehicles exported), which sit between the per-vehicle families."""
     family = _ONLINE.empty()
@@ -230,7 +250,8 @@ class FleetCollector(Collector):
         for v in fleet.exported(now):
             online += fleet.is_online(v, now)
             total += 1
-            for samples in (_live_samples(fleet, v, now), _vehicle_samples(v)):
+            values = fleet.values_while_offline or fleet.is_online(v, now)
+            for samples in (_live_samples(fleet, v, now), _vehicle_samples(v, values)):
                 for index, labels, value in samples:
                     families[index].add_metric((v.vehicle_id, *labels), value)
         yield from families[: len(_FAMILIES)]
@@ -377,16 +398,17 @@ class _Rendered:
     What depends only on the vehicle id (and its current status) is carried over from the previous entry.
     """
 
-    __slots__ = ("age_prefix", "columns", "status", "status_text", "tail", "up_text", "vehicle", "version")
+    __slots__ = ("age_prefix", "columns", "status", "status_text", "tail", "up_text", "values", "vehicle", "version")
     tail: str
     up_text: tuple[str, str]
     age_prefix: str
     status: str
     status_text: str
 
-    def __init__(self, vehicle: VehicleState, previous: _Rendered | None) -> None:
+    def __init__(self, vehicle: VehicleState, previous: _Rendered | None, values: bool = True) -> None:
         self.vehicle = vehicle
         self.version = vehicle.version
+        self.values = values
         if previous is not None:
             self.tail, self.up_text, self.age_prefix = previous.tail, previous.up_text, previous.age_prefix
             self.status, self.status_text = previous.status, previous.status_text
@@ -398,7 +420,7 @@ class _Rendered:
             self.status_text = ""
         tail = self.tail
         columns = [""] * len(_PER_VEHICLE)
-        for index, labels, value in _vehicle_samples(vehicle):  # _LineFormat.line, inlined: the cold-scrape hot loop
+        for index, labels, value in _vehicle_samples(vehicle, values):  # _LineFormat.line, inlined: the hot loop
             head = _HEADS[index] % tuple(map(_escape, labels)) if labels else _HEADS[index]
             number = float(value)
             text = repr(number) if -1e6 < number < 1e6 else _go(number)
@@ -474,9 +496,10 @@ class Exposition:
         online = 0
         for v in fleet.exported(now):
             entry = cache.get(v.vehicle_id)
-            if entry is None or entry.vehicle is not v or entry.version != v.version:
-                entry = cache[v.vehicle_id] = _Rendered(v, entry)
             current, up, age = _live(fleet, v, now)
+            values = fleet.values_while_offline or up
+            if entry is None or entry.vehicle is not v or entry.version != v.version or entry.values != values:
+                entry = cache[v.vehicle_id] = _Rendered(v, entry, values)
             online += up
             status_column.append(entry.status_lines(statuses, current))
             up_column.append(entry.up_text[up])
@@ -584,6 +607,36 @@ class ServiceMetrics:
         )
         for reason in REJECTION_REASONS:  # every reason from 0, so rate() works from the first scrape
             self.rejected.labels(reason)
+        self.history_snapshots = Counter(
+            "telemetry_history_snapshots",
+            "Backlog snapshots received in history batches, by what became of them (docs/history.md).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in HISTORY_OUTCOMES:
+            self.history_snapshots.labels(outcome)
+        self.history_dropped = Counter(
+            "telemetry_history_snapshots_dropped",
+            "Backlog snapshots not written to history for good, by reason (too_old, future).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("too_old", "future"):
+            self.history_dropped.labels(reason)
+        self.history_samples = Counter(
+            "telemetry_history_samples_written", "Samples written to the remote-write endpoint.", registry=registry
+        )
+        self.remote_write_failures = Counter(
+            "telemetry_history_remote_write_failures",
+            "Remote writes that failed (unreachable, timeout, refused); the vehicle got 503 and keeps its backlog.",
+            registry=registry,
+        )
+        self.remote_write_duration = Histogram(
+            "telemetry_history_remote_write_duration_seconds",
+            "Time of one remote write.",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
         self.state_saves = Counter("telemetry_state_saves", "Successful writes of the state file.", registry=registry)
         self.state_save_failures = Counter(
             "telemetry_state_save_failures",

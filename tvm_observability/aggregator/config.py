@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -26,6 +27,7 @@ from ..auth import TOKEN_SHA256_PATTERN
 from ..model import NAME_PATTERN, OFFLINE_STATUS, UNKNOWN_STATUS, VEHICLE_ID_PATTERN
 from .fleet import FleetSettings
 from .geofence import GeofenceSettings, Zones, ZonesError, parse_zones_text
+from .history import DEFAULT_MAX_BATCH_SNAPSHOTS
 from .ingest import IngestLimits
 from .ratelimit import RateSettings
 from .shards import SHARD_NAME_PATTERN, ShardMap, ShardMapError, ownership_problems
@@ -429,6 +431,98 @@ class Limits:
     )
 
 
+@dataclass(frozen=True)
+class OptionalText:
+    doc: str = "string or null"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        return None if value is None else Text().read(value, path, problems)
+
+
+@dataclass(frozen=True)
+class OptionalUrl:
+    doc: str = "http(s) URL or null"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        if value is None:
+            return None
+        problem = f"must be an http:// or https:// URL with a host and no credentials, got {_show(value)}"
+        if not isinstance(value, str):
+            return _fail(problems, path, problem)
+        try:
+            parts = urlsplit(value)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            return _fail(problems, path, problem)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or parts.username:
+            return _fail(problems, path, problem)
+        return value
+
+
+@dataclass(frozen=True)
+class OptionalFile:
+    """A file that must be readable when the config is loaded, or null."""
+
+    doc: str = "file path or null"
+
+    def read(self, value: Any, path: str, problems: list[str]) -> Any:
+        return None if value is None else PemFile(self.doc).read(value, path, problems)
+
+
+def _history_rule(raw: Mapping[Any, Any], path: str) -> list[str]:
+    problems = []
+    url = raw.get("remote_write_url")
+    if url is not None and (raw.get("job") is None or raw.get("instance") is None):
+        problems.append(f"{path}: remote_write_url needs job and instance (the labels the scrape gives the series)")
+    if (raw.get("basic_username") is None) != (raw.get("basic_password_file") is None):
+        problems.append(f"{path}: basic_username and basic_password_file go together")
+    if raw.get("ca_file") is not None and not (isinstance(url, str) and url.startswith("https:")):
+        problems.append(f"{path}: ca_file is set, but remote_write_url is not https")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryConfig:
+    """Backlog batches from vehicles' journals (POST /api/v1/telemetry/history, docs/history.md)."""
+
+    max_batch_snapshots: int = key(
+        DEFAULT_MAX_BATCH_SNAPSHOTS, Number(1, integer=True), "snapshots in one history batch (more: 413 `limit_batch`)"
+    )
+    max_body_bytes: int = key(1024 * 1024, Number(256, integer=True), "larger history batches get 413 `too_large`")
+    remote_write_url: str | None = key(
+        None,
+        OptionalUrl(),
+        "Prometheus remote-write endpoint (`…/api/v1/write`) the backlog's values are written to; while set, a "
+        "vehicle's value series are exported only while it is online ([history](history.md))",
+        default_doc="off: counts merged, values not written",
+    )
+    job: str | None = key(None, OptionalText(), "the `job` label the scrape gives the aggregator's series")
+    instance: str | None = key(None, OptionalText(), "the `instance` label the scrape gives the aggregator's series")
+    max_sample_age_s: float = key(
+        86400.0,
+        Number(1),
+        'older samples are dropped (`telemetry_history_snapshots_dropped_total{reason="too_old"}`): at most the '
+        "receiver's `out_of_order_time_window`",
+    )
+    timeout_s: float = key(10.0, Number(0.1), "timeout of one remote write; on failure the vehicle gets 503")
+    ca_file: str | None = key(
+        None,
+        OptionalFile("PEM path or null"),
+        "CA bundle to verify an https `remote_write_url` (certificates are always verified); null: the system "
+        "trust store",
+        reloads=False,
+    )
+    basic_username: str | None = key(
+        None, Username(), "HTTP basic auth towards the endpoint: this user, with `basic_password_file`", reloads=False
+    )
+    basic_password_file: str | None = key(
+        None,
+        OptionalFile(),
+        "file holding the basic auth password (one line; mode 0600): the password is never in the config or a log",
+        reloads=False,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class VehicleEntry:
     """A roster vehicle: expected from start-up, with the hash of its bearer token."""
@@ -672,6 +766,9 @@ class AggregatorConfig:
         "one shard of a sharded deployment behind HAProxy (docs/scaling.md)",
         reloads=False,
         default_doc="not sharded: every vehicle is this aggregator's",
+    )
+    history: HistoryConfig = key(
+        HistoryConfig(), Section(HistoryConfig, _history_rule), "backlog batches from vehicles' journals"
     )
 
     @property

@@ -89,6 +89,9 @@ class BootRecord:
     overflow: int = 0
     """Events of the codes past MAX_CODES_PER_BOOT: the highest sum seen in one push (counts are cumulative, so
     that is exact for a vehicle that sends all its codes in every push, and never counts an event twice)."""
+    history_seq: int = 0
+    """The highest seq of this boot written to history (decision 0003's watermark): backlog items at or below it
+    are acknowledged without being written again. 0: nothing written."""
 
 
 @dataclass(slots=True)
@@ -191,6 +194,9 @@ class FleetSettings:
     owned: frozenset[str] | None = None
     """The vehicles this aggregator's shard owns (shards.py); None: not sharded, every vehicle is its own. A
     vehicle it does not own is exported only while it is online here (pushed to it), never as offline."""
+    values_while_offline: bool = True
+    """Export an offline vehicle's last values (battery, position, pose, sensors). False while history is written
+    to Prometheus: a stale value scraped during an outage would sit between the backfilled ones (docs/history.md)."""
 
 
 class FleetState:
@@ -216,6 +222,7 @@ class FleetState:
         self.offline_after_s = settings.offline_after_s
         self.max_error_codes = settings.max_error_code_series
         self.max_unknown = settings.max_unknown_vehicles
+        self.values_while_offline = settings.values_while_offline
 
     def __len__(self) -> int:
         return len(self._vehicles)
@@ -237,6 +244,7 @@ class FleetState:
         record = self._boot_record(vehicle, snap)
         if record is None:
             return Outcome.DUPLICATE
+        record.seq = snap.seq
         self._merge_counts(vehicle, record, snap)
         vehicle.version += 1
         self.dirty = True
@@ -281,7 +289,6 @@ class FleetState:
 
     def _merge_counts(self, vehicle: VehicleState, record: BootRecord, snap: VehicleSnapshot) -> None:
         """Keep the highest cumulative count per code of this boot; give new codes a series while the budget lasts."""
-        record.seq = snap.seq
         overflow = 0
         for code, count in snap.errors.items():
             if code not in record.errors and len(record.errors) >= MAX_CODES_PER_BOOT:
@@ -306,6 +313,32 @@ class FleetState:
         vehicle.heartbeat_monotonic = self.clock.monotonic()
         vehicle.heartbeat_wall = self.clock.time()
         vehicle.clock_skew_s = snap.sent_at - vehicle.heartbeat_wall
+
+    def merge_history(self, snap: VehicleSnapshot) -> BootRecord | None:
+        """Fold a backlog snapshot's counts into its boot (history.py): never its live values, heartbeat or the
+        boot's live seq. The boot's record, None when the snapshot needs nothing more (already written to
+        history, or of a boot retired since, whose counts are in the retired sum). A boot not seen live is placed
+        by the vehicle's own clock: one that began before the last live snapshot (it ended during the outage) is
+        tracked as the newest-but-one, so the live boot stays current; a later one (the bridge restarted during
+        the outage, its backlog arrived before its first live push) becomes the current boot, whose live pushes
+        are then taken as live."""
+        vehicle = self._admit(snap.vehicle_id)
+        record = vehicle.boots.get(snap.boot_id)
+        if record is None:
+            if snap.boot_id in vehicle.retired_boots:
+                return None
+            current, last = vehicle.boot_id, vehicle.snapshot
+            record = self._boot_record(vehicle, snap)
+            assert record is not None
+            if current is not None and current in vehicle.boots and (last is None or snap.sent_at < last.sent_at):
+                vehicle.boots.move_to_end(current)
+            record.seq = 0  # no live push of it seen: live pushes of it (none will come) are not duplicates
+        elif snap.seq <= record.history_seq:
+            return None
+        self._merge_counts(vehicle, record, snap)
+        vehicle.version += 1
+        self.dirty = True
+        return record
 
     def is_online(self, vehicle: VehicleState, now_monotonic: float) -> bool:
         return vehicle.heartbeat_age(now_monotonic) <= self.offline_after_s

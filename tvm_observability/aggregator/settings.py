@@ -49,6 +49,7 @@ def derive(config: AggregatorConfig) -> Settings:
             max_unknown_vehicles=limits.max_unknown_vehicles if config.allow_unknown_vehicles else 0,
             max_sensor_series=limits.max_sensor_series_per_vehicle,
             owned=None if config.shard is None else config.shard.map_file.owned_by(config.shard.name),
+            values_while_offline=config.history.remote_write_url is None,
         ),
         ingest=IngestLimits(
             max_sensors=limits.max_sensors_per_vehicle, max_error_codes=limits.max_error_codes_per_push

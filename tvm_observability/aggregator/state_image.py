@@ -5,6 +5,7 @@ Formats (one migration function per step, in MIGRATIONS; a new format adds one):
   2  per vehicle: boots (boot_id, seq, errors), retired, codes, heartbeat_wall, restarts, snapshot (msgpack bytes)
   3  + boots[].overflow (events of codes past the per-boot memory), retired_boot_ids (refused as `stale_boot`),
      sensor_names (the sensor-name budget) and sensors_folded
+  4  + boots[].history_seq (decision 0003's history watermark: the highest seq of the boot written to history)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..errors import TelemetryError
 from .fleet import BootRecord, FleetState, VehicleState
 from .ingest import IngestLimits, parse_snapshot
 
-STATE_FORMAT = 3
+STATE_FORMAT = 4
 """The format this version writes."""
 
 _TRUSTED_LIMITS = IngestLimits(max_sensors=2**31, max_error_codes=2**31)
@@ -56,7 +57,16 @@ def migrate_2_to_3(image: Image) -> Image:
     return {**image, "format": 3, "vehicles": vehicles}
 
 
-MIGRATIONS: dict[int, Callable[[Image], Image]] = {2: migrate_2_to_3}
+def migrate_3_to_4(image: Image) -> Image:
+    """Format 4 adds the history watermark per boot: nothing of any boot written to history yet."""
+    vehicles = {
+        vid: {**saved, "boots": [{**boot, "history_seq": 0} for boot in saved["boots"]]}
+        for vid, saved in image["vehicles"].items()
+    }
+    return {**image, "format": 4, "vehicles": vehicles}
+
+
+MIGRATIONS: dict[int, Callable[[Image], Image]] = {2: migrate_2_to_3, 3: migrate_3_to_4}
 """Format N -> a function returning the image in format N + 1."""
 
 
@@ -121,7 +131,8 @@ def _vehicle_image(v: VehicleState) -> Image:
         v.snapshot_body = codec.encode(v.snapshot)  # once per snapshot kept without its body
     return {
         "boots": [
-            {"boot_id": b, "seq": r.seq, "errors": dict(r.errors), "overflow": r.overflow} for b, r in v.boots.items()
+            {"boot_id": b, "seq": r.seq, "errors": dict(r.errors), "overflow": r.overflow, "history_seq": r.history_seq}
+            for b, r in v.boots.items()
         ],
         "retired": dict(v.retired),
         "retired_boot_ids": list(v.retired_boots),
@@ -137,7 +148,10 @@ def _vehicle_image(v: VehicleState) -> Image:
 def _restored_vehicle(vehicle_id: str, saved: Mapping[str, Any]) -> VehicleState:
     vehicle = VehicleState(vehicle_id, on_roster=False)
     vehicle.boots = OrderedDict(
-        (str(b["boot_id"]), BootRecord(_count(b["seq"]), _counts(b["errors"]), _count(b["overflow"])))
+        (
+            str(b["boot_id"]),
+            BootRecord(_count(b["seq"]), _counts(b["errors"]), _count(b["overflow"]), _count(b["history_seq"])),
+        )
         for b in saved["boots"]
     )
     vehicle.retired = _counts(saved["retired"])

@@ -22,6 +22,8 @@ from std_msgs.msg import String
 
 from .. import codec
 from . import converters
+from .backlog import BacklogUploader
+from .journal import Journal
 from .params import (
     EXIT_BAD_PARAMETERS,
     PARAMETERS,
@@ -66,6 +68,27 @@ class VehicleBridge(Node):
         sensor_types = {s.name: _message_type(s.name, s.message_type) for s in self.params.builder.sensors if s.topic}
         self._started = time.monotonic()
         self.builder = SnapshotBuilder(self.params.builder, started=self._started)
+        self.journal: Journal | None = None
+        self.backlog: BacklogUploader | None = None
+        if (journal := self.params.journal) is not None:
+            self.journal = Journal(
+                journal.directory,
+                max_bytes=journal.max_bytes,
+                max_age_s=journal.max_age_s,
+                flush_interval_s=journal.flush_interval_s,
+            )
+            self.backlog = BacklogUploader(
+                self.journal,
+                journal.history_url,
+                token,
+                vehicle_id=self.params.builder.vehicle_id,
+                ca_file=self.params.ca_file,
+                request_timeout_s=max(self.params.request_timeout_s, 10.0),
+                max_snapshots_per_s=journal.max_snapshots_per_s,
+                batch_size=journal.batch_size,
+                backoff_initial_s=self.params.backoff_initial_s,
+                backoff_max_s=max(self.params.backoff_max_s, 30.0),
+            )
         # One pusher per aggregator (two replicas of a shard, decision 0005): each keeps its own latest snapshot,
         # retries and thread, so a failing replica never delays the other.
         self.pushers = [
@@ -77,11 +100,13 @@ class VehicleBridge(Node):
                 request_timeout_s=self.params.request_timeout_s,
                 backoff_initial_s=self.params.backoff_initial_s,
                 backoff_max_s=self.params.backoff_max_s,
+                on_accepted=None if self.journal is None else self.journal.acknowledged,
             )
             for url in self.params.telemetry_urls
         ]
         self.pusher = self.pushers[0]
         self._health_name = f"{self.get_name()}: aggregator link"
+        self._journal_problem = ""
         self._link_level = ""
         self._lateness: list[float] = []
         self._next_tick = self._started + self.params.publish_period_s
@@ -89,6 +114,8 @@ class VehicleBridge(Node):
         self._diag_pub = self.create_publisher(DiagnosticArray, self.params.topics.diagnostics, 10)
         for pusher in self.pushers:
             pusher.start()
+        if self.backlog is not None:
+            self.backlog.start()
         self._timer = self.create_timer(self.params.publish_period_s, self._tick)
         # After the declarations (declaring runs these callbacks too): `ros2 param set` is applied or refused.
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -213,6 +240,10 @@ class VehicleBridge(Node):
         self._next_tick = max(self._next_tick + self.params.publish_period_s, now)
         snapshot = self.builder.build(now, time.time())
         body = codec.encode(snapshot)
+        if self.journal is not None:  # before the offer: the pusher's acknowledgement must find it
+            self.journal.add(snapshot.boot_id, snapshot.seq, snapshot.sent_at, body)
+            if self.journal.flush_due():
+                self.journal.flush()
         for pusher in self.pushers:
             pusher.offer(body)
         self._publish_health(now, snapshot.seq)
@@ -223,6 +254,12 @@ class VehicleBridge(Node):
         level, message = links_level(
             [link_level(s, now, self._started, self.params.link_error_after_s) for s in statuses]
         )
+        journal_values = self._journal_values()
+        if journal_values.get("journal_problem", "") not in ("", self._journal_problem):
+            self._journal_problem = journal_values["journal_problem"]
+            self.get_logger().error(self._journal_problem)  # each new problem once; it stays in the key-values
+        if level == "OK" and self._link_level not in ("OK", "") and self.backlog is not None:
+            self.backlog.wake()  # the link is back: drain now, not after the uploader's backoff
         if level != self._link_level and any(s.attempts > 0 for s in statuses):  # the first push is not news
             text = f"aggregator link {level}: {message}"
             # One call site per severity: rclpy's logger refuses a severity change at the same call site.
@@ -247,6 +284,7 @@ class VehicleBridge(Node):
             "max_tick_lateness_s": f"{max(self._lateness):.4f}",
             "stale_inputs": ",".join(stale),
             "error_events": str(sum(self.builder.errors.values())),
+            **journal_values,
         }
         if len(statuses) > 1:
             second = statuses[1]
@@ -269,9 +307,33 @@ class VehicleBridge(Node):
         ]
         self._diag_pub.publish(array)
 
+    def _journal_values(self) -> dict[str, str]:
+        """The journal's and the backlog's state for /diagnostics (none without a journal)."""
+        if self.journal is None or self.backlog is None:
+            return {}
+        stats, backlog = self.journal.stats(), self.backlog.status()
+        oldest = "" if stats.oldest_wall_time is None else f"{time.time() - stats.oldest_wall_time:.0f}"
+        return {
+            "journal_entries": str(stats.entries),
+            "journal_bytes": str(stats.bytes),
+            "journal_oldest_age_s": oldest,
+            "journal_dropped_size": str(stats.dropped_size),
+            "journal_dropped_age": str(stats.dropped_age),
+            "journal_replaced": str(stats.replaced),
+            "journal_problem": stats.problem,
+            "backlog_state": backlog.state,
+            "backlog_uploaded": str(backlog.uploaded),
+            "backlog_failures": str(backlog.failures),
+            "backlog_last_error": backlog.last_error,
+        }
+
     def close(self) -> None:
+        if self.backlog is not None:
+            self.backlog.close(self.params.request_timeout_s + 2.0)
         for pusher in self.pushers:
             pusher.close(self.params.request_timeout_s + 2.0)
+        if self.journal is not None:
+            self.journal.close()  # what the pushes did not deliver is kept for the next start
 
 
 def _now() -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..model import DEFAULT_VEHICLE_STATUSES, NAME_PATTERN, TELEMETRY_PATH, VEHICLE_ID_PATTERN
+from ..model import DEFAULT_VEHICLE_STATUSES, HISTORY_PATH, NAME_PATTERN, TELEMETRY_PATH, VEHICLE_ID_PATTERN
 from .snapshot import BuilderSettings, SensorSpec
 
 MESSAGE_TYPE_PATTERN = re.compile(r"([A-Za-z][A-Za-z0-9_]*)/msg/([A-Z][A-Za-z0-9]*)")
@@ -89,6 +89,20 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("max_error_codes", 32, "Distinct error codes per boot; further codes count under 'other'."),
     ParamSpec("sensors", [], "Names of the sensors to watch (see sensor.<name>.* parameters).", dynamic_typing=True),
+    ParamSpec(
+        "journal_dir",
+        "",
+        "Directory of the journal of unacknowledged snapshots (relative: below the ROS home). Empty: no journal.",
+    ),
+    ParamSpec("journal_max_bytes", 100_000_000, "Journal size cap in bytes (oldest snapshots dropped first)."),
+    ParamSpec("journal_max_age_s", 86400.0, "Journalled snapshots older than this are dropped."),
+    ParamSpec("journal_flush_interval_s", 5.0, "Seconds between journal writes (what a kill -9 can lose)."),
+    ParamSpec(
+        "backlog_max_snapshots_per_s",
+        20.0,
+        "Upload budget of the backlog after an outage, in snapshots per second (the live push is not counted).",
+    ),
+    ParamSpec("backlog_batch_size", 60, "Most snapshots in one backlog upload."),
 )
 
 SENSOR_FIELDS: tuple[ParamSpec, ...] = (
@@ -126,6 +140,19 @@ class Topics:
 
 
 @dataclass(frozen=True, slots=True)
+class JournalParams:
+    directory: str
+    """This vehicle's journal directory: <journal_dir>/<vehicle_id>, so bridges sharing a host never share one."""
+    max_bytes: int
+    max_age_s: float
+    flush_interval_s: float
+    history_url: str
+    """Where the backlog is uploaded (the aggregator's HISTORY_PATH)."""
+    max_snapshots_per_s: float
+    batch_size: int
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeParams:
     builder: BuilderSettings
     telemetry_url: str
@@ -137,6 +164,8 @@ class BridgeParams:
     backoff_max_s: float
     link_error_after_s: float
     topics: Topics
+    journal: JournalParams | None
+    """None: no journal (journal_dir empty)."""
     second_telemetry_url: str = ""
     """The telemetry URL of `second_aggregator_url`; empty: none."""
 
@@ -189,6 +218,7 @@ def parse_params(values: Mapping[str, Any]) -> BridgeParams:
         problems.append(
             "second_aggregator_url: the same as aggregator_url; give the other replica's URL or leave it empty"
         )
+    journal = _journal(values, r, str(vehicle_id), telemetry_url)
     token_file = _readable(values["token_file"], "token_file", problems)
     ca_file = _readable(values["ca_file"], "ca_file", problems)
     if ca_file and telemetry_url.startswith("http:") and not second_url.startswith("https:"):
@@ -233,6 +263,7 @@ def parse_params(values: Mapping[str, Any]) -> BridgeParams:
             status=r.topic("status_topic"),
             diagnostics=r.topic("diagnostics_topic"),
         ),
+        journal=journal,
     )
     if problems:
         raise ParamError(problems)
@@ -286,6 +317,37 @@ def _sensors(values: Mapping[str, Any], r: _Reader) -> tuple[SensorSpec, ...]:
         rate = r.number(sensor_param(name, "min_rate_hz"), 0.0, 10000.0) if topic else 0.0
         specs.append(SensorSpec(name, str(topic), str(message_type), rate, str(prefix)))
     return tuple(specs)
+
+
+def ros_home() -> Path:
+    """ROS 2's home directory: $ROS_HOME, else ~/.ros."""
+    return Path(os.environ.get("ROS_HOME") or Path.home() / ".ros")
+
+
+def _journal(values: Mapping[str, Any], r: _Reader, vehicle_id: str, telemetry_url: str) -> JournalParams | None:
+    raw = values["journal_dir"]
+    settings = (
+        int(r.number("journal_max_bytes", 100_000, 2**40, integer=True)),
+        r.number("journal_max_age_s", 60.0, 30 * 86400.0),
+        r.number("journal_flush_interval_s", 0.1, 60.0),
+        r.number("backlog_max_snapshots_per_s", 0.1, 10_000.0),
+        int(r.number("backlog_batch_size", 1, 1000, integer=True)),
+    )
+    if not isinstance(raw, str) or "\0" in raw:
+        r.problems.append(f"journal_dir: must be a directory path or empty, got {raw!r}")
+        return None
+    if not raw:
+        return None
+    max_bytes, max_age_s, flush_s, rate, batch = settings
+    return JournalParams(
+        directory=str(ros_home() / raw / vehicle_id),  # an absolute journal_dir replaces the ROS home
+        max_bytes=max_bytes,
+        max_age_s=max_age_s,
+        flush_interval_s=flush_s,
+        history_url=telemetry_url.removesuffix(TELEMETRY_PATH) + HISTORY_PATH,
+        max_snapshots_per_s=rate,
+        batch_size=batch,
+    )
 
 
 def _telemetry_url(raw: Any, problems: list[str], name: str = "aggregator_url") -> str:

@@ -95,8 +95,91 @@ def links_level(levels: list[tuple[str, str]]) -> tuple[str, str]:
     )
 
 
-class Pusher:
-    """Owns the asyncio thread and the HTTP session. start() once, offer() often, close() once."""
+def client_session(url: str, ca_file: str, timeout_s: float, headers: dict[str, str]) -> aiohttp.ClientSession:
+    """One keep-alive connection to the aggregator, verifying its certificate for https. Open it in the loop."""
+    # An explicit, verifying context for https: aiohttp 3.8 reads `ssl=True` as "do not verify".
+    if url.startswith("https:"):
+        connector = aiohttp.TCPConnector(limit=1, ssl=ssl.create_default_context(cafile=ca_file or None))
+    else:
+        connector = aiohttp.TCPConnector(limit=1)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, headers=headers)
+
+
+class AggregatorClient:
+    """An asyncio loop on its own thread with one keep-alive HTTP session to one aggregator URL. The live
+    Pusher and the backlog uploader each own one, so neither ever waits for the other.
+    start() once, close() once; subclasses implement `_serve`."""
+
+    thread_name = "aggregator-client"
+
+    def __init__(
+        self, url: str, token: str | None, *, vehicle_id: str, ca_file: str = "", request_timeout_s: float = 2.0
+    ) -> None:
+        self.url = url
+        # The routing header lets a load balancer route on the vehicle without decoding the body (decision 0001).
+        self._headers = {"Content-Type": CONTENT_TYPE, ROUTING_HEADER: vehicle_id}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._ca_file = ca_file
+        self._timeout_s = request_timeout_s
+        self._lock = threading.Lock()
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError(f"{self.thread_name} thread did not start")
+
+    def _wake_loop(self) -> None:
+        """Wake the loop thread (from any thread); a no-op before start and after the loop closed."""
+        with self._lock:
+            loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
+                loop.call_soon_threadsafe(wake.set)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop after the request in flight (bounded by the request timeout); True if the thread ended."""
+        with self._lock:
+            self._closing = True
+        self._wake_loop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        with self._lock:
+            self._loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+        self._ready.set()
+        async with client_session(self.url, self._ca_file, self._timeout_s, self._headers) as session:
+            await self._serve(session)
+
+    async def _serve(self, session: aiohttp.ClientSession) -> None:
+        raise NotImplementedError
+
+    async def _post(self, session: aiohttp.ClientSession, body: bytes) -> tuple[int, bytes, float | None] | str:
+        """POST `body`: (status, payload, Retry-After) once answered, or what went wrong on the way."""
+        try:
+            async with session.post(self.url, data=body) as response:
+                payload = await response.read()
+                return response.status, payload, _retry_after(response.headers.get("Retry-After"))
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return _describe(exc)
+
+
+class Pusher(AggregatorClient):
+    """The live push. start() once, offer() often, close() once."""
+
+    thread_name = "telemetry-pusher"
 
     def __init__(
         self,
@@ -109,84 +192,43 @@ class Pusher:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        on_accepted: Callable[[bytes], None] | None = None,
     ) -> None:
-        self.url = url
-        # The routing header lets a load balancer route on the vehicle without decoding the body (decision 0001).
-        self._headers = {"Content-Type": CONTENT_TYPE, ROUTING_HEADER: vehicle_id}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        self._ca_file = ca_file
-        self._timeout_s = request_timeout_s
+        super().__init__(url, token, vehicle_id=vehicle_id, ca_file=ca_file, request_timeout_s=request_timeout_s)
+        self._on_accepted = on_accepted
+        """Told each body the aggregator accepted (the journal forgets it), on the pusher's thread."""
         self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._clock = clock
-        self._lock = threading.Lock()
         self._pending: bytes | None = None
         self._status = PushStatus()
-        self._closing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="telemetry-pusher", daemon=True)
 
     # Called from other threads ------------------------------------------------------------
-
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise RuntimeError("pusher thread did not start")
 
     def offer(self, body: bytes) -> None:
         """Hand over the newest snapshot body; replaces any body not yet sent. Never blocks."""
         with self._lock:
             self._pending = body
-            loop, wake, closing = self._loop, self._wake, self._closing
-        if loop is not None and wake is not None and not closing:
-            with contextlib.suppress(RuntimeError):  # loop already closed during shutdown
-                loop.call_soon_threadsafe(wake.set)
+            closing = self._closing
+        if not closing:
+            self._wake_loop()
 
     def status(self) -> PushStatus:
         with self._lock:
             return self._status
 
-    def close(self, timeout: float = 5.0) -> bool:
-        """Stop after the request in flight (bounded by the request timeout); True if the thread ended."""
-        with self._lock:
-            self._closing = True
-            loop, wake = self._loop, self._wake
-        if loop is not None and wake is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(wake.set)
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        return not self._thread.is_alive()
-
     # The loop thread ----------------------------------------------------------------------
 
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        with self._lock:
-            self._loop = asyncio.get_running_loop()
-            self._wake = asyncio.Event()
-        self._ready.set()
-        # An explicit, verifying context for https: aiohttp 3.8 reads `ssl=True` as "do not verify".
-        if self.url.startswith("https:"):
-            connector = aiohttp.TCPConnector(limit=1, ssl=ssl.create_default_context(cafile=self._ca_file or None))
-        else:
-            connector = aiohttp.TCPConnector(limit=1)
-        timeout = aiohttp.ClientTimeout(total=self._timeout_s)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self._headers) as session:
-            while True:
-                body = await self._next_body()
-                if body is None:
-                    break
-                delay = await self._push(session, body)
-                if delay > 0:
-                    with self._lock:
-                        if self._pending is None:
-                            self._pending = body  # nothing newer yet: retry this one
-                    await self._sleep_unless_closing(delay)
+    async def _serve(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            body = await self._next_body()
+            if body is None:
+                break
+            delay = await self._push(session, body)
+            if delay > 0:
+                with self._lock:
+                    if self._pending is None:
+                        self._pending = body  # nothing newer yet: retry this one
+                await self._sleep_unless_closing(delay)
 
     async def _next_body(self) -> bytes | None:
         assert self._wake is not None
@@ -213,16 +255,14 @@ class Pusher:
 
     async def _push(self, session: aiohttp.ClientSession, body: bytes) -> float:
         """POST one body; return the delay before the next attempt (0: go on normally)."""
-        retry_after: float | None = None
-        try:
-            async with session.post(self.url, data=body) as response:
-                payload = await response.read()
-                code = response.status
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return self._failed(_describe(exc), retryable=True)
+        answer = await self._post(session, body)
+        if isinstance(answer, str):
+            return self._failed(answer, retryable=True)
+        code, payload, retry_after = answer
         if 200 <= code < 300:
             self._succeeded()
+            if self._on_accepted is not None:
+                self._on_accepted(body)
             return 0.0
         reason = _reason(payload) or f"HTTP {code}"
         delay = self._failed(f"HTTP {code} {reason}", retryable=code in _RETRYABLE_STATUSES)
