@@ -366,6 +366,13 @@ def main(args: list[str] | None = None) -> int:
         code = EXIT_BAD_PARAMETERS
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGTERM shuts the context down from rclpy's signal handler; when that lands while the executor builds
+        # its wait set, spin raises RCLError ("context is not valid") instead of ExternalShutdownException
+        # (seen with the Kilted wheels on a loaded machine). A shut-down context is a clean stop, anything else
+        # is a failure.
+        if rclpy.ok():
+            raise
     finally:
         if bridge is not None:
             bridge.close()
