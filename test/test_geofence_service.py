@@ -297,3 +297,26 @@ def test_metrics_fast_path_writes_the_reference_bytes_as_statuses_change() -> No
     text = exposition.render("")[0].decode()
     assert 'vehicle_geofence_status{status="unknown",vehicle_id="V1"} 1.0' in text
     assert 'vehicle_geofence_violation{kind="keep_out",vehicle_id="V1",zone="pond"} 1.0' in text
+
+
+async def test_a_breach_during_a_link_outage_is_reported_when_the_backlog_arrives(client: Client) -> None:
+    """Live: inside. The backlog (journalled during an outage) went outside and into the keep-out zone and back:
+    each breach is reported once when the batch arrives (a log line and a counter), a retried batch reports
+    nothing more, and the live status stays what the live pushes say."""
+    await send(client, at(0, 1))
+    backlog = [at(0, 2), at(520, 3), at(530, 4), at(0, 5), at(-300, 6), at(0, 7)]
+    body = codec.encode_batch([codec.encode_wire(w) for w in backlog])
+    headers = {"Content-Type": "application/msgpack"}
+    with captured("tvm_observability.aggregator.ingest") as logs:
+        for _ in range(2):  # the second time: a retry of the same batch
+            resp = await client.post("/api/v1/telemetry/history", data=body, headers=headers)
+            assert resp.status == 200, await resp.text()
+    reports = [r for r in logs.records if r.getMessage().startswith("geofence breach during a link outage")]
+    assert [(r.kind, r.zone, r.seq) for r in reports] == [  # type: ignore[attr-defined]
+        ("operating_area", "campus", 3),
+        ("keep_out", "pond", 6),
+    ]
+    status, samples = await status_of(client)
+    assert status == "inside"
+    assert sample(samples, "geofence_outage_breaches_total", kind="operating_area") == 1.0
+    assert sample(samples, "geofence_outage_breaches_total", kind="keep_out") == 1.0

@@ -266,7 +266,7 @@ async def handle_history(request: web.Request) -> web.Response:
         snaps = await asyncio.to_thread(lambda: parse_batch(codec.decode(body), limits, history.max_batch_snapshots))
         vehicle_id = snaps[0].vehicle_id
         _authorise(rt, vehicle_id, credential, routed)
-        outcomes, to_write = accept_batch(rt.fleet, snaps, store=history.remote_write_url is not None)
+        outcomes, to_write, fresh = accept_batch(rt.fleet, snaps, store=history.remote_write_url is not None)
     except TelemetryError as exc:
         return _reject(rt, exc, request, request_id, vehicle_id)
     if to_write:
@@ -285,10 +285,36 @@ async def handle_history(request: web.Request) -> web.Response:
     for outcome, count in outcomes.items():
         if count:
             rt.metrics.history_snapshots.labels(outcome).inc(count)
+    _report_outage_breaches(rt, fresh, request_id)
     return web.json_response(
         {"status": "accepted", "vehicle_id": vehicle_id, "snapshots": len(snaps), **outcomes},
         headers={"X-Request-Id": request_id},
     )
+
+
+def _report_outage_breaches(rt: Runtime, fresh: list[VehicleSnapshot], request_id: str) -> None:
+    """A geofence breach that began during a link outage shows only in the backlog: reported when the backlog
+    arrives (a WARNING line per breach and a counter), never silently filled into history. Reported once: only
+    snapshots seen here for the first time, after the batch was written (a retried batch reports nothing)."""
+    for breach in rt.geofence.breaches(fresh):
+        kind = breach.verdict.zone_kind or "unknown"
+        rt.metrics.outage_breaches.labels(kind).inc()
+        _LOGGER.warning(
+            "geofence breach during a link outage: %s %s at %s (vehicle time)",
+            breach.verdict.status,
+            breach.verdict.zone,
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(breach.sent_at)),
+            extra={
+                "request_id": request_id,
+                "vehicle_id": breach.vehicle_id,
+                "boot_id": breach.boot_id,
+                "seq": breach.seq,
+                "zone": breach.verdict.zone,
+                "kind": kind,
+                "longitude": breach.position[0],
+                "latitude": breach.position[1],
+            },
+        )
 
 
 async def _backfill(

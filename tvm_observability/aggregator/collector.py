@@ -670,6 +670,14 @@ class ServiceMetrics:
         )
         for reason in CONNECTION_REFUSAL_REASONS:
             self.connections_refused.labels(reason)
+        self.outage_breaches = Counter(
+            "geofence_outage_breaches",
+            "Geofence breaches that began during a vehicle's link outage, found in its backlog when it arrived.",
+            ["kind"],
+            registry=registry,
+        )
+        for kind in ("operating_area", "keep_out"):
+            self.outage_breaches.labels(kind)
         self.zone_reloads = Counter(
             "geofence_zones_reloads",
             "Reloads of the geofence zones file, by result (a failure keeps the running zones).",

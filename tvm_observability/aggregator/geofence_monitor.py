@@ -54,6 +54,20 @@ class FarArea:
     distance_m: float
 
 
+@dataclass(frozen=True, slots=True)
+class Breach:
+    """A violation that began while the vehicle could not report it live: the first fix of the run, from its backlog."""
+
+    vehicle_id: str
+    boot_id: str
+    seq: int
+    sent_at: float
+    """On the vehicle's clock."""
+    verdict: Verdict
+    position: tuple[float, float]
+    """(longitude, latitude)."""
+
+
 class GeofenceMonitor:
     """Verdicts per vehicle against the zones in force; `enabled` is False while geofencing is off (no settings)."""
 
@@ -104,6 +118,30 @@ class GeofenceMonitor:
         last_violation = verdict if verdict.violation else None
         self.tracks[vehicle_id] = Track(verdict, now - p.age_s, position, p.accuracy_m, last_violation)
         return self._far(vehicle_id, verdict, now)
+
+    def breaches(self, snapshots: Iterable[VehicleSnapshot]) -> list[Breach]:
+        """The violations a backlog (one vehicle's journalled snapshots, oldest first) shows: the first fix of each
+        run of violating fixes, judged with the same margin and hysteresis as live pushes. Live verdicts and
+        tracks are not touched: the outage is history, the vehicle's present is its live pushes."""
+        if not self.enabled:
+            return []
+        found: list[Breach] = []
+        previous: Verdict | None = None
+        for snapshot in snapshots:
+            p = snapshot.position
+            if p is None or not p.fix or p.longitude is None or p.latitude is None:
+                continue
+            if p.accuracy_m is not None and p.accuracy_m > self.settings.max_accuracy_m:
+                continue
+            position = (p.longitude, p.latitude)
+            verdict = self._judge(snapshot.vehicle_id, position, p.accuracy_m, previous)
+            began = verdict.violation and (previous is None or previous.status != verdict.status)
+            if began:
+                found.append(
+                    Breach(snapshot.vehicle_id, snapshot.boot_id, snapshot.seq, snapshot.sent_at, verdict, position)
+                )
+            previous = verdict
+        return found
 
     def recall(self, snapshots: Iterable[VehicleSnapshot]) -> None:
         """At start-up, from the restored state: judge each vehicle's last known fix, however old, so that a

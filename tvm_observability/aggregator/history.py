@@ -46,12 +46,14 @@ def parse_batch(raw: Any, limits: IngestLimits, max_snapshots: int) -> list[Vehi
 
 def accept_batch(
     fleet: FleetState, snaps: Sequence[VehicleSnapshot], *, store: bool
-) -> tuple[dict[str, int], list[VehicleSnapshot]]:
-    """Merge each snapshot's counts into its boot; the number of snapshots per outcome (OUTCOMES) and those whose
+) -> tuple[dict[str, int], list[VehicleSnapshot], list[VehicleSnapshot]]:
+    """Merge each snapshot's counts into its boot; the number of snapshots per outcome (OUTCOMES), those whose
     values still go to the history store (`store`), oldest first: their watermarks advance with `mark_written`
-    once the store has them. Without a store the watermarks advance at once (`no_store`)."""
+    once the store has them (without a store at once: `no_store`), and those seen here for the first time (the
+    backlog's news: a geofence breach during the outage is reported from them)."""
     outcomes = dict.fromkeys(OUTCOMES, 0)
     to_write: list[VehicleSnapshot] = []
+    fresh: list[VehicleSnapshot] = []
     for snap in snaps:
         vehicle = fleet.get(snap.vehicle_id)
         if vehicle is not None and snap.boot_id not in vehicle.boots and snap.boot_id in vehicle.retired_boots:
@@ -65,7 +67,9 @@ def accept_batch(
         else:
             record.history_seq = max(record.history_seq, snap.seq)
             outcomes["no_store"] += 1
-    return outcomes, to_write
+        if record is not None:
+            fresh.append(snap)
+    return outcomes, to_write, fresh
 
 
 def mark_written(fleet: FleetState, written: Sequence[VehicleSnapshot]) -> None:
