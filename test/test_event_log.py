@@ -12,9 +12,11 @@ from aiohttp.test_utils import TestClient
 from support import FakeClock, parse_metrics, sample, wire_snapshot
 
 from tvm_observability import codec
-from tvm_observability.aggregator.app import make_app
+from tvm_observability.aggregator import state_image
+from tvm_observability.aggregator.app import RUNTIME, make_app
 from tvm_observability.aggregator.config import parse_config
-from tvm_observability.aggregator.event_log import EventLog, EventLogSettings, RotatingLines
+from tvm_observability.aggregator.event_log import EventLog, EventLogSettings, RotatingLines, WriteResult
+from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import IngestLimits, parse_snapshot
 from tvm_observability.errors import SchemaError, TooManyEvents
 from tvm_observability.model import MAX_EVENT_MESSAGE_CHARS, VehicleEvent, VehicleSnapshot
@@ -127,9 +129,22 @@ def events_of(*wires: dict[str, Any]) -> tuple[VehicleEvent, ...]:
     return parse_snapshot(wire_snapshot(events=list(wires))).events
 
 
+class Boots:
+    """The event watermarks the app keeps in each BootRecord: what `write` returns, fed back."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.marks: dict[tuple[str, str], int] = {}
+
+    def write(self, vehicle: str, boot: str, events: tuple[VehicleEvent, ...], **kw: Any) -> WriteResult:
+        result = self.log.write(vehicle, boot, events, watermark=self.marks.get((vehicle, boot), 0), **kw)
+        self.marks[(vehicle, boot)] = result.watermark
+        return result
+
+
 def test_each_event_is_written_once_across_retries_and_reorders(tmp_path: Path) -> None:
     clock = FakeClock()
-    log = EventLog(settings(tmp_path), environment="test", monotonic=clock.monotonic, wall=clock.time)
+    log = Boots(EventLog(settings(tmp_path), environment="test", monotonic=clock.monotonic, wall=clock.time))
     first = log.write("V1", "boot-a", events_of(event(1), event(2)), skew_s=0.0, request_id="r1")
     again = log.write("V1", "boot-a", events_of(event(2), event(1), event(3)), skew_s=0.0, request_id="r2")
     other_boot = log.write("V1", "boot-b", events_of(event(1)), skew_s=0.0, request_id="r3")
@@ -142,7 +157,7 @@ def test_each_event_is_written_once_across_retries_and_reorders(tmp_path: Path) 
 
 def test_a_record_has_the_fleet_layout_with_the_vehicle_time_skew_corrected(tmp_path: Path) -> None:
     clock = FakeClock()
-    log = EventLog(settings(tmp_path), environment="staging", monotonic=clock.monotonic, wall=clock.time)
+    log = Boots(EventLog(settings(tmp_path), environment="staging", monotonic=clock.monotonic, wall=clock.time))
     kv = [["port", "/dev/ttyUSB0"]]
     log.write("V1", "boot-a", events_of(event(7, key_values=kv)), skew_s=2.0, request_id="req-1")
     (record,) = lines(tmp_path / "events.jsonl")
@@ -167,7 +182,7 @@ def test_a_record_has_the_fleet_layout_with_the_vehicle_time_skew_corrected(tmp_
 
 def test_hostile_strings_stay_inside_their_own_field_on_one_line(tmp_path: Path) -> None:
     clock = FakeClock()
-    log = EventLog(settings(tmp_path), environment="test", monotonic=clock.monotonic, wall=clock.time)
+    log = Boots(EventLog(settings(tmp_path), environment="test", monotonic=clock.monotonic, wall=clock.time))
     hostile = event(1, message=HOSTILE, component=HOSTILE[:200], key_values=[[HOSTILE[:100], HOSTILE[:100]]])
     log.write("V1", "boot-a", events_of(hostile), skew_s=0.0, request_id="r")
     text = (tmp_path / "events.jsonl").read_text(encoding="utf-8")
@@ -182,8 +197,13 @@ def test_hostile_strings_stay_inside_their_own_field_on_one_line(tmp_path: Path)
 
 def test_the_per_minute_cap_drops_and_counts_and_spares_other_vehicles(tmp_path: Path) -> None:
     clock = FakeClock()
-    log = EventLog(
-        settings(tmp_path, max_per_vehicle_per_minute=5), environment="t", monotonic=clock.monotonic, wall=clock.time
+    log = Boots(
+        EventLog(
+            settings(tmp_path, max_per_vehicle_per_minute=5),
+            environment="t",
+            monotonic=clock.monotonic,
+            wall=clock.time,
+        )
     )
     flood = log.write("V1", "b", events_of(*(event(i) for i in range(1, 9))), skew_s=0.0, request_id="r")
     calm = log.write("V2", "b", events_of(event(1)), skew_s=0.0, request_id="r")
@@ -214,14 +234,46 @@ def test_a_failed_write_is_counted_and_written_on_the_retry(tmp_path: Path) -> N
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     clock = FakeClock()
-    log = EventLog(
-        settings(tmp_path, file=str(blocker / "events.jsonl")),
-        environment="t",
-        monotonic=clock.monotonic,
-        wall=clock.time,
+    log = Boots(
+        EventLog(
+            settings(tmp_path, file=str(blocker / "events.jsonl")),
+            environment="t",
+            monotonic=clock.monotonic,
+            wall=clock.time,
+        )
     )
     failed = log.write("V1", "b", events_of(event(1)), skew_s=0.0, request_id="r")
-    assert failed.dropped == {"write_failed": 1} and log.watermark("V1", "b") == 0
+    assert failed.dropped == {"write_failed": 1} and failed.watermark == 0
+    assert failed.error is not None and "not-a-dir" in failed.error
+    blocker.unlink()
+    blocker.mkdir()
+    retried = log.write("V1", "b", events_of(event(1)), skew_s=0.0, request_id="r")
+    assert retried.written == {"ERROR": 1} and len(lines(blocker / "events.jsonl")) == 1
+
+
+def test_the_event_watermark_survives_the_state_image_and_format_4_migrates() -> None:
+    fleet = FleetState(["V1"], FleetSettings(), clock=FakeClock())
+    fleet.apply(parse_snapshot(wire_snapshot(boot_id="b1", seq=3)))
+    fleet.get("V1").boots["b1"].event_seq = 9  # type: ignore[union-attr]
+    image = state_image.to_image(fleet)
+    assert image["format"] == 5 and image["vehicles"]["V1"]["boots"][0]["event_seq"] == 9
+    restored = FleetState(["V1"], FleetSettings(), clock=FakeClock())
+    state_image.restore(restored, image, keep_unknown=False)
+    assert restored.get("V1").boots["b1"].event_seq == 9  # type: ignore[union-attr]
+    old = {**image, "format": 4, "vehicles": {"V1": {**image["vehicles"]["V1"]}}}
+    old["vehicles"]["V1"]["boots"] = [
+        {k: v for k, v in b.items() if k != "event_seq"} for b in image["vehicles"]["V1"]["boots"]
+    ]
+    assert state_image.migrate(old)["vehicles"]["V1"]["boots"][0]["event_seq"] == 0
+
+
+def test_a_saved_snapshot_with_more_events_than_todays_limit_restores() -> None:
+    fleet = FleetState(["V1"], FleetSettings(), clock=FakeClock())
+    wire = wire_snapshot(events=[event(i) for i in range(1, 121)])
+    fleet.apply(parse_snapshot(wire, IngestLimits(max_events=200)), codec.encode_wire(wire))
+    restored = FleetState(["V1"], FleetSettings(), clock=FakeClock())
+    state_image.restore(restored, state_image.to_image(fleet), keep_unknown=False)
+    assert len(restored.get("V1").snapshot.events) == 120  # type: ignore[union-attr]
 
 
 # -- through the app ------------------------------------------------------------------------------
@@ -272,6 +324,12 @@ async def test_pushed_events_are_written_once_counted_and_shown(client: Client, 
     assert vehicles["V2"]["events"][0]["code"] == "VEH-NAV-001"
     page = await (await client.get("/")).text()
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+
+
+async def test_the_watermark_is_kept_in_the_boot_record(client: Client) -> None:
+    assert await push(client, wire_snapshot("V1", boot_id="b1", seq=1, events=[event(1), event(2)])) == 200
+    record = client.app[RUNTIME].fleet.get("V1").boots["b1"]  # type: ignore[index,union-attr]
+    assert record.event_seq == 2 and client.app[RUNTIME].fleet.dirty  # type: ignore[index]
 
 
 async def test_a_refused_push_writes_no_event(client: Client, tmp_path: Path) -> None:

@@ -274,7 +274,18 @@ def _write_events(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> None:
         return
     vehicle = rt.fleet.get(snap.vehicle_id)
     skew = vehicle.clock_skew_s if vehicle is not None and vehicle.clock_skew_s is not None else 0.0
-    result = rt.events.write(snap.vehicle_id, snap.boot_id, snap.events, skew_s=skew, request_id=request_id)
+    record = vehicle.boots.get(snap.boot_id) if vehicle is not None else None  # None: a boot retired since
+    result = rt.events.write(
+        snap.vehicle_id,
+        snap.boot_id,
+        snap.events,
+        watermark=0 if record is None else record.event_seq,
+        skew_s=skew,
+        request_id=request_id,
+    )
+    if record is not None and result.watermark > record.event_seq:
+        record.event_seq = result.watermark
+        rt.fleet.dirty = True  # the watermark is saved with the boots
     for level, count in result.written.items():
         rt.metrics.vehicle_log_events.labels(snap.vehicle_id, level).inc(count)
     for reason, count in result.dropped.items():

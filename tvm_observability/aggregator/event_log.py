@@ -1,7 +1,8 @@
 """Vehicle error events as JSON lines in the fleet's log layout, in a file of their own (docs/events.md).
 
-Each event is written once: per vehicle and boot the highest `event_seq` written is remembered (decision 0003's
-event watermark), so a retried push writes nothing twice; every line carries the event id
+Each event is written once: the caller keeps, per vehicle and boot, the highest `event_seq` handled (decision
+0003's event watermark, `BootRecord.event_seq`, persisted in the state image), and only events above it are
+written, so a retried push writes nothing twice; every line carries the event id
 `<vehicle_id>:<boot_id>:<event_seq>`, so a duplicate that a restart lets through collapses in Elasticsearch.
 Every string comes from a vehicle and is untrusted: control characters (newlines, ANSI escapes) are shown as
 `\\uXXXX` text, the record is built by this module and serialised by `json`, so no string can add a line or a
@@ -15,7 +16,7 @@ import json
 import os
 import re
 import socket
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,10 +33,6 @@ EVENT_SERVICE = "vehicle"
 
 DROP_REASONS: tuple[str, ...] = ("rate", "write_failed")
 """Why an event was not written: the vehicle's per-minute cap was used up, or the file could not be written."""
-
-BOOTS_REMEMBERED = 4
-"""Event watermarks kept per vehicle (its latest boots); an event of an older boot is written again at worst
-(the id collapses it downstream)."""
 
 MINUTE_S = 60.0
 
@@ -73,6 +70,8 @@ class WriteResult:
     """Not written, by reason (DROP_REASONS)."""
     error: str | None = None
     """Why the file could not be written (for the service's own log)."""
+    watermark: int = 0
+    """The boot's event watermark after this push: the highest event_seq handled (written or dropped by the cap)."""
 
 
 def event_record(
@@ -189,26 +188,28 @@ class EventLog:
         self._out = (
             None if settings is None else RotatingLines(settings.file, settings.max_bytes, settings.backup_count)
         )
-        self.watermarks: dict[str, OrderedDict[str, int]] = {}
-        """vehicle -> boot -> highest event_seq written (its latest BOOTS_REMEMBERED boots)."""
         self._minute: dict[str, tuple[float, int]] = {}
         self.recent: dict[str, deque[dict[str, Any]]] = {}
         """vehicle -> its last events, newest last, as the operator views show them."""
 
-    def watermark(self, vehicle_id: str, boot_id: str) -> int:
-        return self.watermarks.get(vehicle_id, OrderedDict()).get(boot_id, 0)
-
     def write(
-        self, vehicle_id: str, boot_id: str, events: tuple[VehicleEvent, ...], *, skew_s: float, request_id: str
+        self,
+        vehicle_id: str,
+        boot_id: str,
+        events: tuple[VehicleEvent, ...],
+        *,
+        watermark: int,
+        skew_s: float,
+        request_id: str,
     ) -> WriteResult:
-        """Write the events above the vehicle's watermark for `boot_id`, in `event_seq` order, within its
-        per-minute cap. The watermark advances past every event handled (written or dropped by the cap: a
-        dropped event is counted once, never retried into the file)."""
-        mark = self.watermark(vehicle_id, boot_id)
+        """Write the events above `watermark` (the boot's event watermark), in `event_seq` order, within the
+        vehicle's per-minute cap. The new watermark is past every event handled (written, or dropped by the cap: a
+        dropped event is counted once, never retried into the file); a failed write leaves it where it was."""
+        mark = watermark
         fresh = sorted({e.event_seq: e for e in events if e.event_seq > mark}.values(), key=lambda e: e.event_seq)
         duplicates = sum(1 for e in events if e.event_seq <= mark)
         if not fresh:
-            return WriteResult(duplicates=duplicates)
+            return WriteResult(duplicates=duplicates, watermark=mark)
         allowed = self._take_budget(vehicle_id, len(fresh))
         kept, capped = fresh[:allowed], len(fresh) - allowed
         received = self._wall()
@@ -234,12 +235,11 @@ class EventLog:
                 self._out.close()
             dropped["write_failed"] = len(records)
             error = f"{self.settings.file if self.settings else ''}: {type(exc).__name__}: {exc}"[:300]
-            return WriteResult(duplicates=duplicates, dropped=dropped, error=error)  # watermark kept: a resend writes
+            return WriteResult(duplicates=duplicates, dropped=dropped, error=error, watermark=mark)  # a resend writes
         for e in kept:
             written[e.level] = written.get(e.level, 0) + 1
-        self._advance(vehicle_id, boot_id, fresh[-1].event_seq)
         self._remember(vehicle_id, records)
-        return WriteResult(written=written, duplicates=duplicates, dropped=dropped)
+        return WriteResult(written=written, duplicates=duplicates, dropped=dropped, watermark=fresh[-1].event_seq)
 
     def _take_budget(self, vehicle_id: str, wanted: int) -> int:
         cap = self.settings.max_per_vehicle_per_minute if self.settings is not None else wanted
@@ -250,13 +250,6 @@ class EventLog:
         allowed = max(0, min(wanted, cap - used))
         self._minute[vehicle_id] = (start, used + allowed)
         return allowed
-
-    def _advance(self, vehicle_id: str, boot_id: str, seq: int) -> None:
-        boots = self.watermarks.setdefault(vehicle_id, OrderedDict())
-        boots[boot_id] = max(seq, boots.get(boot_id, 0))
-        boots.move_to_end(boot_id)
-        while len(boots) > BOOTS_REMEMBERED:
-            boots.popitem(last=False)
 
     def _remember(self, vehicle_id: str, records: list[dict[str, Any]]) -> None:
         keep = self.settings.recent_per_vehicle if self.settings is not None else DEFAULT_RECENT
@@ -281,7 +274,7 @@ class EventLog:
     def forget(self, keep: Iterable[str]) -> None:
         """Drop what is kept for vehicles no longer in the fleet state."""
         kept = set(keep)
-        for table in (self.watermarks, self._minute, self.recent):
+        for table in (self._minute, self.recent):
             for vehicle_id in [v for v in table if v not in kept]:
                 del table[vehicle_id]
 
