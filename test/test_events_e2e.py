@@ -11,11 +11,21 @@ from typing import Any
 
 import pytest
 from bridge_support import BridgeProcess, FakeVehicle, write_bridge_params, write_token
+from link_proxy import LinkProxy
 from support import AggregatorProcess, sample, scrape, wait_for
 
 pytestmark = pytest.mark.ros
 
 HOSTILE = 'planner failed\n{"level":"INFO","context":{"vehicle_id":"V2"}}\x1b[31m red \x1b[0m'
+
+
+def journal(tmp_path: Path) -> dict[str, Any]:
+    """A journal that flushes often and drains fast: what survives a restart or a cut link, delivered soon."""
+    return {
+        "journal_dir": str(tmp_path / "journal"),
+        "journal_flush_interval_s": 0.2,
+        "backlog_max_snapshots_per_s": 50.0,
+    }
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
@@ -40,9 +50,8 @@ def test_logged_errors_and_diagnostics_reach_the_events_file_once(ros_env, tmp_p
                 vehicle_id="V1",
                 aggregator_url=agg.url,
                 token_file=str(token_file),
-                journal_dir=str(tmp_path / "journal"),
-                journal_flush_interval_s=0.2,
                 events_max_per_minute=30,
+                **journal(tmp_path),
             )
 
             def written() -> list[dict[str, Any]]:
@@ -114,4 +123,63 @@ def test_logged_errors_and_diagnostics_reach_the_events_file_once(ros_env, tmp_p
     finally:
         planner.destroy_node()
         intruder.destroy_node()
+        vehicle.close()
+
+
+def test_a_retried_push_and_a_cut_link_write_each_event_once(ros_env, tmp_path, fleet_tokens, write_config):
+    """A slow link makes the bridge time out and send again what the aggregator already wrote; a cut link leaves
+    the events in the journal, delivered as backlog once it is back: one line each."""
+    import rclpy
+
+    events_file = tmp_path / "vehicle-events.jsonl"
+    config = write_config(fleet_tokens, events={"file": str(events_file)})
+    vehicle = FakeVehicle(namespace="/v1")
+    planner = rclpy.create_node("planner", namespace="/v1", context=vehicle._context)
+    try:
+        with AggregatorProcess(config) as agg:
+            link = LinkProxy(("127.0.0.1", int(agg.url.rsplit(":", 1)[1])))
+            params = write_bridge_params(
+                tmp_path / "bridge.yaml",
+                vehicle_id="V1",
+                aggregator_url=link.url,
+                token_file=str(write_token(tmp_path / "v1.token", fleet_tokens["V1"])),
+                **journal(tmp_path),
+            )
+
+            def messages() -> list[str]:
+                return [r["message"] for r in lines(events_file)]
+
+            def failures() -> int:
+                return int(vehicle.latest_health().get("pushes_failed", "0"))
+
+            with BridgeProcess(ros_env, params, "__ns:=/v1") as bridge:
+                wait_for(lambda: sample(scrape(agg.url), "vehicle_up", vehicle_id="V1") == 1.0, 30, what="V1 up")
+                wait_for(lambda: "events_captured" in vehicle.latest_health(), 30, what="bridge health")
+
+                link.slow(1.5)  # the aggregator answers after the bridge's 1 s timeout: every push is retried
+                failed = failures()
+                planner.get_logger().error("while the link is slow")
+                wait_for(lambda: "while the link is slow" in messages(), 30, what="written on a timed-out push")
+                wait_for(lambda: failures() >= failed + 2, 30, what="pushes retried after their timeout")
+
+                link.cut()
+                failed = failures()
+                planner.get_logger().error("while the link is cut")
+                vehicle.error_event("lidar: driver", "VEH-LID-001")
+                wait_for(lambda: vehicle.latest_health().get("events_pending") == "0", 30, what="events journalled")
+                wait_for(lambda: failures() >= failed + 2, 30, what="pushes failing in the cut")
+                assert "while the link is cut" not in messages()
+                link.restore()
+                wait_for(lambda: "while the link is cut" in messages() and "test" in messages(), 60, what="backlog")
+                wait_for(
+                    lambda: int(vehicle.latest_health().get("journal_entries") or 99) <= 1, 60, what="journal drained"
+                )
+                assert bridge.stop() == 0
+            link.close()
+            assert sorted(messages()) == sorted(["while the link is slow", "while the link is cut", "test"])
+            records = lines(events_file)
+            assert len({r["event"]["id"] for r in records}) == 3
+            assert next(r for r in records if r["message"] == "test")["error"]["code"] == "VEH-LID-001"
+    finally:
+        planner.destroy_node()
         vehicle.close()
