@@ -82,11 +82,13 @@ def test_logged_errors_and_diagnostics_reach_the_events_file_once(ros_env, tmp_p
             assert diagnostic["error"]["code"] == "VEH-LID-001" and diagnostic["component"] == "lidar: driver"
             assert diagnostic["event"]["source"] == "diagnostic"
             assert all(r["service"] == "vehicle" for r in records)
-            assert len({r["event"]["id"] for r in records}) == len(records) == 3
+            assert len({r["event"]["id"] for r in records}) == len(records) == 3, records
             first_boot = records[0]["context"]["boot_id"]
 
-            planner.get_logger().error("logged while the bridge was down")
             with BridgeProcess(ros_env, params, "__ns:=/v1") as second:
+                # Logged before the new bridge can have subscribed (its process is only starting): it reaches the
+                # bridge through /rosout's history, which lasts about 10 s, with the first run's entries.
+                planner.get_logger().error("logged while the bridge was down")
                 wait_lines(4, "the error logged while the bridge was down")
 
                 # /rosout's history (the first run's entries) has been offered to the new subscription by now;
@@ -98,7 +100,7 @@ def test_logged_errors_and_diagnostics_reach_the_events_file_once(ros_env, tmp_p
                 pushed = accepted()
                 wait_for(lambda: accepted() >= pushed + 4, 30, what="more snapshots from the second bridge")
                 after_restart = written()
-                assert [r["message"] for r in after_restart[3:]] == ["logged while the bridge was down"]
+                assert [r["message"] for r in after_restart[3:]] == ["logged while the bridge was down"], after_restart
                 assert after_restart[3]["context"]["boot_id"] != first_boot
 
                 for i in range(100):  # a flood: the bridge keeps 30 a minute, drops and counts the rest
@@ -111,10 +113,12 @@ def test_logged_errors_and_diagnostics_reach_the_events_file_once(ros_env, tmp_p
                 wait_for(
                     lambda: int(vehicle.latest_health().get("events_pending", "1")) == 0, 30, what="flood delivered"
                 )
-                wait_for(lambda: len([r for r in written() if r["message"].startswith("flood")]) == 29, 30, what="29")
+                wait_for(
+                    lambda: len([r for r in written() if r["message"].startswith("flood")]) >= 29, 30, what="29 floods"
+                )
                 assert second.stop() == 0
             flood = [r for r in written() if r["message"].startswith("flood")]
-            assert [r["message"] for r in flood] == [f"flood {i}" for i in range(29)]
+            assert [r["message"] for r in flood] == [f"flood {i}" for i in range(29)], vehicle.latest_health()
             assert len({r["event"]["id"] for r in written()}) == len(written()) == 4 + 29
             assert not any("another vehicle" in r["message"] for r in lines(events_file))
             samples = scrape(agg.url)
