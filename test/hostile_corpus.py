@@ -113,6 +113,20 @@ def _injection(name: str, body: bytes | Callable[[], bytes]) -> Case:
     return Case(name, "label injection", body, 422, "schema")
 
 
+def _event(seq: int, **fields: Any) -> dict[str, Any]:
+    """A valid vehicle event; keyword arguments replace fields."""
+    event: dict[str, Any] = {
+        "event_seq": seq,
+        "stamp": 1_800_000_000.0,
+        "level": "ERROR",
+        "source": "rosout",
+        "component": "v1.planner",
+        "message": "failed",
+    }
+    event.update(fields)
+    return event
+
+
 def _valid_body() -> bytes:
     return codec.encode_wire(valid_wire())
 
@@ -248,6 +262,24 @@ CORPUS: list[Case] = [
         "limit_error_codes",
         "huge maps and strings",
     ),
+    # -- vehicle error events (issue 14): bounded, every field checked ---------------------------------
+    _schema("200 events", lambda: with_field("events", [_event(i) for i in range(1, 201)]), "limit_events", "events"),
+    _schema("events not a list", lambda: with_field("events", {"1": _event(1)}), kind="events"),
+    _schema(
+        "event message of 3,000 characters",
+        lambda: with_field("events", [_event(1, message="x" * 3_000)]),
+        kind="events",
+    ),
+    _schema(
+        "event with 1,000 key-values",
+        lambda: with_field("events", [_event(1, key_values=[["k", "v"]] * 1000)]),
+        kind="events",
+    ),
+    _schema("event level INFO", lambda: with_field("events", [_event(1, level="INFO")]), kind="events"),
+    _schema("event seq 0", lambda: with_field("events", [_event(1, event_seq=0)]), "out_of_range", "events"),
+    _schema("event stamp NaN", lambda: with_field("events", [_event(1, stamp=float("nan"))]), "non_finite", "events"),
+    _schema("event code with a newline", lambda: with_field("events", [_event(1, code="E1\nE2")]), kind="events"),
+    _schema("event component as bytes", lambda: with_field("events", [_event(1, component=b"node")]), kind="events"),
     # -- label injection in every string that can reach a label --------------------------------------
     *_INJECTION_CASES,
     # -- oversized bodies ----------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def test_history_watermark_survives_the_state_image_and_old_images_migrate() -> 
     fleet = FleetState(["V1"], FleetSettings(), clock=clock)
     accept_batch(fleet, [parse_snapshot(wire_snapshot(boot_id="b1", seq=7, errors={"E1": 2}))], store=False)
     image = state_image.to_image(fleet)
-    assert image["format"] == 4 and image["vehicles"]["V1"]["boots"][0]["history_seq"] == 7
+    assert image["format"] == state_image.STATE_FORMAT and image["vehicles"]["V1"]["boots"][0]["history_seq"] == 7
     restored = FleetState(["V1"], FleetSettings(), clock=clock)
     state_image.restore(restored, codec.unpack_state(codec.pack_state(image)), keep_unknown=False)
     record = restored.get("V1").boots["b1"]  # type: ignore[union-attr]

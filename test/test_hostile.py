@@ -224,7 +224,14 @@ def test_only_the_baseline_is_left_after_the_corpus(hostile: Hostile) -> None:
     assert sorted(image["vehicles"]) == ["V1", "V2"]
     for saved in image["vehicles"].values():
         assert saved["boots"] == [
-            {"boot_id": "boot-a", "seq": BASE_SEQ, "errors": {"motor_stall": 3}, "overflow": 0, "history_seq": 0}
+            {
+                "boot_id": "boot-a",
+                "seq": BASE_SEQ,
+                "errors": {"motor_stall": 3},
+                "overflow": 0,
+                "history_seq": 0,
+                "event_seq": 0,
+            }
         ]
 
 

@@ -82,6 +82,12 @@ class TooManyErrorCodes(LimitExceeded):
     reason = "limit_error_codes"
 
 
+class TooManyEvents(LimitExceeded):
+    """A push carrying more vehicle events than `limits.max_events_per_push`."""
+
+    reason = "limit_events"
+
+
 class TooManyVehicles(LimitExceeded):
     """One more vehicle outside the roster than the aggregator tracks."""
 

@@ -57,6 +57,64 @@ ROUTING_HEADER = "X-Vehicle-Id"
 MAX_MESSAGE_CHARS = 256
 """Longest sensor message kept (longer ones are rejected on ingest, truncated by the bridge)."""
 
+EVENT_LEVELS: tuple[str, ...] = ("WARN", "ERROR", "FATAL")
+"""Levels a vehicle event may carry (the JSON logs' `level`)."""
+
+EVENT_SOURCES: tuple[str, ...] = ("diagnostic", "rosout")
+"""Where a vehicle event was captured: a diagnostic status entering ERROR, or a /rosout log entry."""
+
+MAX_EVENT_MESSAGE_CHARS = 1024
+"""Longest event message (longer ones are rejected on ingest, truncated by the bridge)."""
+
+MAX_EVENT_TEXT_CHARS = 256
+"""Longest component, file, function, key and value of an event."""
+
+MAX_EVENT_KEY_VALUES = 16
+"""Key-value pairs per event (a diagnostic status's `values`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleEvent:
+    """One error event captured on the vehicle (docs/decisions/0004): its id is
+    `<vehicle_id>:<boot_id>:<event_seq>` (decision 0003), `stamp` its time on the vehicle's clock."""
+
+    event_seq: int
+    """+1 per event within a boot, from 1, never reused."""
+    stamp: float
+    level: str
+    source: str
+    component: str
+    """The logging node (`/rosout`) or the diagnostic status name."""
+    message: str
+    code: str | None = None
+    key_values: tuple[tuple[str, str], ...] = ()
+    file: str | None = None
+    function: str | None = None
+    line: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "event_seq": self.event_seq,
+            "stamp": self.stamp,
+            "level": self.level,
+            "source": self.source,
+            "component": self.component,
+            "message": self.message,
+        }
+        if self.code is not None:
+            wire["code"] = self.code
+        if self.key_values:
+            wire["key_values"] = [[k, v] for k, v in self.key_values]
+        for name in ("file", "function", "line"):
+            if getattr(self, name) is not None:
+                wire[name] = getattr(self, name)
+        return wire
+
+
+def event_id(vehicle_id: str, boot_id: str, event_seq: int) -> str:
+    """The deterministic id of an event (decision 0003): the same on every retry."""
+    return f"{vehicle_id}:{boot_id}:{event_seq}"
+
 
 @dataclass(frozen=True, slots=True)
 class Battery:
@@ -124,6 +182,8 @@ class VehicleSnapshot:
     pose: Pose | None = None
     sensors: Mapping[str, SensorReport] = field(default_factory=dict)
     errors: Mapping[str, int] = field(default_factory=dict)
+    events: tuple[VehicleEvent, ...] = ()
+    """Error events captured since the previous push (optional, added in 0.2.0; absent on the wire when none)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensors", _frozen(self.sensors))
@@ -143,6 +203,7 @@ class VehicleSnapshot:
             "pose": None if self.pose is None else _fields(self.pose),
             "sensors": {name: _fields(report) for name, report in self.sensors.items()},
             "errors": dict(self.errors),
+            **({"events": [event.to_wire() for event in self.events]} if self.events else {}),
         }
 
 

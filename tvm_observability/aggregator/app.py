@@ -9,6 +9,7 @@ TelemetryError: JSON reason + status, counted by reason, logged without secrets,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import re
@@ -45,6 +46,7 @@ from .backfill import snapshot_series
 from .collector import Exposition, ServiceMetrics, disable_created_series
 from .config import AggregatorConfig, HistoryConfig
 from .connections import request_client
+from .event_log import EventLog, EventLogSettings
 from .fleet import Clock, FleetState, Outcome, SystemClock
 from .fleet_map import render_map
 from .fleet_view import build_view
@@ -88,12 +90,16 @@ class Runtime:
     limiter: RateLimiter
     state_file: StateFile | None
     geofence: GeofenceMonitor
+    events: EventLog
+    """Vehicle error events: deduplicated, capped, written to their own file (event_log.py)."""
     ready: bool = False
     state_error: str | None = None
     unknown_statuses_logged: set[tuple[str, str]] = field(default_factory=set)
     refusal_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "push rejected"))
     status_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "unknown statuses"))
     """Unknown statuses are logged once per vehicle and status, and at LogSummary's rate however many arrive."""
+    events_log: LogSummary = field(default_factory=lambda: LogSummary(_LOGGER, "vehicle events not written"))
+    """A failing events file is told in the service's own log at LogSummary's rate."""
     history_client: aiohttp.ClientSession | None = None
     """The remote-write connection pool, opened at the first backfill, closed with the app."""
     history_auth: aiohttp.BasicAuth | None = None
@@ -142,6 +148,12 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         limiter=RateLimiter(settings.rate, clock.monotonic),
         state_file=StateFile(config.state_file) if config.state_file else None,
         geofence=geofence,
+        events=EventLog(
+            None if config.events is None else EventLogSettings(**dataclasses.asdict(config.events)),
+            environment=config.environment,
+            monotonic=clock.monotonic,
+            wall=clock.time,
+        ),
     )
     app = web.Application(
         middlewares=[
@@ -156,6 +168,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     app.cleanup_ctx.append(lambda _: keep_state(runtime))
     app.cleanup_ctx.append(lambda _: recall_geofences(runtime))
     app.on_cleanup.append(_close_history_client)
+    app.on_cleanup.append(_close_event_log)
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
     app.router.add_post(HISTORY_PATH, handle_history)
     app.router.add_get("/metrics", handle_metrics)
@@ -171,6 +184,10 @@ async def recall_geofences(rt: Runtime) -> AsyncIterator[None]:
     """After the state is restored: the last known violations of the restored vehicles stay known."""
     rt.geofence.recall(v.snapshot for v in rt.fleet if v.snapshot is not None)
     yield
+
+
+async def _close_event_log(app: web.Application) -> None:
+    app[RUNTIME].events.close()
 
 
 async def _close_history_client(app: web.Application) -> None:
@@ -230,6 +247,7 @@ async def handle_telemetry(request: web.Request) -> web.Response:
     except TelemetryError as exc:
         return _reject(rt, exc, request, request_id, vehicle_id)
     rt.metrics.received.inc()
+    _write_events(rt, snap, request_id)
     if outcome is Outcome.DUPLICATE:
         rt.metrics.duplicates.inc()
     elif outcome is Outcome.ACCEPTED and not rt.fleet.is_known_status(snap.status):
@@ -247,6 +265,37 @@ async def handle_telemetry(request: web.Request) -> web.Response:
         {"status": outcome.value, "vehicle_id": snap.vehicle_id, "boot_id": snap.boot_id, "seq": snap.seq},
         headers={"X-Request-Id": request_id},
     )
+
+
+def _write_events(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> None:
+    """Write a snapshot's events (each once: the event log keeps the watermark), whatever became of its values:
+    a stale or duplicate push still carries events the log may not have."""
+    if not snap.events:
+        return
+    vehicle = rt.fleet.get(snap.vehicle_id)
+    skew = vehicle.clock_skew_s if vehicle is not None and vehicle.clock_skew_s is not None else 0.0
+    record = vehicle.boots.get(snap.boot_id) if vehicle is not None else None  # None: a boot retired since
+    result = rt.events.write(
+        snap.vehicle_id,
+        snap.boot_id,
+        snap.events,
+        watermark=0 if record is None else record.event_seq,
+        skew_s=skew,
+        request_id=request_id,
+    )
+    if record is not None and result.watermark > record.event_seq:
+        record.event_seq = result.watermark
+        rt.fleet.dirty = True  # the watermark is saved with the boots
+    for level, count in result.written.items():
+        rt.metrics.vehicle_log_events.labels(snap.vehicle_id, level).inc(count)
+    for reason, count in result.dropped.items():
+        rt.metrics.vehicle_log_events_dropped.labels(reason).inc(count)
+    if result.error is not None and rt.events_log.admit("write_failed", "events"):
+        _LOGGER.error(
+            "vehicle events not written: %s",
+            result.error,
+            extra={"request_id": request_id, "vehicle_id": snap.vehicle_id},
+        )
 
 
 async def handle_history(request: web.Request) -> web.Response:
@@ -282,6 +331,8 @@ async def handle_history(request: web.Request) -> web.Response:
                 status=503,
                 headers={"X-Request-Id": request_id, "Retry-After": str(HISTORY_RETRY_AFTER_S)},
             )
+    for snap in snaps:  # events ride on backlog snapshots too (decision 0004), each written once
+        _write_events(rt, snap, request_id)
     for outcome, count in outcomes.items():
         if count:
             rt.metrics.history_snapshots.labels(outcome).inc(count)
@@ -562,7 +613,7 @@ _NO_CACHE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "
 async def handle_status_page(request: web.Request) -> web.Response:
     """GET /: the fleet on one HTML page, worst first, for operators without Grafana."""
     rt = request.app[RUNTIME]
-    view = build_view(rt.fleet, rt.geofence)
+    view = build_view(rt.fleet, rt.geofence, rt.events.last_events)
     page = render_status_page(view, render_map(rt.geofence.zones, view.rows))
     headers = {**_NO_CACHE, "Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"}
     return web.Response(text=page, content_type="text/html", charset="utf-8", headers=headers)
@@ -571,7 +622,7 @@ async def handle_status_page(request: web.Request) -> web.Response:
 async def handle_vehicles(request: web.Request) -> web.Response:
     """GET /api/v1/vehicles: the status page's rows as JSON (heartbeat_age_s null = never heard from)."""
     rt = request.app[RUNTIME]
-    return web.json_response(build_view(rt.fleet, rt.geofence).to_json(), headers=_NO_CACHE)
+    return web.json_response(build_view(rt.fleet, rt.geofence, rt.events.last_events).to_json(), headers=_NO_CACHE)
 
 
 async def handle_zones(request: web.Request) -> web.Response:

@@ -36,6 +36,7 @@ from .. import __version__
 from ..errors import REJECTION_REASONS
 from ..model import SENSOR_STATUSES, SensorReport, VehicleSnapshot
 from .connections import REFUSAL_REASONS as CONNECTION_REFUSAL_REASONS
+from .event_log import DROP_REASONS as EVENT_DROP_REASONS
 from .fleet import FleetState, VehicleState
 from .geofence import GEOFENCE_STATUSES
 from .geofence_monitor import GeofenceMonitor
@@ -623,6 +624,20 @@ class ServiceMetrics:
         )
         for reason in ("too_old", "future"):
             self.history_dropped.labels(reason)
+        self.vehicle_log_events = Counter(
+            "vehicle_log_events",
+            "Vehicle error events written to the events log, by vehicle and level (docs/events.md).",
+            ["vehicle_id", "level"],
+            registry=registry,
+        )
+        self.vehicle_log_events_dropped = Counter(
+            "vehicle_log_events_dropped",
+            "Vehicle error events not written, by reason (rate: the vehicle's per-minute cap; write_failed).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in EVENT_DROP_REASONS:
+            self.vehicle_log_events_dropped.labels(reason)
         self.history_samples = Counter(
             "telemetry_history_samples_written", "Samples written to the remote-write endpoint.", registry=registry
         )

@@ -25,6 +25,7 @@ import yaml
 
 from ..auth import TOKEN_SHA256_PATTERN
 from ..model import NAME_PATTERN, OFFLINE_STATUS, UNKNOWN_STATUS, VEHICLE_ID_PATTERN
+from .event_log import DEFAULT_EVENTS_FILE, DEFAULT_RECENT
 from .fleet import FleetSettings
 from .geofence import GeofenceSettings, Zones, ZonesError, parse_zones_text
 from .history import DEFAULT_MAX_BATCH_SNAPSHOTS
@@ -370,6 +371,11 @@ class Limits:
     max_error_codes_per_push: int = key(
         _INGEST.max_error_codes, Number(1, integer=True), "error codes in one push (more: 422 `limit_error_codes`)"
     )
+    max_events_per_push: int = key(
+        _INGEST.max_events,
+        Number(1, integer=True),
+        "vehicle events in one push (more: 422 `limit_events`); added in 0.2.0 ([events](events.md))",
+    )
     max_error_codes_per_vehicle: int = key(
         _FLEET.max_error_code_series,
         Number(1, integer=True),
@@ -519,6 +525,41 @@ class HistoryConfig:
         None,
         OptionalFile(),
         "file holding the basic auth password (one line; mode 0600): the password is never in the config or a log",
+        reloads=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EventsConfig:
+    """Vehicle error events written to their own JSON-lines file ([events](events.md))."""
+
+    file: str = key(
+        DEFAULT_EVENTS_FILE,
+        Text(),
+        "the vehicle events file, one JSON line per event, never the service's own log; the default is in the "
+        "unit's `LogsDirectory=`",
+        reloads=False,
+    )
+    max_bytes: int = key(
+        50 * 1024 * 1024,
+        Number(4096, integer=True),
+        "the file is rotated when a line would take it past this size",
+        reloads=False,
+    )
+    backup_count: int = key(
+        5, Number(1, integer=True), "rotated files kept (`….jsonl.1` … `.N`); the oldest is deleted", reloads=False
+    )
+    max_per_vehicle_per_minute: int = key(
+        120,
+        Number(1, integer=True),
+        "events written per vehicle per minute; more are dropped and counted (`vehicle_log_events_dropped_total"
+        '{reason="rate"}`)',
+        reloads=False,
+    )
+    recent_per_vehicle: int = key(
+        DEFAULT_RECENT,
+        Number(0, integer=True),
+        "last events of each vehicle shown on the status page and `/api/v1/vehicles`",
         reloads=False,
     )
 
@@ -769,6 +810,14 @@ class AggregatorConfig:
     )
     history: HistoryConfig = key(
         HistoryConfig(), Section(HistoryConfig, _history_rule), "backlog batches from vehicles' journals"
+    )
+    events: EventsConfig | None = key(
+        None,
+        Section(EventsConfig),
+        "write vehicles' error events to a JSON-lines file for Filebeat; off: events are acknowledged and "
+        "counted, not written",
+        reloads=False,
+        default_doc="off",
     )
 
     @property

@@ -92,6 +92,9 @@ class BootRecord:
     history_seq: int = 0
     """The highest seq of this boot written to history (decision 0003's watermark): backlog items at or below it
     are acknowledged without being written again. 0: nothing written."""
+    event_seq: int = 0
+    """The highest event_seq of this boot handled by the event log (decision 0003's event watermark): events at
+    or below it are not written again. 0: none."""
 
 
 @dataclass(slots=True)

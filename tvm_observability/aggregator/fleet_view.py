@@ -6,7 +6,8 @@ thresholds of the shipped alerts (config/prometheus/alerts.yml), so the page and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..model import UNKNOWN_STATUS
@@ -57,6 +58,9 @@ class VehicleRow:
     """The geofence status (geofence.GEOFENCE_STATUSES), None while geofencing is off."""
     violation: tuple[str, str] | None = None
     """(zone, kind) of the violation at the last known fix, however old (kept while the vehicle is silent)."""
+    events: tuple[Mapping[str, Any], ...] = ()
+    """The vehicle's last error events written to the events log (timestamp, level, component, code, message,
+    id), oldest first."""
 
     @property
     def level_name(self) -> str:
@@ -86,6 +90,7 @@ class VehicleRow:
                 "status": self.geofence,
                 "violation": None if self.violation is None else {"zone": self.violation[0], "kind": self.violation[1]},
             },
+            "events": [dict(e) for e in self.events],
         }
 
 
@@ -113,12 +118,21 @@ class FleetView:
         }
 
 
-def build_view(fleet: FleetState, geofence: GeofenceMonitor | None = None) -> FleetView:
+def build_view(
+    fleet: FleetState,
+    geofence: GeofenceMonitor | None = None,
+    recent_events: Callable[[str], list[dict[str, Any]]] | None = None,
+) -> FleetView:
     """Every vehicle this aggregator reports (`FleetState.exported`), worst first (attention level, then battery,
-    then id)."""
+    then id); `recent_events` gives a vehicle's last error events (EventLog.last_events)."""
     now = fleet.clock.monotonic()
     fences = geofence if geofence is not None and geofence.enabled else None
-    rows = [_row(fleet, vehicle, now, fences) for vehicle in fleet.exported(now)]
+    rows = [
+        replace(_row(fleet, vehicle, now, fences), events=tuple(recent_events(vehicle.vehicle_id)))
+        if recent_events is not None
+        else _row(fleet, vehicle, now, fences)
+        for vehicle in fleet.exported(now)
+    ]
     rows.sort(key=lambda r: (r.level, r.battery_pct if r.battery_pct is not None else 101.0, r.vehicle_id))
     return FleetView(generated_at=fleet.clock.time(), offline_after_s=fleet.offline_after_s, rows=tuple(rows))
 

@@ -11,8 +11,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import NonFinite, OutOfRange, SchemaError, TooManyErrorCodes, TooManySensors, UnsupportedVersion
+from ..errors import (
+    NonFinite,
+    OutOfRange,
+    SchemaError,
+    TooManyErrorCodes,
+    TooManyEvents,
+    TooManySensors,
+    UnsupportedVersion,
+)
 from ..model import (
+    EVENT_LEVELS,
+    EVENT_SOURCES,
+    MAX_EVENT_KEY_VALUES,
+    MAX_EVENT_MESSAGE_CHARS,
+    MAX_EVENT_TEXT_CHARS,
     MAX_MESSAGE_CHARS,
     NAME_PATTERN,
     SCHEMA_VERSION,
@@ -22,6 +35,7 @@ from ..model import (
     Pose,
     Position,
     SensorReport,
+    VehicleEvent,
     VehicleSnapshot,
 )
 
@@ -39,6 +53,8 @@ class IngestLimits:
     """Sensors in one push."""
     max_error_codes: int = 64
     """Error codes in one push."""
+    max_events: int = 100
+    """Vehicle events in one push."""
 
 
 def parse_snapshot(raw: Any, limits: IngestLimits = IngestLimits()) -> VehicleSnapshot:
@@ -57,6 +73,11 @@ def parse_snapshot(raw: Any, limits: IngestLimits = IngestLimits()) -> VehicleSn
         raise TooManySensors(f"sensors: {len(sensors)} sensors, at most {limits.max_sensors}")
     if len(errors) > limits.max_error_codes:
         raise TooManyErrorCodes(f"errors: {len(errors)} error codes, at most {limits.max_error_codes}")
+    events = top.get("events")
+    if events is not None and not isinstance(events, list):
+        raise SchemaError("events: must be a list")
+    if events is not None and len(events) > limits.max_events:
+        raise TooManyEvents(f"events: {len(events)} events, at most {limits.max_events}")
     return VehicleSnapshot(
         vehicle_id=_pattern(top.get("vehicle_id"), "vehicle_id", VEHICLE_ID_PATTERN),
         boot_id=_pattern(top.get("boot_id"), "boot_id", VEHICLE_ID_PATTERN),
@@ -74,7 +95,53 @@ def parse_snapshot(raw: Any, limits: IngestLimits = IngestLimits()) -> VehicleSn
             _pattern(code, "errors key", NAME_PATTERN): _int(count, f"errors.{code}", 0, MAX_ERROR_COUNT)
             for code, count in errors.items()
         },
+        events=tuple(_event(raw, f"events[{i}]") for i, raw in enumerate(events or ())),
     )
+
+
+def _event(raw: Any, path: str) -> VehicleEvent:
+    m = _map(raw, path)
+    level = m.get("level")
+    if level not in EVENT_LEVELS:
+        raise SchemaError(f"{path}.level: must be one of {', '.join(EVENT_LEVELS)}")
+    source = m.get("source")
+    if source not in EVENT_SOURCES:
+        raise SchemaError(f"{path}.source: must be one of {', '.join(EVENT_SOURCES)}")
+    code = m.get("code")
+    pairs = m.get("key_values")
+    if pairs is None:
+        pairs = []
+    if not isinstance(pairs, list) or len(pairs) > MAX_EVENT_KEY_VALUES:
+        raise SchemaError(f"{path}.key_values: must be a list of at most {MAX_EVENT_KEY_VALUES} [key, value] pairs")
+    key_values = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise SchemaError(f"{path}.key_values[{i}]: must be a [key, value] pair")
+        key_values.append((_text(pair[0], f"{path}.key_values[{i}]"), _text(pair[1], f"{path}.key_values[{i}]")))
+    line = m.get("line")
+    return VehicleEvent(
+        event_seq=_int(m.get("event_seq"), f"{path}.event_seq", 1, MAX_SEQ),
+        stamp=_number(m.get("stamp"), f"{path}.stamp", 0.0, 1e11),
+        level=level,
+        source=source,
+        component=_text(m.get("component"), f"{path}.component"),
+        message=_text(m.get("message"), f"{path}.message", MAX_EVENT_MESSAGE_CHARS),
+        code=None if code is None else _pattern(code, f"{path}.code", NAME_PATTERN),
+        key_values=tuple(key_values),
+        file=_optional_text(m.get("file"), f"{path}.file"),
+        function=_optional_text(m.get("function"), f"{path}.function"),
+        line=None if line is None else _int(line, f"{path}.line", 0, 2**31 - 1),
+    )
+
+
+def _text(raw: Any, path: str, limit: int = MAX_EVENT_TEXT_CHARS) -> str:
+    if not isinstance(raw, str) or len(raw) > limit:
+        raise SchemaError(f"{path}: must be a string of at most {limit} characters")
+    return raw
+
+
+def _optional_text(raw: Any, path: str) -> str | None:
+    return None if raw is None else _text(raw, path)
 
 
 def _battery(m: Mapping[str, Any], path: str) -> Battery:

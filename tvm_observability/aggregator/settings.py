@@ -52,7 +52,9 @@ def derive(config: AggregatorConfig) -> Settings:
             values_while_offline=config.history.remote_write_url is None,
         ),
         ingest=IngestLimits(
-            max_sensors=limits.max_sensors_per_vehicle, max_error_codes=limits.max_error_codes_per_push
+            max_sensors=limits.max_sensors_per_vehicle,
+            max_error_codes=limits.max_error_codes_per_push,
+            max_events=limits.max_events_per_push,
         ),
         rate=RateSettings(rate_hz=limits.rate_limit_per_vehicle_hz, burst=limits.rate_limit_burst),
         token_owner={entry.token_sha256: vid for vid, entry in config.vehicles.items() if entry.token_sha256},

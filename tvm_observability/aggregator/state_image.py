@@ -6,6 +6,8 @@ Formats (one migration function per step, in MIGRATIONS; a new format adds one):
   3  + boots[].overflow (events of codes past the per-boot memory), retired_boot_ids (refused as `stale_boot`),
      sensor_names (the sensor-name budget) and sensors_folded
   4  + boots[].history_seq (decision 0003's history watermark: the highest seq of the boot written to history)
+  5  + boots[].event_seq (decision 0003's event watermark: the highest event_seq of the boot written to the
+     events log)
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from ..errors import TelemetryError
 from .fleet import BootRecord, FleetState, VehicleState
 from .ingest import IngestLimits, parse_snapshot
 
-STATE_FORMAT = 4
+STATE_FORMAT = 5
 """The format this version writes."""
 
-_TRUSTED_LIMITS = IngestLimits(max_sensors=2**31, max_error_codes=2**31)
+_TRUSTED_LIMITS = IngestLimits(max_sensors=2**31, max_error_codes=2**31, max_events=2**31)
 """Saved snapshots passed the configured limits when they arrived; limits may have shrunk since."""
 
 Image = dict[str, Any]
@@ -66,7 +68,17 @@ def migrate_3_to_4(image: Image) -> Image:
     return {**image, "format": 4, "vehicles": vehicles}
 
 
-MIGRATIONS: dict[int, Callable[[Image], Image]] = {2: migrate_2_to_3, 3: migrate_3_to_4}
+def migrate_4_to_5(image: Image) -> Image:
+    """Format 5 adds the event watermark per boot: no event of any boot written yet (an event replayed after the
+    upgrade is written again, with its id, and collapses downstream)."""
+    vehicles = {
+        vid: {**saved, "boots": [{**boot, "event_seq": 0} for boot in saved["boots"]]}
+        for vid, saved in image["vehicles"].items()
+    }
+    return {**image, "format": 5, "vehicles": vehicles}
+
+
+MIGRATIONS: dict[int, Callable[[Image], Image]] = {2: migrate_2_to_3, 3: migrate_3_to_4, 4: migrate_4_to_5}
 """Format N -> a function returning the image in format N + 1."""
 
 
@@ -131,7 +143,14 @@ def _vehicle_image(v: VehicleState) -> Image:
         v.snapshot_body = codec.encode(v.snapshot)  # once per snapshot kept without its body
     return {
         "boots": [
-            {"boot_id": b, "seq": r.seq, "errors": dict(r.errors), "overflow": r.overflow, "history_seq": r.history_seq}
+            {
+                "boot_id": b,
+                "seq": r.seq,
+                "errors": dict(r.errors),
+                "overflow": r.overflow,
+                "history_seq": r.history_seq,
+                "event_seq": r.event_seq,
+            }
             for b, r in v.boots.items()
         ],
         "retired": dict(v.retired),
@@ -150,7 +169,13 @@ def _restored_vehicle(vehicle_id: str, saved: Mapping[str, Any]) -> VehicleState
     vehicle.boots = OrderedDict(
         (
             str(b["boot_id"]),
-            BootRecord(_count(b["seq"]), _counts(b["errors"]), _count(b["overflow"]), _count(b["history_seq"])),
+            BootRecord(
+                _count(b["seq"]),
+                _counts(b["errors"]),
+                _count(b["overflow"]),
+                _count(b["history_seq"]),
+                _count(b["event_seq"]),
+            ),
         )
         for b in saved["boots"]
     )

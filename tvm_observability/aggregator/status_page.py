@@ -132,9 +132,20 @@ def _sensors(sensors: tuple[SensorView, ...]) -> str:
 
 def _errors(r: VehicleRow) -> str:
     if not r.errors:
-        return "0"
+        return "0" + _events(r)
     detail = ", ".join(f"{escape(code)} {count}" for code, count in sorted(r.errors.items()))
-    return f'{r.errors_total}<div class="msg">{detail}</div>'
+    return f'{r.errors_total}<div class="msg">{detail}</div>{_events(r)}'
+
+
+def _events(r: VehicleRow) -> str:
+    """The vehicle's last error events, newest first (every string escaped: it came from the vehicle)."""
+    items = [
+        f'<li title="{escape(str(e["id"]))}">{escape(str(e["timestamp"]))} {escape(str(e["level"]))} '
+        f"{escape(str(e['component']))}{'' if e['code'] is None else ' ' + escape(str(e['code']))}: "
+        f"{escape(str(e['message']))}</li>"
+        for e in reversed(r.events)
+    ]
+    return f'<ul class="events">{"".join(items)}</ul>' if items else ""
 
 
 def _position(r: VehicleRow) -> str:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..model import MAX_MESSAGE_CHARS, Battery, Pose, Position
+from ..model import MAX_EVENT_KEY_VALUES, MAX_MESSAGE_CHARS, Battery, Pose, Position
 
 # sensor_msgs/BatteryState power_supply_status values.
 POWER_SUPPLY_STATUS_CHARGING = 1
@@ -144,6 +144,8 @@ class DiagnosticEntry:
     """ok, warn, error or stale (unknown levels read as error: a driver that invents levels is broken)."""
     message: str
     error_code: str | None
+    values: tuple[tuple[str, str], ...] = ()
+    """The status's key-values (at most MAX_EVENT_KEY_VALUES), for the error event it may become."""
 
 
 def diagnostics_from_msg(msg: Any) -> list[DiagnosticEntry]:
@@ -159,6 +161,36 @@ def diagnostics_from_msg(msg: Any) -> list[DiagnosticEntry]:
                 level=_DIAG_LEVEL_NAMES.get(level_int, "error"),
                 message=str(status.message)[:MAX_MESSAGE_CHARS],
                 error_code=code,
+                values=tuple((str(kv.key), str(kv.value)) for kv in status.values[:MAX_EVENT_KEY_VALUES]),
             )
         )
     return entries
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One rcl_interfaces/Log message (a /rosout entry), reduced to what an error event carries."""
+
+    stamp: float
+    level: int
+    """10 DEBUG, 20 INFO, 30 WARN, 40 ERROR, 50 FATAL."""
+    name: str
+    """The logger: the node's namespace and name with dots (`v5.planner`)."""
+    message: str
+    file: str
+    function: str
+    line: int
+
+
+def log_entry_from_msg(msg: Any) -> LogEntry:
+    """rcl_interfaces/Log -> LogEntry (the full message: the event capture truncates)."""
+    level = msg.level
+    return LogEntry(
+        stamp=int(msg.stamp.sec) + int(msg.stamp.nanosec) * 1e-9,
+        level=level[0] if isinstance(level, bytes | bytearray) else int(level),
+        name=str(msg.name),
+        message=str(msg.msg),
+        file=str(msg.file),
+        function=str(msg.function),
+        line=int(msg.line),
+    )

@@ -6,16 +6,17 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import Log, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import BatteryState, NavSatFix
 from std_msgs.msg import String
@@ -23,6 +24,7 @@ from std_msgs.msg import String
 from .. import codec
 from . import converters
 from .backlog import BacklogUploader
+from .events import MARKS_FILE, CaptureSettings, EventCapture, RosoutMarks
 from .journal import Journal
 from .params import (
     EXIT_BAD_PARAMETERS,
@@ -105,6 +107,7 @@ class VehicleBridge(Node):
             for url in self.params.telemetry_urls
         ]
         self.pusher = self.pushers[0]
+        self.events = self._event_capture()
         self._health_name = f"{self.get_name()}: aggregator link"
         self._journal_problem = ""
         self._link_level = ""
@@ -124,6 +127,25 @@ class VehicleBridge(Node):
             f"{' and '.join(self.params.telemetry_urls)} every {self.params.publish_period_s:g} s, "
             f"watching {', '.join(s.name for s in self.params.builder.sensors) or 'no sensors'}"
         )
+
+    def _event_capture(self) -> EventCapture:
+        """Error events of the vehicle's own nodes; /rosout marks kept next to the journal (bridge/events.py)."""
+        events = self.params.events
+        assert events is not None
+        marks = RosoutMarks(
+            None if self.journal is None else str(self.journal.path.parent / MARKS_FILE), floor=time.time()
+        )
+        if marks.problem:
+            self.get_logger().warning(f"rosout marks not read, /rosout history may be captured again: {marks.problem}")
+        settings = CaptureSettings(
+            events_min_level=events.min_level,
+            events_namespace=events.namespace or self.get_namespace(),
+            own_logger=self.get_logger().name,
+            events_max_per_push=events.max_per_push,
+            events_max_per_minute=events.max_per_minute,
+            events_max_pending=events.max_pending,
+        )
+        return EventCapture(settings, marks)
 
     def _declare_parameters(self) -> dict[str, Any]:
         """Declare every parameter on the node; their values (not yet validated)."""
@@ -201,6 +223,13 @@ class VehicleBridge(Node):
             self.create_subscription(msg_type, topic, self._keep_newest(topic, shared[topic]), sensor_qos, raw=True)
         self.create_subscription(String, topics.status, self._on_status, 10)
         self.create_subscription(DiagnosticArray, topics.diagnostics, self._on_diagnostics, 50)
+        if self.params.events is not None and self.params.events.rosout:
+            # /rosout's own QoS: reliable and transient local, so entries of the last seconds (its lifespan)
+            # arrive after a restart too; RosoutMarks keeps them from being captured twice.
+            rosout_qos = QoSProfile(
+                depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+            )
+            self.create_subscription(Log, "/rosout", self._on_rosout, rosout_qos)
 
     def _keep_newest(self, topic: str, sensors: list[str]) -> Any:
         """A raw callback that keeps the topic's newest message and counts the sensors sharing the topic."""
@@ -231,21 +260,31 @@ class VehicleBridge(Node):
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         entries = [e for e in converters.diagnostics_from_msg(msg) if e.name != self._health_name]
-        self.builder.on_diagnostics(entries, _now())
+        now = _now()
+        stamp = converters.stamp_of(msg) or time.time()
+        for entry, code in self.builder.on_diagnostics(entries, now):
+            self.events.on_diagnostic_error(entry, code, stamp, now)
+
+    def _on_rosout(self, msg: Log) -> None:
+        self.events.on_rosout(converters.log_entry_from_msg(msg), _now())
 
     def _tick(self) -> None:
         self._drain_inputs()
         now = _now()
         self._lateness = [*self._lateness[-(_LATENESS_WINDOW - 1) :], max(0.0, now - self._next_tick)]
         self._next_tick = max(self._next_tick + self.params.publish_period_s, now)
-        snapshot = self.builder.build(now, time.time())
+        snapshot = self.builder.build(now, time.time(), self.events.take())
         body = codec.encode(snapshot)
         if self.journal is not None:  # before the offer: the pusher's acknowledgement must find it
             self.journal.add(snapshot.boot_id, snapshot.seq, snapshot.sent_at, body)
             if self.journal.flush_due():
                 self.journal.flush()
-        for pusher in self.pushers:
-            pusher.offer(body)
+                self.events.marks.save()  # after the flush: the marks never run ahead of the journal
+        # Events go to the first aggregator only (decision 0005); the journal keeps the body with them, so the
+        # second one's acknowledgement of the body without them never deletes it.
+        bare = codec.encode(replace(snapshot, events=())) if snapshot.events and len(self.pushers) > 1 else body
+        for index, pusher in enumerate(self.pushers):
+            pusher.offer(body if index == 0 else bare)
         self._publish_health(now, snapshot.seq)
 
     def _publish_health(self, now: float, seq: int) -> None:
@@ -284,6 +323,9 @@ class VehicleBridge(Node):
             "max_tick_lateness_s": f"{max(self._lateness):.4f}",
             "stale_inputs": ",".join(stale),
             "error_events": str(sum(self.builder.errors.values())),
+            "events_captured": str(self.events.captured),
+            "events_pending": str(len(self.events.pending)),
+            **{f"events_dropped_{reason}": str(count) for reason, count in self.events.dropped.items()},
             **journal_values,
         }
         if len(statuses) > 1:
@@ -334,6 +376,7 @@ class VehicleBridge(Node):
             pusher.close(self.params.request_timeout_s + 2.0)
         if self.journal is not None:
             self.journal.close()  # what the pushes did not deliver is kept for the next start
+            self.events.marks.save()
 
 
 def _now() -> float:

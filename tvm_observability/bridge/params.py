@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..model import DEFAULT_VEHICLE_STATUSES, HISTORY_PATH, NAME_PATTERN, TELEMETRY_PATH, VEHICLE_ID_PATTERN
+from .events import ROSOUT_LEVELS
 from .snapshot import BuilderSettings, SensorSpec
 
 MESSAGE_TYPE_PATTERN = re.compile(r"([A-Za-z][A-Za-z0-9_]*)/msg/([A-Z][A-Za-z0-9]*)")
@@ -103,6 +104,25 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "Upload budget of the backlog after an outage, in snapshots per second (the live push is not counted).",
     ),
     ParamSpec("backlog_batch_size", 60, "Most snapshots in one backlog upload."),
+    ParamSpec(
+        "events_rosout",
+        True,
+        "Capture /rosout entries of the vehicle's own nodes at events_min_level or above as error events.",
+    ),
+    ParamSpec("events_min_level", "ERROR", "Lowest /rosout level captured: WARN, ERROR or FATAL."),
+    ParamSpec(
+        "events_namespace",
+        "",
+        "Namespace of the vehicle's own nodes (/rosout is not namespaced): only their entries are captured. "
+        "Empty: the bridge's own namespace (every node when it runs in /).",
+    ),
+    ParamSpec(
+        "events_max_per_push",
+        20,
+        "Most error events in one snapshot (at most the aggregator's limits.max_events_per_push).",
+    ),
+    ParamSpec("events_max_per_minute", 60, "Most error events captured per minute; more are dropped and counted."),
+    ParamSpec("events_max_pending", 200, "Most error events waiting for a snapshot; more are dropped and counted."),
 )
 
 SENSOR_FIELDS: tuple[ParamSpec, ...] = (
@@ -153,6 +173,18 @@ class JournalParams:
 
 
 @dataclass(frozen=True, slots=True)
+class EventParams:
+    """The events_* parameters (bridge/events.py)."""
+
+    rosout: bool
+    min_level: str
+    namespace: str
+    max_per_push: int
+    max_per_minute: int
+    max_pending: int
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeParams:
     builder: BuilderSettings
     telemetry_url: str
@@ -168,6 +200,8 @@ class BridgeParams:
     """None: no journal (journal_dir empty)."""
     second_telemetry_url: str = ""
     """The telemetry URL of `second_aggregator_url`; empty: none."""
+    events: EventParams | None = None
+    """None only where a test builds BridgeParams by hand."""
 
     @property
     def telemetry_urls(self) -> tuple[str, ...]:
@@ -264,10 +298,31 @@ def parse_params(values: Mapping[str, Any]) -> BridgeParams:
             diagnostics=r.topic("diagnostics_topic"),
         ),
         journal=journal,
+        events=_events(values, r),
     )
     if problems:
         raise ParamError(problems)
     return params
+
+
+def _events(values: Mapping[str, Any], r: _Reader) -> EventParams:
+    rosout, level, namespace = values["events_rosout"], values["events_min_level"], values["events_namespace"]
+    if type(rosout) is not bool:
+        r.problems.append(f"events_rosout: must be true or false, got {rosout!r}")
+    if level not in ROSOUT_LEVELS:
+        r.problems.append(f"events_min_level: must be one of {', '.join(ROSOUT_LEVELS)}, got {level!r}")
+        level = "ERROR"
+    if not isinstance(namespace, str) or (namespace and _TOPIC_PATTERN.fullmatch(namespace) is None):
+        r.problems.append(f"events_namespace: must be a namespace such as /v5, or empty, got {namespace!r}")
+        namespace = ""
+    return EventParams(
+        rosout=rosout is True,
+        min_level=str(level),
+        namespace=namespace,
+        max_per_push=int(r.number("events_max_per_push", 1, 10_000, integer=True)),
+        max_per_minute=int(r.number("events_max_per_minute", 1, 100_000, integer=True)),
+        max_pending=int(r.number("events_max_pending", 1, 100_000, integer=True)),
+    )
 
 
 _RUNTIME = frozenset(spec.name for spec in PARAMETERS if spec.runtime)

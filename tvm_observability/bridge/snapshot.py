@@ -27,6 +27,7 @@ from ..model import (
     Pose,
     Position,
     SensorReport,
+    VehicleEvent,
     VehicleSnapshot,
 )
 from .converters import DiagnosticEntry
@@ -155,8 +156,10 @@ class SnapshotBuilder:
     def on_sensor_message(self, sensor: str, now: float) -> None:
         self._meters[sensor].add(now)
 
-    def on_diagnostics(self, entries: list[DiagnosticEntry], now: float) -> None:
-        """Keep the latest status per name and count ERROR rising edges."""
+    def on_diagnostics(self, entries: list[DiagnosticEntry], now: float) -> list[tuple[DiagnosticEntry, str]]:
+        """Keep the latest status per name and count ERROR rising edges; the statuses that entered ERROR, each
+        with its error code (each becomes an error event)."""
+        entered: list[tuple[DiagnosticEntry, str]] = []
         for entry in entries:
             if entry.name not in self._diagnostics and len(self._diagnostics) >= _MAX_TRACKED_DIAGNOSTICS:
                 continue
@@ -165,7 +168,10 @@ class SnapshotBuilder:
                 self._in_error.discard(entry.name)
             elif entry.name not in self._in_error:
                 self._in_error.add(entry.name)
-                self._count_error(self.error_code_for(entry))
+                code = self.error_code_for(entry)
+                self._count_error(code)
+                entered.append((entry, code))  # the event keeps its own code, past the label budget too
+        return entered
 
     def error_code_for(self, entry: DiagnosticEntry) -> str:
         """The error_code key-value, else the sensor the status maps to, else the status name."""
@@ -245,7 +251,7 @@ class SnapshotBuilder:
         status, message = max(candidates, key=lambda c: SENSOR_STATUSES.index(c[0]))
         return SensorReport(status=status, rate_hz=rate, message=message[:MAX_MESSAGE_CHARS])
 
-    def build(self, now: float, wall_time: float) -> VehicleSnapshot:
+    def build(self, now: float, wall_time: float, events: tuple[VehicleEvent, ...] = ()) -> VehicleSnapshot:
         """The next snapshot (seq increments), every value aged at `now` (monotonic seconds)."""
         s = self.settings
         self.seq += 1
@@ -264,4 +270,5 @@ class SnapshotBuilder:
             pose=pose if isinstance(pose, Pose) else None,
             sensors=self.sensor_reports(now),
             errors=self._errors,
+            events=events,
         )
