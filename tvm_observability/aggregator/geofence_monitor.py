@@ -9,7 +9,7 @@ not. A vehicle that goes silent (or loses its fix) in a keep-out zone keeps it, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..model import VehicleSnapshot
@@ -127,14 +127,8 @@ class GeofenceMonitor:
             return []
         found: list[Breach] = []
         previous: Verdict | None = None
-        for snapshot in snapshots:
-            p = snapshot.position
-            if p is None or not p.fix or p.longitude is None or p.latitude is None:
-                continue
-            if p.accuracy_m is not None and p.accuracy_m > self.settings.max_accuracy_m:
-                continue
-            position = (p.longitude, p.latitude)
-            verdict = self._judge(snapshot.vehicle_id, position, p.accuracy_m, previous)
+        for snapshot, position, accuracy_m in self._judgeable(snapshots):
+            verdict = self._judge(snapshot.vehicle_id, position, accuracy_m, previous)
             began = verdict.violation and (previous is None or previous.status != verdict.status)
             if began:
                 found.append(
@@ -148,16 +142,23 @@ class GeofenceMonitor:
         violation there stays known across an aggregator restart (the status stays `unknown`: the fix is old)."""
         if not self.enabled:
             return
+        for snapshot, position, accuracy_m in self._judgeable(snapshots):
+            verdict = self._judge(snapshot.vehicle_id, position, accuracy_m, None)
+            last = verdict if verdict.violation else None
+            self.tracks[snapshot.vehicle_id] = Track(UNKNOWN_VERDICT, None, position, accuracy_m, last)
+
+    def _judgeable(
+        self, snapshots: Iterable[VehicleSnapshot]
+    ) -> Iterator[tuple[VehicleSnapshot, tuple[float, float], float | None]]:
+        """The snapshots whose fix may be judged whatever its age (a backlog, a restored last fix): a fix with
+        coordinates, accurate enough; with its (longitude, latitude) and accuracy."""
         for snapshot in snapshots:
             p = snapshot.position
             if p is None or not p.fix or p.longitude is None or p.latitude is None:
                 continue
             if p.accuracy_m is not None and p.accuracy_m > self.settings.max_accuracy_m:
                 continue
-            position = (p.longitude, p.latitude)
-            verdict = self._judge(snapshot.vehicle_id, position, p.accuracy_m, None)
-            last = verdict if verdict.violation else None
-            self.tracks[snapshot.vehicle_id] = Track(UNKNOWN_VERDICT, None, position, p.accuracy_m, last)
+            yield snapshot, (p.longitude, p.latitude), p.accuracy_m
 
     def _judge(
         self, vehicle_id: str, position: tuple[float, float], accuracy_m: float | None, previous: Verdict | None
