@@ -231,10 +231,7 @@ async def handle_telemetry(request: web.Request) -> web.Response:
     request_id = _request_id(request)
     vehicle_id: str | None = None
     try:
-        _check_content_type(request)
-        vehicle_id = credential = _authenticate(rt, bearer_token(request.headers.get("Authorization")))
-        routed = _routing_vehicle(request, credential)
-        body = await _read_body(request, rt.config.limits.max_body_bytes, rt.config.limits.body_timeout_s)
+        body, credential, routed = await _admitted_body(rt, request, rt.config.limits.max_body_bytes)
         snap = parse_snapshot(codec.decode(body), rt.ingest_limits)
         vehicle_id = snap.vehicle_id
         _authorise(rt, snap.vehicle_id, credential, routed)
@@ -305,12 +302,9 @@ async def handle_history(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME]
     request_id = _request_id(request)
     vehicle_id: str | None = None
+    history = rt.config.history
     try:
-        _check_content_type(request)
-        vehicle_id = credential = _authenticate(rt, bearer_token(request.headers.get("Authorization")))
-        routed = _routing_vehicle(request, credential)
-        history = rt.config.history
-        body = await _read_body(request, history.max_body_bytes, rt.config.limits.body_timeout_s)
+        body, credential, routed = await _admitted_body(rt, request, history.max_body_bytes)
         limits = rt.ingest_limits
         snaps = await asyncio.to_thread(lambda: parse_batch(codec.decode(body), limits, history.max_batch_snapshots))
         vehicle_id = snaps[0].vehicle_id
@@ -434,6 +428,16 @@ def _history_client(rt: Runtime, history: HistoryConfig) -> tuple[aiohttp.Client
     return rt.history_client, rt.history_auth
 
 
+async def _admitted_body(rt: Runtime, request: web.Request, max_bytes: int) -> tuple[bytes, str | None, str | None]:
+    """What every POST checks before decoding, in this order: content type, credential, routing header, then the
+    body within `max_bytes` and the body timeout. Returns (body, the credential's vehicle, the routing header's)."""
+    _check_content_type(request)
+    credential = _authenticate(rt, bearer_token(request.headers.get("Authorization")))
+    routed = _routing_vehicle(request, credential)
+    body = await _read_body(request, max_bytes, rt.config.limits.body_timeout_s)
+    return body, credential, routed
+
+
 def _check_content_type(request: web.Request) -> None:
     if request.content_type not in ACCEPTED_CONTENT_TYPES:
         raise UnsupportedMediaType(f"Content-Type must be {codec.CONTENT_TYPE}, got {request.content_type!r}")
@@ -491,6 +495,13 @@ def _authenticate(rt: Runtime, token: str | None) -> str | None:
     return owner
 
 
+def _credential_owner(rt: Runtime, request: web.Request) -> str | None:
+    """The vehicle whose credential a refused request carried, if any: what its refusal is logged under when it
+    was refused before its body named a vehicle."""
+    token = bearer_token(request.headers.get("Authorization"))
+    return None if token is None else rt.token_owner.get(hash_token(token))
+
+
 def is_configured_token(rt: Runtime, word: str) -> bool:
     """Whether `word` is a credential of the running config (a vehicle's or read_auth's): such a word must
     never reach a log, whatever layer logs it."""
@@ -525,6 +536,7 @@ def _reject(
     rt: Runtime, exc: TelemetryError, request: web.Request, request_id: str, vehicle_id: str | None
 ) -> web.Response:
     rt.metrics.rejected.labels(exc.reason).inc()
+    vehicle_id = vehicle_id or _credential_owner(rt, request)
     remote = request_client(request, rt.config.trusted_proxies)
     if rt.refusal_log.admit(exc.reason, remote):
         _LOGGER.warning(
