@@ -9,7 +9,6 @@ import asyncio
 import gzip
 import json
 import logging
-import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,16 +16,21 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from log_capture import captured
+from peers import require_binary
 from support import FakeClock, parse_metrics, sample, wire_snapshot
 
 from tvm_observability import codec
 from tvm_observability.aggregator import state_image
-from tvm_observability.aggregator.app import RUNTIME, make_app
+from tvm_observability.aggregator.app import RUNTIME, _acknowledge, _request_id, make_app
 from tvm_observability.aggregator.config import parse_config
+from tvm_observability.aggregator.fleet import Outcome
 from tvm_observability.aggregator.logs import LogSummary
 from tvm_observability.auth import hash_token
+from tvm_observability.model import VEHICLE_ID_PATTERN, VehicleSnapshot
 
 TOKENS = {"V1": "token-one-" + "a" * 30, "V2": "token-two-" + "b" * 30}
 Client = TestClient  # type: ignore[type-arg]
@@ -271,9 +275,7 @@ async def test_health_endpoints(client: Client) -> None:
 
 @pytest.mark.peer
 async def test_promtool_accepts_live_output(client: Client) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+    promtool = require_binary("promtool")  # a CI run fails without it
     await post(client, wire_snapshot("V1", errors={"E1": 1}))
     await post(client, b"", raw=b"\xc1")
     body = await (await client.get("/metrics")).read()
@@ -417,3 +419,51 @@ async def test_a_vehicle_inventing_statuses_is_logged_at_a_bounded_rate(client: 
     assert 1 <= len(status_lines) <= 5
     m = await metrics(client)
     assert sample(m, "vehicle_status", vehicle_id="V1", status="unknown") == 1
+
+
+@given(
+    vehicle_id=st.from_regex(VEHICLE_ID_PATTERN, fullmatch=True),
+    boot_id=st.from_regex(VEHICLE_ID_PATTERN, fullmatch=True),
+    seq=st.integers(0, 2**63 - 1),
+    outcome=st.sampled_from(list(Outcome)),
+)
+@settings(max_examples=300, deadline=None)
+def test_acknowledgement_is_the_json_of_its_fields(vehicle_id: str, boot_id: str, seq: int, outcome: Outcome) -> None:
+    """The push acknowledgement is formatted, not encoded: for every id the schema admits it must be exactly the
+    JSON document of its fields, as json.dumps writes it."""
+    snap = VehicleSnapshot(vehicle_id=vehicle_id, boot_id=boot_id, seq=seq, sent_at=1.0)
+    response = _acknowledge(outcome, snap, "req-1")
+    assert response.body is not None and isinstance(response.body, bytes)
+    expected = {"status": outcome.value, "vehicle_id": vehicle_id, "boot_id": boot_id, "seq": seq}
+    assert response.body == json.dumps(expected).encode()
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert response.headers["X-Request-Id"] == "req-1"
+
+
+def test_generated_request_ids_are_unique_and_sixteen_hex_digits() -> None:
+    request = make_mocked_request("POST", "/api/v1/telemetry")
+    ids = [_request_id(request) for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    given_id = make_mocked_request("POST", "/api/v1/telemetry", headers={"X-Request-Id": "robot-7:req-42"})
+    assert _request_id(given_id) == "robot-7:req-42"
+    hostile = make_mocked_request("POST", "/api/v1/telemetry", headers={"X-Request-Id": 'x"\n{"level":"ERROR"}'})
+    assert _request_id(hostile) != 'x"\n{"level":"ERROR"}' and len(_request_id(hostile)) == 16
+
+
+async def test_streamed_metrics_are_the_rendered_exposition(client: Client) -> None:
+    """/metrics is streamed family by family; the bytes are those `Exposition.render` makes (the reference
+    comparison is in test_exposition), in both formats, and HEAD answers the headers alone."""
+    for vid in TOKENS:
+        assert (await post(client, wire_snapshot(vid, errors={"E1": 1}), token=vid)).status == 200
+    exposition = client.app[RUNTIME].exposition
+    for accept in ("", "application/openmetrics-text; version=1.0.0"):
+        resp = await client.get("/metrics", headers={"Accept": accept})
+        body = await resp.read()
+        expected, content_type = exposition.render(accept)
+        assert resp.headers["Content-Type"] == content_type
+        # The service families count this very request only after it is answered: compare the fleet part.
+        fleet_part = expected.split(b"# HELP http_requests")[0]
+        assert body.startswith(fleet_part) and b"# HELP http_requests" in body
+    head = await client.head("/metrics")
+    assert head.status == 200 and await head.read() == b""

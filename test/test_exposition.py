@@ -3,19 +3,25 @@ for the reference `FleetCollector.collect()`, in both formats, as vehicles chang
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from peers import require_binary
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from support import parse_metrics, sample, wire_snapshot
 
 from tvm_observability.aggregator import state_image
-from tvm_observability.aggregator.collector import FORMATS, Exposition, ServiceMetrics, disable_created_series
+from tvm_observability.aggregator.collector import (
+    FORMATS,
+    SLICE_VEHICLES,
+    Exposition,
+    ServiceMetrics,
+    disable_created_series,
+)
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
 
@@ -147,9 +153,7 @@ def test_render_matches_reference_for_any_sequence(events):
 
 @pytest.mark.peer
 def test_promtool_accepts_render(tmp_path):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    promtool = require_binary("promtool")  # a CI run fails without it
     _, fleet, exposition, _ = make()
     apply(fleet, "V1", seq=1, errors={"E_MOTOR": 2})
     apply(fleet, "V2", seq=1)
@@ -203,3 +207,30 @@ def test_service_metrics_change_no_process_wide_setting():
     )
     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60, check=True)
     assert "unrelated_created" in result.stdout
+
+
+def test_chunks_pause_every_slice_and_stay_whole_while_the_fleet_changes_between_pieces():
+    """A scrape renders SLICE_VEHICLES vehicles between pauses, and the server runs pushes and reloads in those
+    pauses: whatever happens in them, the scrape stays one well-formed exposition with each vehicle it started
+    with exactly once per family, and the next scrape is the reference rendering again."""
+    roster = [f"R{i:04d}" for i in range(3 * SLICE_VEHICLES + 7)]
+    clock, fleet, exposition, _ = make(roster=roster)
+    for vid in roster:
+        apply(fleet, vid, seq=1)
+    encoder, content_type = FORMATS[0]
+    pieces = []
+    pauses = 0
+    for n, piece in enumerate(exposition.chunks(encoder, content_type)):
+        pauses += piece == ""
+        pieces.append(piece)
+        apply(fleet, roster[n % len(roster)], seq=2 + n)  # a push in every pause and between families
+        if n == 1:
+            apply(fleet, "X-unknown", seq=1)  # a vehicle arrives mid-scrape
+            fleet.reconfigure(roster[:-5], fleet.settings)  # a reload drops five roster vehicles mid-scrape
+        clock.mono += 0.01
+    assert pauses == -(-len(roster) // SLICE_VEHICLES)
+    text = "".join(pieces)
+    up_lines = [line for line in text.splitlines() if line.startswith("vehicle_up{")]
+    assert sorted(up_lines) == sorted(f'vehicle_up{{vehicle_id="{vid}"}} 1.0' for vid in roster)  # each once
+    assert sample(parse_metrics(text), "vehicles_total") == len(roster)  # and well formed throughout
+    assert_same(exposition)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hmac
+import itertools
 import logging
 import re
 import secrets
@@ -43,7 +44,7 @@ from ..model import HISTORY_PATH, ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapsho
 from . import remote_write
 from .access import read_auth_middleware
 from .backfill import snapshot_series
-from .collector import Exposition, ServiceMetrics, disable_created_series
+from .collector import Exposition, ServiceMetrics, disable_created_series, negotiate
 from .config import AggregatorConfig, HistoryConfig
 from .connections import request_client
 from .event_log import EventLog, EventLogSettings
@@ -71,6 +72,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 """HTTP methods counted under their own label; any other token a client sends is counted as `other`."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _UNKNOWN_STATUS_MEMORY = 10_000
+_JSON = "application/json; charset=utf-8"
 HISTORY_RETRY_AFTER_S = 30
 """Retry-After of a 503 while the history store cannot be written: the vehicle keeps the batch and comes back."""
 
@@ -216,10 +218,8 @@ async def _red_metrics(request: web.Request, handler: Handler) -> web.StreamResp
         status = exc.status
         raise
     finally:
-        metrics = request.app[RUNTIME].metrics
         method = request.method if request.method in _METHODS else "other"
-        metrics.requests.labels(method, endpoint, str(status)).inc()
-        metrics.duration.labels(endpoint).observe(time.perf_counter() - started)
+        request.app[RUNTIME].metrics.observe_request(method, endpoint, status, time.perf_counter() - started)
 
 
 # -- ingest ------------------------------------------------------------------------------------
@@ -258,10 +258,17 @@ async def handle_telemetry(request: web.Request) -> web.Response:
                 far.zone,
                 extra={"request_id": request_id, "vehicle_id": far.vehicle_id, "zone": far.zone},
             )
-    return web.json_response(
-        {"status": outcome.value, "vehicle_id": snap.vehicle_id, "boot_id": snap.boot_id, "seq": snap.seq},
-        headers={"X-Request-Id": request_id},
-    )
+    return _acknowledge(outcome, snap, request_id)
+
+
+_ACK = '{"status": "%s", "vehicle_id": "%s", "boot_id": "%s", "seq": %d}'
+"""The acknowledgement of a push, as json.dumps writes it: every field is a pattern-checked id (no character
+that JSON escapes), an outcome name or an integer, so formatting it is exact and cheaper than encoding a dict."""
+
+
+def _acknowledge(outcome: Outcome, snap: VehicleSnapshot, request_id: str) -> web.Response:
+    body = _ACK % (outcome.value, snap.vehicle_id, snap.boot_id, snap.seq)
+    return web.Response(body=body.encode(), headers={"Content-Type": _JSON, "X-Request-Id": request_id})
 
 
 def _write_events(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> None:
@@ -575,19 +582,37 @@ def _log_unknown_status(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> 
 
 
 def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+    """The client's X-Request-Id when it is well formed, else a new one: 16 hex digits, from a random start per
+    process counting up (unique within the process, unguessable across processes, no system call per push)."""
+    given = request.headers.get("X-Request-Id")
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return f"{(_REQUEST_ID_BASE + next(_REQUEST_COUNT)) & _REQUEST_ID_MASK:016x}"
+
+
+_REQUEST_ID_MASK = 2**64 - 1
+_REQUEST_ID_BASE = secrets.randbits(64)
+_REQUEST_COUNT = itertools.count()
 
 
 # -- exposition and health ---------------------------------------------------------------------
 
 
-async def handle_metrics(request: web.Request) -> web.Response:
-    """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it."""
+async def handle_metrics(request: web.Request) -> web.StreamResponse:
+    """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it. Streamed, family by
+    family, with pauses while the vehicles' text is brought up to date: a scrape of any fleet never holds the
+    event loop for longer than one slice of vehicles (collector.SLICE_VEHICLES)."""
     rt = request.app[RUNTIME]
-    body, content_type = rt.exposition.render(request.headers.get("Accept", ""))
-    response = web.Response(body=body)
-    response.headers["Content-Type"] = content_type
+    encoder, content_type = negotiate(request.headers.get("Accept", ""))
+    if request.method == "HEAD":  # the headers alone: a streamed body must not follow them
+        return web.Response(headers={"Content-Type": content_type})
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    await response.prepare(request)
+    for piece in rt.exposition.chunks(encoder, content_type):  # pauses and families: pushes go on in between
+        if piece:
+            await response.write(piece.encode())
+        await asyncio.sleep(0)
+    await response.write_eof()
     return response
 
 

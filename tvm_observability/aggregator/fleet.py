@@ -293,19 +293,26 @@ class FleetState:
     def _merge_counts(self, vehicle: VehicleState, record: BootRecord, snap: VehicleSnapshot) -> None:
         """Keep the highest cumulative count per code of this boot; give new codes a series while the budget lasts."""
         overflow = 0
+        changed = False
         for code, count in snap.errors.items():
             if code not in record.errors and len(record.errors) >= MAX_CODES_PER_BOOT:
                 overflow += count
                 continue
-            record.errors[code] = max(count, record.errors.get(code, 0))
+            if count > record.errors.get(code, -1):
+                record.errors[code] = count
+                changed = True
             if (
                 code not in vehicle.codes
                 and code != OVERFLOW_ERROR_CODE
                 and len(vehicle.codes) < self.max_error_codes - 1
             ):
                 vehicle.codes[code] = None
-        record.overflow = max(record.overflow, overflow)
-        vehicle.recount()
+                changed = True
+        if overflow > record.overflow:
+            record.overflow = overflow
+            changed = True
+        if changed:  # the usual push repeats its counts: nothing to derive again
+            vehicle.recount()
 
     def _take_live_values(self, vehicle: VehicleState, snap: VehicleSnapshot, body: bytes | None) -> None:
         """The push of the current boot: its values become the vehicle's, and it is the new heartbeat."""
