@@ -33,6 +33,13 @@ from tvm_observability import codec
 from tvm_observability.model import DEFAULT_VEHICLE_STATUSES, OFFLINE_STATUS, ROUTING_HEADER, UNKNOWN_STATUS
 
 MAX_VEHICLES = 20_000
+
+
+def ramp_seconds(vehicles: int) -> float:
+    """How long connections ramp up by default: ~2,000 new connections/s, so aiohttp's default listen backlog
+    (128) is not overrun."""
+    return max(2.0, vehicles / 2000)
+
 MAX_DURATION_S = 900.0
 REQUEST_TIMEOUT_S = 10.0
 
@@ -389,8 +396,8 @@ async def run(
     if not 0 < vehicles <= MAX_VEHICLES or not 0 < duration_s <= MAX_DURATION_S:
         raise ValueError(f"bounded: 1..{MAX_VEHICLES} vehicles, at most {MAX_DURATION_S:g} s")
     result = Result(vehicles, duration_s)
-    if ramp_s is None:  # ~2,000 new connections/s: aiohttp's default listen backlog (128) is not overrun
-        ramp_s = max(2.0, vehicles / 2000)
+    if ramp_s is None:
+        ramp_s = ramp_seconds(vehicles)
     clock = time.perf_counter
     start = clock() + 0.2
     window_open = start + ramp_s + warmup_s

@@ -33,6 +33,8 @@ SATURATION_VEHICLES = 2000
 """Closed-loop vehicles (connections) in saturation mode. The aggregator's per-vehicle rate limit is raised for
 these runs only: a closed loop pushes each vehicle as fast as the server answers, and the limit is not what is
 measured."""
+SCRAPED_WINDOW_S = 32.0
+"""The measured window of the scraped run: three whole-fleet scrapes at 15 s intervals fall in it."""
 BREAKDOWN_LOAD = (2500, 2.0)
 """(vehicles, Hz) of the CPU-per-push breakdown: 5,000 pushes/s, which every variant holds on one core."""
 
@@ -54,11 +56,36 @@ def start(kind: str, workdir: Path, vehicles: int, *, saturate: bool = False) ->
     return server, Target("pushgateway", server.host, server.port)
 
 
+def start_scraper(server: servers.Server, interval_s: float, duration_s: float, first_s: float) -> subprocess.Popen[str]:
+    """bench/scraper.py against `server`, pinned to the load core: a full /metrics every `interval_s`."""
+    argv = [sys.executable, "-m", "bench.scraper", server.url, "--interval", str(interval_s)]
+    argv += ["--duration", str(duration_s), "--first", str(first_s)]
+    return subprocess.Popen(
+        servers.pinned(argv, servers.LOAD_CORE), stdout=subprocess.PIPE, text=True, env=servers.bench_env()
+    )
+
+
+def scrapes_of(scraper: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    out, _ = scraper.communicate(timeout=120)
+    if scraper.returncode != 0:
+        raise RuntimeError(f"the scraper exited with {scraper.returncode}")
+    return list(json.loads(out))
+
+
 def ingest(
-    kind: str, workdir: Path, vehicles: int, window: float, *, saturate: bool = False, rate_hz: float = 1.0
+    kind: str,
+    workdir: Path,
+    vehicles: int,
+    window: float,
+    *,
+    saturate: bool = False,
+    rate_hz: float = 1.0,
+    scrape_every_s: float | None = None,
 ) -> dict[str, Any]:
-    """One open-loop (or closed-loop) run against a fresh server; CPU and RSS from /proc over the window."""
+    """One open-loop (or closed-loop) run against a fresh server; CPU and RSS from /proc over the window. With
+    `scrape_every_s`, a scraper reads the whole /metrics that often during the window (bench/scraper.py)."""
     server, target = start(kind, workdir, vehicles, saturate=saturate)
+    scraper = None
     try:
         rss_before = server.rss_bytes()
         marks: dict[bool, float] = {}
@@ -66,16 +93,26 @@ def ingest(
         def on_window(opening: bool) -> None:
             marks[opening] = server.cpu_seconds()
 
+        if scrape_every_s is not None:  # the first scrape 2 s into the window (ramp and warm-up as loadgen's)
+            lead = loadgen.ramp_seconds(vehicles) + 1.0 + 2.0
+            scraper = start_scraper(server, scrape_every_s, lead + window - 2.0, lead)
         result = loadgen.run_sync(
             loadgen.run(target, vehicles, rate_hz=rate_hz, duration_s=window, saturate=saturate, on_window=on_window)
         )
         rss_after = server.rss_bytes()
+        scrapes = scrapes_of(scraper) if scraper is not None else []
     finally:
+        if scraper is not None and scraper.poll() is None:
+            scraper.kill()
         server.stop(grace_s=5.0)
     cpu = marks[False] - marks[True]
+    mode = "saturation" if saturate else f"{rate_hz:g} Hz"
+    if scrape_every_s is not None:
+        mode += f" + scrape every {scrape_every_s:g} s"
     row = {
         "target": kind,
-        "mode": "saturation" if saturate else f"{rate_hz:g} Hz",
+        "scrapes": scrapes,
+        "mode": mode,
         **result.summary(),
         "server_cpu_util": cpu / window,
         "cpu_per_push_us": cpu / result.answered_in_window * 1e6 if result.answered_in_window else math.nan,
@@ -83,7 +120,7 @@ def ingest(
         "rss_after_mib": rss_after / 2**20,
     }
     log(
-        f"ingest {kind:20s} n={vehicles:6d} {row['mode']:10s} rate={row['rate_per_s']:8.0f}/s "
+        f"ingest {kind:20s} n={vehicles:6d} {row['mode']:10s} scrapes={[round(x.get('seconds', -1), 3) for x in scrapes]} rate={row['rate_per_s']:8.0f}/s "
         f"p99={row['p99_ms']:8.1f} ms failed={row['failed']} cpu/push={row['cpu_per_push_us']:6.1f} us "
         f"cpu={row['server_cpu_util']:.0%} rss={row['rss_after_mib']:.0f} MiB"
     )
@@ -206,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log("prometheus-pushgateway not installed: its columns stay empty (apt-get install prometheus-pushgateway)")
         rows = [ingest(kind, workdir, n, options.window) for n in levels for kind in kinds]
+        # The largest fleet again while a scraper reads the whole /metrics every 15 s, as Prometheus does.
+        rows.append(ingest("aggregator", workdir, max(levels), SCRAPED_WINDOW_S, scrape_every_s=15.0))
         # The same 10,000 pushes/s over a quarter of the connections: what the connection count costs.
         rows += [ingest(kind, workdir, 2500, options.window, rate_hz=4.0) for kind in ("bare", "aggregator")]
         if servers.pushgateway_available():

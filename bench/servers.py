@@ -148,7 +148,7 @@ def start_aggregator(
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     entry = [processes.CLI_MODULE] if variant is None else ["bench.handler_variants", variant]
     command = pinned(processes.aggregator_command(path, entry=entry), SERVER_CORE)
-    aggregator = processes.AggregatorProcess(command, env=_env(), keep=200)
+    aggregator = processes.AggregatorProcess(command, env=bench_env(), keep=200)
     aggregator.start(60)  # raises AggregatorStartError, a RuntimeError, with the aggregator's last output
     assert aggregator.proc is not None
     return Server("aggregator", aggregator.proc, port=aggregator.port), tokens
@@ -183,14 +183,14 @@ def start_bare() -> Server:
     return server
 
 
-def _env() -> dict[str, str]:
+def bench_env() -> dict[str, str]:
     """This checkout first on the servers' import path (bench.* and tvm_observability)."""
     return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 
 def _spawn(name: str, argv: list[str]) -> Server:
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env()
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=bench_env()
     )
     server = Server(name, proc)
     assert proc.stderr is not None

@@ -608,12 +608,21 @@ async def handle_metrics(request: web.Request) -> web.StreamResponse:
         return web.Response(headers={"Content-Type": content_type})
     response = web.StreamResponse(headers={"Content-Type": content_type})
     await response.prepare(request)
+    loop = asyncio.get_running_loop()
+    pausing_until = loop.time() + METRICS_PAUSE_BUDGET_S
     for piece in rt.exposition.chunks(encoder, content_type):  # pauses and families: pushes go on in between
         if piece:
             await response.write(piece.encode())
-        await asyncio.sleep(0)
+        if loop.time() < pausing_until:
+            await asyncio.sleep(0)
     await response.write_eof()
     return response
+
+
+METRICS_PAUSE_BUDGET_S = 2.0
+"""How long a scrape lets pushes run in its pauses: past it, the rest is rendered in one piece. An overloaded
+aggregator (more pushes ready at every pause than it can take) would otherwise starve the scrape past
+Prometheus's scrape_timeout (10 s by default) and turn every vehicle's series stale."""
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
