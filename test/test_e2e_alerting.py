@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -37,12 +36,12 @@ from peers import (
     WebhookReceiver,
     require_binary,
     require_module,
-    stop_gracefully,
 )
 from support import REPO, AggregatorProcess, ros_domain, wait_for
 
 from tvm_observability.aggregator.config import default_config
 from tvm_observability.auth import generate_token, hash_token
+from tvm_observability.demo.processes import ChildProcess
 
 ARTIFACTS = REPO / "test-artifacts"
 SCRAPE_S = EVAL_S = 15.0
@@ -84,10 +83,8 @@ class Vehicle:
         args = [sys.executable, "-m", "tvm_observability.sim.simulator", "--ros-args", "-r", f"__ns:=/{ns}"]
         for key, value in params.items():
             args += ["-p", f"{key}:={value}"]
-        self.sim_log = (workdir / f"{vehicle_id}-simulator.log").open("wb")
-        self.simulator = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=self.sim_log, stderr=subprocess.STDOUT, env=env
-        )
+        self.simulator = ChildProcess(args, env=env, log_file=workdir / f"{vehicle_id}-simulator.log")
+        self.simulator.launch()
         token_file = write_token(workdir / f"{vehicle_id}.token", token)
         self.bridge = BridgeProcess(
             env,
@@ -105,10 +102,8 @@ class Vehicle:
         self.killed_at = time.time()
 
     def close(self) -> None:
-        if self.bridge.proc is not None:
-            stop_gracefully(self.bridge.proc)
-        stop_gracefully(self.simulator)
-        self.sim_log.close()
+        self.bridge.stop(signal.SIGINT)
+        self.simulator.stop(signal.SIGINT)
 
 
 def _cap_for(rules: dict[str, Any]) -> dict[str, Any]:
