@@ -40,6 +40,7 @@ def ramp_seconds(vehicles: int) -> float:
     (128) is not overrun."""
     return max(2.0, vehicles / 2000)
 
+
 MAX_DURATION_S = 900.0
 REQUEST_TIMEOUT_S = 10.0
 

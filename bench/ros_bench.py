@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tvm_observability.demo.processes import stop_process
+
 from . import servers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,23 +49,13 @@ def _start(argv: list[str], env: dict[str, str], core: int) -> subprocess.Popen[
     )
 
 
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
 @contextmanager
 def _process(argv: list[str], env: dict[str, str], core: int) -> Iterator[subprocess.Popen[str]]:
     proc = _start(argv, env, core)
     try:
         yield proc
     finally:
-        _stop(proc)
+        stop_process(proc, signal.SIGINT, 15)
 
 
 def _usage(proc: subprocess.Popen[str], seconds: float, during: Callable[[], None] | None = None) -> dict[str, float]:

@@ -56,7 +56,9 @@ def start(kind: str, workdir: Path, vehicles: int, *, saturate: bool = False) ->
     return server, Target("pushgateway", server.host, server.port)
 
 
-def start_scraper(server: servers.Server, interval_s: float, duration_s: float, first_s: float) -> subprocess.Popen[str]:
+def start_scraper(
+    server: servers.Server, interval_s: float, duration_s: float, first_s: float
+) -> subprocess.Popen[str]:
     """bench/scraper.py against `server`, pinned to the load core: a full /metrics every `interval_s`."""
     argv = [sys.executable, "-m", "bench.scraper", server.url, "--interval", str(interval_s)]
     argv += ["--duration", str(duration_s), "--first", str(first_s)]
@@ -120,9 +122,10 @@ def ingest(
         "rss_after_mib": rss_after / 2**20,
     }
     log(
-        f"ingest {kind:20s} n={vehicles:6d} {row['mode']:10s} scrapes={[round(x.get('seconds', -1), 3) for x in scrapes]} rate={row['rate_per_s']:8.0f}/s "
+        f"ingest {kind:20s} n={vehicles:6d} {row['mode']:10s} rate={row['rate_per_s']:8.0f}/s "
         f"p99={row['p99_ms']:8.1f} ms failed={row['failed']} cpu/push={row['cpu_per_push_us']:6.1f} us "
         f"cpu={row['server_cpu_util']:.0%} rss={row['rss_after_mib']:.0f} MiB"
+        + (f" scrapes (s): {[round(x.get('seconds', -1), 3) for x in scrapes]}" if scrapes else "")
     )
     return row
 

@@ -14,13 +14,13 @@ import hashlib
 import http.client
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ SERVER_CORE = 0
 LOAD_CORE = 1
 PUSHGATEWAY = "/usr/bin/prometheus-pushgateway"
 _TICK = os.sysconf("SC_CLK_TCK")
+_KEEP_LINES = 200
+"""Lines of a server's output kept for the message when it fails."""
 
 
 @dataclass
@@ -43,7 +45,8 @@ class Server:
     proc: subprocess.Popen[Any]
     host: str = "127.0.0.1"
     port: int = 0
-    stderr: list[str] = field(default_factory=list)
+    output: Iterable[str] = ()
+    """What it writes, as far as kept (the last _KEEP_LINES lines)."""
 
     @property
     def url(self) -> str:
@@ -61,13 +64,7 @@ class Server:
         return 0
 
     def stop(self, grace_s: float = 20.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        processes.stop_process(self.proc, signal.SIGTERM, grace_s)
 
 
 BENCH_NICE = -10
@@ -96,22 +93,20 @@ def bench_tokens(vehicles: int) -> dict[str, str]:
     return {vehicle_id(i): hashlib.sha256(f"bench-token-{i}".encode()).hexdigest() for i in range(vehicles)}
 
 
-def _drain(server: Server, stream: object) -> None:
-    for line in stream:  # type: ignore[attr-defined]
-        server.stderr.append(line.decode(errors="replace"))
-        del server.stderr[:-200]
+def _tail(server: Server) -> str:
+    return "".join(list(server.output)[-20:])
 
 
 def _wait(server: Server, ready: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.proc.poll() is not None:
-            raise RuntimeError(f"{server.name} exited: {''.join(server.stderr[-20:])}")
+            raise RuntimeError(f"{server.name} exited: {_tail(server)}")
         if ready():  # type: ignore[operator]
             return
         time.sleep(0.05)
     server.stop()
-    raise RuntimeError(f"{server.name} not ready after {timeout:g} s: {''.join(server.stderr[-20:])}")
+    raise RuntimeError(f"{server.name} not ready after {timeout:g} s: {_tail(server)}")
 
 
 def _get(url: str, path: str, timeout: float = 5.0) -> int:
@@ -148,10 +143,10 @@ def start_aggregator(
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     entry = [processes.CLI_MODULE] if variant is None else ["bench.handler_variants", variant]
     command = pinned(processes.aggregator_command(path, entry=entry), SERVER_CORE)
-    aggregator = processes.AggregatorProcess(command, env=bench_env(), keep=200)
+    aggregator = processes.AggregatorProcess(command, env=bench_env(), keep=_KEEP_LINES)
     aggregator.start(60)  # raises AggregatorStartError, a RuntimeError, with the aggregator's last output
     assert aggregator.proc is not None
-    return Server("aggregator", aggregator.proc, port=aggregator.port), tokens
+    return Server("aggregator", aggregator.proc, port=aggregator.port, output=aggregator.lines), tokens
 
 
 def start_pushgateway(workdir: Path, *, consistency_check: bool) -> Server:
@@ -189,13 +184,10 @@ def bench_env() -> dict[str, str]:
 
 
 def _spawn(name: str, argv: list[str]) -> Server:
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=bench_env()
-    )
-    server = Server(name, proc)
-    assert proc.stderr is not None
-    threading.Thread(target=_drain, args=(server, proc.stderr), daemon=True).start()
-    return server
+    child = processes.ChildProcess(argv, env=bench_env(), keep=_KEEP_LINES)
+    child.launch()
+    assert child.proc is not None
+    return Server(name, child.proc, output=child.lines)
 
 
 @contextlib.contextmanager

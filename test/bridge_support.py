@@ -7,7 +7,6 @@ import math
 import os
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -16,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from support import ChildProcess
+
+from tvm_observability.demo.processes import ChildProcess
 
 SENSORS = {
     "lidar": {"topic": "scan", "type": "sensor_msgs/msg/LaserScan", "min_rate_hz": 2.0, "diagnostic_prefix": "lidar"},
@@ -60,42 +60,22 @@ def free_port() -> int:
 
 
 class BridgeProcess(ChildProcess):
-    """A real `vehicle_bridge` process; stderr (its ROS log) collected."""
-
-    stop_timeout_s = 20.0
+    """A real `vehicle_bridge` process; its output (its ROS log) collected. `ros_args` are `name:=value`
+    parameters and remappings (`__ns:=/v1`)."""
 
     def __init__(self, env: Mapping[str, str], params_file: Path | None = None, *ros_args: str) -> None:
         # TVM_BRIDGE_PYTHON runs the bridge under another interpreter, e.g. a venv with Humble's aiohttp 3.8.
         python = os.environ.get("TVM_BRIDGE_PYTHON") or sys.executable
-        self.args = [python, "-m", "tvm_observability.bridge.node", "--ros-args"]
+        args = [python, "-m", "tvm_observability.bridge.node", "--ros-args"]
         if params_file is not None:
-            self.args += ["--params-file", str(params_file)]
+            args += ["--params-file", str(params_file)]
         for arg in ros_args:
-            self.args += ["-p", arg] if ":=" in arg and not arg.startswith("__") else ["-r", arg]
-        self.env = dict(env)
-        self.lines: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
+            args += ["-p", arg] if ":=" in arg and not arg.startswith("__") else ["-r", arg]
+        super().__init__(args, env=env)
 
     def start(self) -> BridgeProcess:
-        self.proc = subprocess.Popen(
-            self.args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-        )
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        self.launch()
         return self
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
 
     def boot_id(self) -> str | None:
         match = re.search(r"boot ([0-9a-f]{32})", self.output)
@@ -105,13 +85,6 @@ class BridgeProcess(ChildProcess):
         assert self.proc is not None
         text = Path(f"/proc/{self.proc.pid}/status").read_text()
         return int(re.search(r"VmRSS:\s+(\d+)", text).group(1))  # type: ignore[union-attr]
-
-    def wait(self, timeout: float = 30.0) -> int:
-        assert self.proc is not None
-        return self.proc.wait(timeout)
-
-    def __enter__(self) -> BridgeProcess:
-        return self.start()
 
 
 class HangingServer:

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -25,6 +24,7 @@ import yaml
 from support import REPO, request, wait_for
 
 from tvm_observability.demo import prometheus_setup
+from tvm_observability.demo.processes import ChildProcess
 
 PACKAGES = {
     "promtool": "prometheus",
@@ -78,55 +78,30 @@ def has_binary(name: str) -> bool:
     return shutil.which(name) is not None
 
 
-def stop_gracefully(proc: subprocess.Popen[Any], sig: int = signal.SIGINT, timeout: float = 20.0) -> int:
-    """Send `sig`, wait, and SIGKILL what does not exit in time; return the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait(10)
-
-
 _Peer = TypeVar("_Peer", bound="PeerServer")
 
 
-class PeerProcess:
-    """A peer process started for a test: stderr collected, stopped with SIGTERM (then SIGKILL) on exit."""
+class PeerProcess(ChildProcess):
+    """A peer process started for a test: its output collected, stopped with SIGTERM (then SIGKILL) on exit."""
 
     name = "peer"
+    start_timeout_s = 60.0
 
     def __init__(self, args: list[str]) -> None:
-        self.args = args
-        self.log: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
+        super().__init__(args)
 
     def _launch(self, find: Callable[[str], str | None]) -> str:
-        """Start; return the first `find(line)` value of its stderr (an address it announces)."""
-        self.proc = subprocess.Popen(
-            self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-
-        def found() -> str | bool | None:
-            if self.proc is not None and self.proc.poll() is not None:
-                return True  # exited: wait_for returns, reported below
-            return next(filter(None, map(find, list(self.log))), None)
-
-        value = wait_for(found, 60, what=f"{self.name} to start")
-        if not isinstance(value, str):
-            raise AssertionError(f"{self.name} exited:\n" + "".join(self.log[-30:]))
+        """Start; return the first `find(line)` value of its output (an address it announces)."""
+        self.launch()
+        value = self.wait_until(lambda: next(filter(None, map(find, self.lines)), None), self.start_timeout_s)
+        if value is None:
+            state = "exited" if self.ended else f"did not start within {self.start_timeout_s:g} s"
+            raise AssertionError(f"{self.name} {state}:\n" + self.tail(30))
         return value
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
-            stop_gracefully(self.proc, signal.SIGTERM)
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            self.log.append(line)
+            self.stop(signal.SIGTERM)
 
 
 class PeerServer(PeerProcess):

@@ -153,31 +153,11 @@ def scrape(base_url: str) -> Samples:
     return parse_metrics(resp.body.decode("utf-8"))
 
 
-class ChildProcess:
-    """What every process a test starts shares: stop with a signal, and never outlive the `with` block."""
-
-    proc: subprocess.Popen[str] | None = None
-    stop_timeout_s = 15.0
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(self.stop_timeout_s if timeout is None else timeout)
-
-    def kill(self) -> int:
-        return self.stop(signal.SIGKILL)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-class AggregatorProcess(ChildProcess):
+class AggregatorProcess:
     """A real `telemetry_aggregator` process on an ephemeral loopback port; JSON logs collected.
 
-    The process itself is run by tvm_observability.demo.processes, as in the demo and the benchmarks.
+    The process itself is run by tvm_observability.demo.processes, as in the demo and the benchmarks; stopping
+    it (a signal, then SIGKILL) is that module's ChildProcess's.
     """
 
     def __init__(
@@ -186,7 +166,7 @@ class AggregatorProcess(ChildProcess):
         command = processes.aggregator_command(config, listen=listen)
         self.process = processes.AggregatorProcess(command, env={**os.environ, **(env or {})})
 
-    @property  # type: ignore[override]
+    @property
     def proc(self) -> subprocess.Popen[str] | None:
         return self.process.proc
 
@@ -202,7 +182,7 @@ class AggregatorProcess(ChildProcess):
     @property
     def raw_stderr(self) -> list[str]:
         """Every output line so far (the logs go to stderr)."""
-        return list(self.process.lines)
+        return self.process.output.splitlines(keepends=True)
 
     def start(self, timeout: float = 20.0) -> AggregatorProcess:
         try:
@@ -214,8 +194,17 @@ class AggregatorProcess(ChildProcess):
     def find_log(self, message: str) -> dict[str, Any] | None:
         return self.process.find_log(message)
 
+    def stop(self, sig: int = signal.SIGTERM, timeout: float | None = None) -> int:
+        return self.process.stop(sig, timeout)
+
+    def kill(self) -> int:
+        return self.process.kill()
+
     def __enter__(self) -> AggregatorProcess:
         return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.__exit__(*exc)
 
 
 class FakeClock:

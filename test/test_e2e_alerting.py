@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -37,12 +36,12 @@ from peers import (
     WebhookReceiver,
     require_binary,
     require_module,
-    stop_gracefully,
 )
 from support import REPO, AggregatorProcess, ros_domain, wait_for
 
 from tvm_observability.aggregator.config import default_config
 from tvm_observability.auth import generate_token, hash_token
+from tvm_observability.demo.processes import ChildProcess
 
 ARTIFACTS = REPO / "test-artifacts"
 SCRAPE_S = EVAL_S = 15.0
@@ -84,10 +83,8 @@ class Vehicle:
         args = [sys.executable, "-m", "tvm_observability.sim.simulator", "--ros-args", "-r", f"__ns:=/{ns}"]
         for key, value in params.items():
             args += ["-p", f"{key}:={value}"]
-        self.sim_log = (workdir / f"{vehicle_id}-simulator.log").open("wb")
-        self.simulator = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=self.sim_log, stderr=subprocess.STDOUT, env=env
-        )
+        self.simulator = ChildProcess(args, env=env, log_file=workdir / f"{vehicle_id}-simulator.log")
+        self.simulator.launch()
         token_file = write_token(workdir / f"{vehicle_id}.token", token)
         self.bridge = BridgeProcess(
             env,
@@ -105,10 +102,8 @@ class Vehicle:
         self.killed_at = time.time()
 
     def close(self) -> None:
-        if self.bridge.proc is not None:
-            stop_gracefully(self.bridge.proc)
-        stop_gracefully(self.simulator)
-        self.sim_log.close()
+        self.bridge.stop(signal.SIGINT)
+        self.simulator.stop(signal.SIGINT)
 
 
 def _cap_for(rules: dict[str, Any]) -> dict[str, Any]:
@@ -201,16 +196,25 @@ def _key(alert: dict[str, Any]) -> tuple[str, str]:
     return labels["alertname"], labels.get("vehicle_id", "")
 
 
-@pytest.mark.peer
-@pytest.mark.ros
-@pytest.mark.timeout(300)
-def test_dead_vehicle_detected_within_a_minute_and_faults_alert(stack):
-    prom: PrometheusProcess = stack["prom"]
+@pytest.fixture(scope="module")
+def killed(stack: dict[str, Any]) -> dict[str, Vehicle]:
+    """The KILLED vehicles' bridges SIGKILLed, KILL_STAGGER_S apart, once per module: whichever test comes
+    first kills them (the detection test measures from these kill times; the dashboard test needs dead
+    vehicles among the live ones)."""
     vehicles: dict[str, Vehicle] = stack["vehicles"]
     for i, vid in enumerate(KILLED):
         if i:
             time.sleep(KILL_STAGGER_S)
         vehicles[vid].kill_bridge()
+    return {vid: vehicles[vid] for vid in KILLED}
+
+
+@pytest.mark.peer
+@pytest.mark.ros
+@pytest.mark.timeout(300)
+def test_dead_vehicle_detected_within_a_minute_and_faults_alert(stack, killed):
+    prom: PrometheusProcess = stack["prom"]
+    vehicles: dict[str, Vehicle] = stack["vehicles"]
 
     expected = {
         *(("VehicleHeartbeatLost", vid) for vid in KILLED),
@@ -302,10 +306,18 @@ def _substitute(expr: str, vehicle_id: str) -> str:
 @pytest.mark.peer
 @pytest.mark.ros
 @pytest.mark.timeout(300)
-def test_every_dashboard_query_returns_data(stack):
+def test_every_dashboard_query_returns_data(stack, killed):
     prom: PrometheusProcess = stack["prom"]
     exprs = _dashboard_exprs()
     assert len(exprs) >= 30
+    # The fleet the dashboards are checked against: the killed vehicles seen offline, alerts firing (already
+    # so after the detection test; established here when this test runs alone).
+    wait_for(
+        lambda: _values(prom, "vehicle_up == 0").keys() >= set(killed) and prom.firing(),
+        2 * MTTD_BOUND_S + 30,
+        interval=0.5,
+        what=f"Prometheus to see {sorted(killed)} offline and an alert firing",
+    )
     # Rates need two scrapes of every series; the SLO rules one evaluation after that.
     wait_for(lambda: prom.query("vehicle:vehicle_up:ratio30d"), 3 * EVAL_S + 30, interval=1, what="SLO rules")
     for dashboard in sorted({d for d, _, _ in exprs}):

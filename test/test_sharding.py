@@ -25,11 +25,12 @@ import pytest
 import trustme
 import yaml
 from bridge_support import BridgeProcess, FakeVehicle, free_port, write_bridge_params
-from peers import PrometheusProcess, require_binary, stop_gracefully
+from peers import PrometheusProcess, require_binary
 from support import REPO, AggregatorProcess, parse_metrics, request, wait_for, wire_snapshot
 
 from tvm_observability import codec
 from tvm_observability.aggregator import shards
+from tvm_observability.demo.processes import stop_process
 from tvm_observability.model import ROUTING_HEADER, TELEMETRY_PATH
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(240)]
@@ -286,7 +287,7 @@ class Deployment:
     def __exit__(self, *exc: object) -> None:
         self.prometheus.__exit__()
         if self.haproxy is not None:
-            stop_gracefully(self.haproxy, signal.SIGTERM)
+            stop_process(self.haproxy, signal.SIGTERM)
         for aggregator in self.aggregators.values():
             with contextlib.suppress(Exception):
                 aggregator.stop()

@@ -10,11 +10,10 @@ the dataclass of its section.
 from __future__ import annotations
 
 import dataclasses
+import io
 import ipaddress
 import math
-import os
 import reprlib
-import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 from ..auth import TOKEN_SHA256_PATTERN
 from ..model import NAME_PATTERN, OFFLINE_STATUS, UNKNOWN_STATUS, VEHICLE_ID_PATTERN
 from .event_log import DEFAULT_EVENTS_FILE, DEFAULT_RECENT
+from .files import NotARegularFile, open_regular
 from .fleet import FleetSettings
 from .geofence import GeofenceSettings, Zones, ZonesError, parse_zones_text
 from .history import DEFAULT_MAX_BATCH_SNAPSHOTS
@@ -255,10 +255,10 @@ class PemFile:
         if not _is_path(value):
             return _fail(problems, path, f"must be the path of a PEM file, got {_show(value)}")
         try:
-            if not stat.S_ISREG(os.stat(value).st_mode):  # a FIFO would block the loop, a device never ends
-                return _fail(problems, path, f"{value} is not a regular file")
-            with open(value, "rb"):
+            with open_regular(value):
                 pass
+        except NotARegularFile:
+            return _fail(problems, path, f"{value} is not a regular file")
         except OSError as exc:
             return _fail(problems, path, f"cannot read {value}: {exc.strerror or exc}")
         return value
@@ -891,10 +891,9 @@ def load_config(path: str | Path, *, listen: str | None = None) -> AggregatorCon
 def read_text(path: str | Path) -> str:
     """A config file's text; raise ConfigError when it cannot be read or is not UTF-8."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block start-up or the loop on SIGHUP
-            raise ConfigError(str(path), ["cannot read file: not a regular file"])
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
+        with open_regular(path) as handle, io.TextIOWrapper(handle, encoding="utf-8") as text:
+            return text.read()  # universal newlines, as Path.read_text: a CRLF file reads as LF
+    except OSError as exc:  # NotARegularFile too: "cannot read file: not a regular file"
         raise ConfigError(str(path), [f"cannot read file: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(path), [f"not UTF-8 text: {exc.reason} at byte {exc.start}"]) from None

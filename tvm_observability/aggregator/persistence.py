@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import stat
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import codec
 from . import state_image
+from .files import open_regular
 from .fleet import FleetState
 from .state_image import CorruptState, StateRefused
 
@@ -57,12 +57,11 @@ class StateFile:
         """The saved image, or None if there is no file yet. Raises StateUnreadable if the file cannot be read,
         CorruptState if it does not hold a state image."""
         try:
-            if not stat.S_ISREG(os.stat(self.path).st_mode):  # a FIFO blocks, a device never ends or is renamed
-                raise StateUnreadable(f"cannot read the state file {self.path}: not a regular file")
-            data = self.path.read_bytes()
+            with open_regular(self.path) as handle:
+                data = handle.read()
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except OSError as exc:  # NotARegularFile too: "...: not a regular file"
             raise StateUnreadable(f"cannot read the state file {self.path}: {exc.strerror or exc}") from None
         try:
             image = codec.unpack_state(data)
