@@ -1,7 +1,9 @@
 """`make soak`: the long load run of docs/reliability.md, 10,000 vehicles at 1 Hz for 10 minutes.
 
 The aggregator (real CLI, per-vehicle tokens, state file on) is pinned to core 0, the load generator to core 1.
-Reports failed pushes, latency against the schedule, RSS before and after, CPU per push, and checks that the
+A scraper reads the whole /metrics every 15 s, as Prometheus would. Reports failed pushes, latency against the
+schedule, CPU per push, RSS sampled every 30 s with its slope over the second half of the run (memory must level
+off once the fleet's state is built: a leak of a few bytes per push shows as a slope), and checks that the
 aggregator counted every push it acknowledged; writes bench/results/soak-<time>.json and the results table of
 docs/reliability.md.
 
@@ -13,16 +15,19 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import re
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from . import loadgen, servers
-from .run import RESULTS, environment, log
+from .run import RESULTS, environment, log, scrapes_of, start_scraper
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "reliability.md"
@@ -40,9 +45,54 @@ def _counter(server: servers.Server, name: str) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
+SAMPLE_EVERY_S = 30.0
+"""RSS and CPU of the aggregator are sampled this often through the run, not only at its ends."""
+SCRAPE_EVERY_S = 15.0
+
+
+class Sampler:
+    """(seconds since start, RSS bytes, CPU seconds) of a server every `period_s`, from a thread, until stopped."""
+
+    def __init__(self, server: servers.Server, period_s: float) -> None:
+        self.server = server
+        self.period_s = period_s
+        self.samples: list[tuple[float, int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = time.monotonic()
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append((time.monotonic() - self._start, self.server.rss_bytes(), self.server.cpu_seconds()))
+            if self._stop.wait(self.period_s):
+                return
+
+
+def rss_slope(samples: list[tuple[float, int, float]]) -> float:
+    """Least-squares slope of RSS over the second half of the run, in bytes per second (a leak of a few bytes per
+    push shows as a steady slope once the fleet's state is built; NaN with fewer than 3 samples in that half)."""
+    if not samples:
+        return math.nan
+    half = samples[-1][0] / 2
+    late = [(t, rss) for t, rss, _ in samples if t >= half]
+    if len(late) < 3:
+        return math.nan
+    return statistics.linear_regression([t for t, _ in late], [float(rss) for _, rss in late]).slope
+
+
 def soak(vehicles: int, minutes: float, rate_hz: float) -> dict[str, Any]:
+    window = minutes * 60
     with tempfile.TemporaryDirectory(prefix="tvm-soak-") as tmp:
         server, tokens = servers.start_aggregator(Path(tmp), vehicles)
+        scraper = None
         try:
             rss_before = server.rss_bytes()
             marks: dict[bool, float] = {}
@@ -52,16 +102,30 @@ def soak(vehicles: int, minutes: float, rate_hz: float) -> dict[str, Any]:
 
             target = loadgen.Target("aggregator", server.host, server.port, tokens)
             log(f"soak: {vehicles} vehicles at {rate_hz:g} Hz for {minutes:g} min against {server.url}")
-            result = loadgen.run_sync(
-                loadgen.run(target, vehicles, rate_hz=rate_hz, duration_s=minutes * 60, on_window=on_window)
-            )
+            lead = loadgen.ramp_seconds(vehicles) + 1.0
+            scraper = start_scraper(server, SCRAPE_EVERY_S, lead + window, lead + SCRAPE_EVERY_S)
+            with Sampler(server, SAMPLE_EVERY_S) as sampler:
+                result = loadgen.run_sync(
+                    loadgen.run(target, vehicles, rate_hz=rate_hz, duration_s=window, on_window=on_window)
+                )
             rss_after = server.rss_bytes()
+            scrapes = scrapes_of(scraper)
             received = _counter(server, "telemetry_snapshots_received_total")
         finally:
+            if scraper is not None and scraper.poll() is None:
+                scraper.kill()
             server.stop()
-    window = minutes * 60
     cpu = marks[False] - marks[True]
+    slope = rss_slope(sampler.samples)
+    pushes_per_s = result.answered_in_window / window
+    scrape_s = [x["seconds"] for x in scrapes if x.get("status") == 200]
     return {
+        "samples": sampler.samples,
+        "rss_slope_bytes_per_s": slope,
+        "rss_slope_bytes_per_push": slope / pushes_per_s if pushes_per_s else math.nan,
+        "scrapes": len(scrape_s),
+        "scrapes_failed": len(scrapes) - len(scrape_s),
+        "scrape_max_s": max(scrape_s, default=math.nan),
         "vehicles": vehicles,
         "rate_hz": rate_hz,
         "minutes": minutes,
@@ -92,6 +156,11 @@ def table(r: dict[str, Any]) -> str:
         f"| latency from schedule | p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms |",
         f"| server CPU | {r['server_cpu_util']:.0%} of one core, {r['cpu_per_push_us']:.0f} µs per push |",
         f"| RSS before → after | {r['rss_before_mib']:.0f} MiB → {r['rss_after_mib']:.0f} MiB |",
+        f"| RSS every {SAMPLE_EVERY_S:g} s (MiB) | {', '.join(f'{rss / 2**20:.0f}' for _, rss, _ in r['samples'])} |",
+        f"| RSS slope over the second half | {r['rss_slope_bytes_per_s'] * 60 / 1024:+,.1f} KiB/min "
+        f"({r['rss_slope_bytes_per_push']:+.3f} bytes per push) |",
+        f"| whole-fleet scrapes every {SCRAPE_EVERY_S:g} s during the run | {r['scrapes']} answered "
+        f"(longest {r['scrape_max_s']:.2f} s), {r['scrapes_failed']} failed |",
         END,
     ]
     return "\n".join(rows)
