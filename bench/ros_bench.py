@@ -5,7 +5,9 @@ same raw subscriptions), then `vehicle_bridge` with the shipped config/vehicle_b
 aggregator, each measured for WINDOW_S from /proc after WARMUP_S. Freshness, during the bridge window: the time from
 each battery publish (a new percentage every second) until /metrics shows it, /metrics polled every POLL_S.
 /rosout cost (issue 14): right after, the same bridge process measured again for WINDOW_S while a chatty robot
-(`ros_nodes chatter`: hundreds of INFO lines per second and a few ERRORs through /rosout) runs beside the topic load.
+(`ros_nodes chatter`: hundreds of INFO lines per second and a few ERRORs through /rosout) runs beside the topic load;
+then, under the same /rosout load, a bare node subscribed to /rosout alone, and the same with a DDS content filter
+(what the bridge's /rosout subscription costs at least, and what filtering in the middleware would leave).
 
 The helpers (`process`, `usage`, `bridge_argv`, `write_token`) are shared with bench/history_bench.py.
 """
@@ -23,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from . import servers
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "test"))
-from support import ros_domain  # noqa: E402 - test/support.py owns the ROS domain locks
+from support import ros_domain as ros_domain  # noqa: E402, PLC0414 - test/support.py owns the ROS domain locks; re-exported
 
 WARMUP_S = 6.0
 WINDOW_S = 30.0
@@ -195,18 +197,25 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
                 )
                 freshness = _Freshness(publisher, aggregator.url)
                 argv = bridge_argv(aggregator.url, token_file, workdir / "journal")
-                with process(argv, env, servers.LOAD_CORE) as bridge:
-                    time.sleep(WARMUP_S)
-                    bridge_usage = usage(bridge, WINDOW_S, lambda: freshness.poll(WINDOW_S))
-                    log(
-                        f"bridge vehicle_bridge: {bridge_usage['cpu_util']:.1%} cpu, "
-                        f"{bridge_usage['rss_mib']:.0f} MiB; freshness {len(freshness.delays)} samples"
-                    )
-                    with process(nodes_argv("chatter"), env, servers.SERVER_CORE):
+                with ExitStack() as chatty:
+                    with process(argv, env, servers.LOAD_CORE) as bridge:
+                        time.sleep(WARMUP_S)
+                        bridge_usage = usage(bridge, WINDOW_S, lambda: freshness.poll(WINDOW_S))
+                        log(
+                            f"bridge vehicle_bridge: {bridge_usage['cpu_util']:.1%} cpu, "
+                            f"{bridge_usage['rss_mib']:.0f} MiB; freshness {len(freshness.delays)} samples"
+                        )
+                        chatty.enter_context(process(nodes_argv("chatter"), env, servers.SERVER_CORE))
                         time.sleep(WARMUP_S)
                         rosout_usage = usage(bridge, WINDOW_S)
-                    events_seen = recent_events(aggregator.url, VEHICLE)
-                log(f"bridge with the /rosout load: {rosout_usage['cpu_util']:.1%} cpu; {events_seen} events shown")
+                        events_seen = recent_events(aggregator.url, VEHICLE)
+                    log(f"bridge with the /rosout load: {rosout_usage['cpu_util']:.1%} cpu; {events_seen} events")
+                    subscribers = {}
+                    for mode in ("rosout", "rosout-filtered"):
+                        with process(nodes_argv(mode), env, servers.LOAD_CORE) as subscriber:
+                            time.sleep(WARMUP_S)
+                            subscribers[mode] = usage(subscriber, WINDOW_S)
+                        log(f"bare {mode} subscriber: {subscribers[mode]['cpu_util']:.1%} cpu")
         finally:
             aggregator.stop()
     from .ros_nodes import LOAD, ROSOUT_LOAD
@@ -214,7 +223,13 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     delays = sorted(freshness.delays)
     result: dict[str, Any] = {
         "bridge": {"load": LOAD, "floor": floor_usage, "bridge": bridge_usage, "publisher": publisher_usage},
-        "rosout": {"load": ROSOUT_LOAD, "bridge": rosout_usage, "events_seen": events_seen},
+        "rosout": {
+            "load": ROSOUT_LOAD,
+            "bridge": rosout_usage,
+            "events_seen": events_seen,
+            "subscriber": subscribers["rosout"],
+            "filtered_subscriber": subscribers["rosout-filtered"],
+        },
     }
     if delays:
         result["freshness"] = {

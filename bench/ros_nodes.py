@@ -8,6 +8,9 @@ floor: a bare rclpy node with the same subscriptions, raw (messages never deseri
   the least any node listening to this load costs.
 chatter: a chatty robot's /rosout: CHATTY_NODES nodes in one process, each logging INFO_PER_S INFO lines per second
   and ERROR_PER_S ERROR lines per second through its real rclpy logger (so every line goes through /rosout).
+rosout: a bare rclpy node subscribed to /rosout with the bridge's QoS, each message deserialised, ERRORs kept:
+  the least a Python subscriber to this load costs. rosout-filtered: the same with a DDS content filter
+  (`level >= 40`), so the middleware drops the INFO lines before Python sees them.
 """
 
 from __future__ import annotations
@@ -15,13 +18,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import Log
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.subscription_content_filter_options import ContentFilterOptions
 from sensor_msgs.msg import BatteryState, Image, LaserScan, NavSatFix
 
 TOPICS = (
@@ -143,10 +149,38 @@ def chatter() -> None:
     executor.spin()
 
 
+ERROR_LEVEL = 40
+"""rcl_interfaces/msg/Log.ERROR."""
+
+
+def _rosout_subscriber(filtered: bool) -> None:
+    node = Node("bench_rosout")
+    kept: list[Log] = []
+
+    def keep(msg: Log) -> None:
+        if msg.level >= ERROR_LEVEL:
+            kept.append(msg)
+            del kept[:-10]
+
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    options = ContentFilterOptions("level >= %0", [str(ERROR_LEVEL)]) if filtered else None
+    subscription = node.create_subscription(Log, "/rosout", keep, qos, content_filter_options=options)
+    if filtered and not subscription.is_cft_enabled:
+        raise RuntimeError("this RMW does not support content-filtered topics")
+    rclpy.spin(node)
+
+
 def main() -> int:
     rclpy.init()
     try:
-        {"publisher": publisher, "floor": floor, "chatter": chatter}[sys.argv[1]]()
+        modes: dict[str, Callable[[], None]] = {
+            "publisher": publisher,
+            "floor": floor,
+            "chatter": chatter,
+            "rosout": lambda: _rosout_subscriber(False),
+            "rosout-filtered": lambda: _rosout_subscriber(True),
+        }
+        modes[sys.argv[1]]()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
