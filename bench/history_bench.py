@@ -46,7 +46,7 @@ LIVE_VEHICLES = 500
 """The live baseline: this many vehicles pushing at 1 Hz (about the unpaced drain's rate, which one core holds)."""
 LIVE_WINDOW_S = 8.0
 IDLE_S = 15.0
-"""The aggregator's idle CPU (its timers, Prometheus's scrapes every 15 s) is measured this long and taken out of
+"""The aggregator's and Prometheus's idle CPU (timers, the scrape every 15 s) is measured this long and taken out of
 every run's CPU per snapshot: at the default budget's 20 snapshots/s it would otherwise dominate."""
 OUTAGE_ROWS = 3600
 """A 1 h outage at the 1 s push period."""
@@ -166,9 +166,10 @@ def drain(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
             live = loadgen.run_sync(
                 loadgen.run(target, LIVE_VEHICLES, rate_hz=1.0, duration_s=LIVE_WINDOW_S, on_window=on_window)
             )
-            cpu0 = aggregator.cpu_seconds()
+            cpu0, prom0 = aggregator.cpu_seconds(), prometheus.cpu_seconds()
             time.sleep(IDLE_S)
             idle = (aggregator.cpu_seconds() - cpu0) / IDLE_S
+            prom_idle = (prometheus.cpu_seconds() - prom0) / IDLE_S
             live_cpu = marks[False] - marks[True] - idle * LIVE_WINDOW_S
             live_row = {
                 "vehicles": LIVE_VEHICLES,
@@ -176,6 +177,7 @@ def drain(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
                 "failed": live.failed,
                 "cpu_per_snapshot_us": live_cpu / live.answered_in_window * 1e6,
                 "idle_cpu_util": idle,
+                "prometheus_idle_cpu_util": prom_idle,
             }
             log(f"history live baseline: {live_row['cpu_per_snapshot_us']:.1f} us cpu/snapshot; idle {idle:.1%}")
             now = time.time()
@@ -188,7 +190,7 @@ def drain(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
                 prom_cpu0 = prometheus.cpu_seconds()
                 token = tokens[loadgen.vehicle_id(vehicle)]
                 row = _drain(journal, aggregator.url, token, vehicle, budget=budget, cpu=aggregator.cpu_seconds)
-                row["prometheus_cpu_s"] = prometheus.cpu_seconds() - prom_cpu0
+                row["prometheus_cpu_s"] = prometheus.cpu_seconds() - prom_cpu0 - prom_idle * row["wall_s"]
                 row["aggregator_cpu_s"] -= idle * row["wall_s"]
                 row["budget_per_s"] = budget
                 selector = f'vehicle_battery_level{{vehicle_id="{loadgen.vehicle_id(vehicle)}"}}'
@@ -212,17 +214,22 @@ def drain(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
     }
 
 
+def _paused_s(rows: int, batch_size: int, budget: float) -> float:
+    """The uploader's pauses while it drains `rows` (bridge/backlog.py): after each acknowledged batch, its size ÷
+    the budget; the pause after the last batch comes when the journal is already empty."""
+    last = rows - (math.ceil(rows / batch_size) - 1) * batch_size
+    return (rows - last) / budget
+
+
 def complete_after_s(rows: int, batch_size: int, budget: float, batch_s: float) -> float:
-    """The uploader's pacing (bridge/backlog.py): each batch is sent, then it pauses len(batch)/budget; so a
-    backlog of `rows` takes its batches' round trips (`batch_s` each) plus every pause but the last."""
-    batches = math.ceil(rows / batch_size)
-    return batches * batch_s + (rows - min(rows, batch_size)) / budget
+    """Time to drain a backlog of `rows`: its batches' round trips (`batch_s` each) plus the pauses between them."""
+    return math.ceil(rows / batch_size) * batch_s + _paused_s(rows, batch_size, budget)
 
 
-def batch_seconds(row: dict[str, float]) -> float:
-    """One batch's round trip in the unpaced drain (its tiny pauses taken out)."""
-    pauses = (row["rows"] - min(row["rows"], row["batches"])) / row["budget_per_s"]
-    return max(0.0, row["wall_s"] - pauses) / max(1.0, row["batches"])
+def batch_seconds(row: dict[str, float], batch_size: int) -> float:
+    """One batch's round trip in a measured drain (its pauses taken out)."""
+    paused = _paused_s(int(row["rows"]), batch_size, row["budget_per_s"])
+    return max(0.0, row["wall_s"] - paused) / max(1.0, row["batches"])
 
 
 # -- outage -------------------------------------------------------------------------------------------------

@@ -338,17 +338,17 @@ def history_section(results: dict[str, Any]) -> list[str]:
     else:
         live = drain["live"]
         out += [
-            "A real aggregator (core 0) with `history:` writing to a real Prometheus 2.42 (Debian package, remote-write"
+            "A real aggregator (core 0) with `history:` writing to a real Prometheus (the Debian package, remote-write"
             " receiver, the shipped out-of-order window; core 1). The bridge's own journal code fills a journal with "
             "one snapshot per second of outage and the bridge's own uploader (bridge/backlog.py, batches of "
             f"{drain['batch_size']}) drains it against them; baseline: {live['vehicles']:,} vehicles pushing live at "
             f"1 Hz to the same aggregator ({live['rate_per_s']:,.0f} pushes/s, {live['failed']} failed). CPU from "
-            f"/proc over each run, less the aggregator's idle CPU ({live['idle_cpu_util']:.1%} of a core: timers and "
-            "Prometheus's scrapes, measured in the same run); every snapshot's battery sample counted in Prometheus "
-            "afterwards.",
+            f"/proc over each run, less each process's idle CPU measured in the same run (aggregator "
+            f"{live['idle_cpu_util']:.1%} of a core, Prometheus {live['prometheus_idle_cpu_util']:.1%}: timers, the "
+            "scrape); every snapshot's battery sample counted in Prometheus afterwards.",
             "",
             "| run | snapshots | budget /s | wall s | snapshots/s acknowledged | aggregator CPU µs/snapshot above idle "
-            "| × live push | Prometheus CPU µs/snapshot | samples in Prometheus |",
+            "| × live push | Prometheus CPU µs/snapshot above idle | samples in Prometheus |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| live push (baseline) | – | – | – | {live['rate_per_s']:,.0f} | {_f(live['cpu_per_snapshot_us'])} "
             "| 1.00× | – | – |",
@@ -362,8 +362,8 @@ def history_section(results: dict[str, Any]) -> list[str]:
                 f"| {row['rows'] / row['wall_s']:,.0f} | {_f(per)} | {_ratio(per, live['cpu_per_snapshot_us'])} "
                 f"| {_f(row['prometheus_cpu_s'] / row['rows'] * 1e6)} | {row['samples_in_prometheus']:,.0f} |"
             )
-        batch_s = batch_seconds(drain["unpaced"])
         budget, size, paced = drain["default_budget_per_s"], drain["batch_size"], drain["paced"]
+        batch_s = batch_seconds(drain["unpaced"], size)
         hour = complete_after_s(drain["outage_rows"], size, budget, batch_s)
         predicted = complete_after_s(paced["rows"], size, budget, batch_s)
         out += [
@@ -374,7 +374,10 @@ def history_section(results: dict[str, Any]) -> list[str]:
             f"one batch ({batch_s * 1e3:.0f} ms, from the unpaced drain). Measured for real for "
             f"{paced['rows']:,} s of outage: {_f(paced['wall_s'])} s from the uploader's start to an empty journal "
             f"(computed the same way: {_f(predicted)} s). The budget, not the aggregator, sets the pace: the "
-            f"unpaced drain acknowledged {drain['unpaced']['rows'] / drain['unpaced']['wall_s']:,.0f} snapshots/s. "
+            f"unpaced drain acknowledged {drain['unpaced']['rows'] / drain['unpaced']['wall_s']:,.0f} snapshots/s; "
+            f"at the default budget the drain adds {paced['aggregator_cpu_s'] / paced['wall_s']:.1%} of a core to "
+            "the aggregator (its and Prometheus's CPU per snapshot there are within the noise of the idle CPU "
+            "taken out). "
             "Add the moment the bridge notices the link is back (its next live push, at most `backoff_max_s` "
             "after the link returns), which wakes the uploader.",
         ]
