@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1000,5000,10000", help="vehicle counts for the 1 Hz runs")
     parser.add_argument("--window", type=float, default=8.0, help="measured seconds per ingest run")
-    parser.add_argument("--skip-ros", action="store_true", help="skip the bridge and freshness benchmarks")
+    parser.add_argument("--skip-ros", action="store_true", help="skip the bridge, freshness and /rosout benchmarks")
     parser.add_argument("--skip-history", action="store_true", help="skip the history backfill benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     options = parser.parse_args(argv)
