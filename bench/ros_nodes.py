@@ -1,4 +1,4 @@
-"""ROS 2 processes of the bridge benchmark (run as `python -m bench.ros_nodes publisher|floor`).
+"""ROS 2 processes of the bridge benchmark (run as `python -m bench.ros_nodes publisher|floor|chatter`).
 
 publisher: the standard robot topic load: odometry 50 Hz, NavSatFix 10 Hz, LaserScan (720 ranges) 10 Hz,
   640x480 rgb8 Image 30 Hz, diagnostics 1 Hz, battery ~1 Hz (every 1.1 s).
@@ -6,6 +6,11 @@ publisher: the standard robot topic load: odometry 50 Hz, NavSatFix 10 Hz, Laser
   (for the freshness benchmark).
 floor: a bare rclpy node with the same subscriptions, raw (messages never deserialised), doing nothing:
   the least any node listening to this load costs.
+chatter: a chatty robot's /rosout: CHATTY_NODES nodes in one process, each logging INFO_PER_S INFO lines per second
+  and ERROR_PER_S ERROR lines per second through its real rclpy logger (so every line goes through /rosout).
+rosout: a bare rclpy node subscribed to /rosout with the bridge's QoS, each message deserialised, ERRORs kept:
+  the least a Python subscriber to this load costs. rosout-filtered: the same with a DDS content filter
+  (`level >= 40`), so the middleware drops the INFO lines before Python sees them.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException
+from rcl_interfaces.msg import Log
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.subscription_content_filter_options import ContentFilterOptions
 from sensor_msgs.msg import BatteryState, Image, LaserScan, NavSatFix
 
 TOPICS = (
@@ -32,6 +40,14 @@ TOPICS = (
 )
 """(topic, type, rate Hz). Battery every 1.1 s rather than 1.0 s: its publish times then sweep across the
 bridge's 1 s push phase, so the freshness samples cover every phase instead of one."""
+CHATTY_NODES = 3
+INFO_PER_S = 100.0
+ERROR_PER_S = 1.0
+ROSOUT_LOAD = (
+    f"/rosout load: {CHATTY_NODES} nodes in one process, each logging {INFO_PER_S:g} INFO and {ERROR_PER_S:g} ERROR "
+    f"lines per second through rclpy loggers ({CHATTY_NODES * INFO_PER_S:g} INFO/s and {CHATTY_NODES * ERROR_PER_S:g} "
+    "ERROR/s in all), beside the topic load."
+)
 LOAD = (
     "Topic load: odometry 50 Hz, NavSatFix 10 Hz, LaserScan (720 ranges) 10 Hz, 640×480 rgb8 Image 30 Hz "
     "(27.6 MB/s), diagnostics 1 Hz, battery every 1.1 s (sweeps the push phase), from one publisher process."
@@ -108,10 +124,63 @@ def floor() -> None:
     rclpy.spin(node)
 
 
+def _chatty(node: Node) -> None:
+    """Timers that log through the node's own rclpy logger: each line goes to /rosout like any node's."""
+    logger = node.get_logger()
+    cycle = [0]
+
+    def info() -> None:
+        cycle[0] += 1
+        logger.info(f"planning cycle {cycle[0]}: 12 candidate paths, best cost 3.25")
+
+    def error() -> None:
+        logger.error(f"obstacle cost map stale after cycle {cycle[0]}")
+
+    node.create_timer(1.0 / INFO_PER_S, info)
+    node.create_timer(1.0 / ERROR_PER_S, error)
+
+
+def chatter() -> None:
+    executor = SingleThreadedExecutor()
+    for n in range(CHATTY_NODES):
+        node = Node(f"bench_chatter_{n}")
+        _chatty(node)
+        executor.add_node(node)
+    executor.spin()
+
+
+ERROR_LEVEL = 40
+"""rcl_interfaces/msg/Log.ERROR."""
+
+
+def _rosout_subscriber(filtered: bool) -> None:
+    node = Node("bench_rosout")
+    kept: list[Log] = []
+
+    def keep(msg: Log) -> None:
+        if msg.level >= ERROR_LEVEL:
+            kept.append(msg)
+            del kept[:-10]
+
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    options = ContentFilterOptions("level >= %0", [str(ERROR_LEVEL)]) if filtered else None
+    subscription = node.create_subscription(Log, "/rosout", keep, qos, content_filter_options=options)
+    if filtered and not subscription.is_cft_enabled:
+        raise RuntimeError("this RMW does not support content-filtered topics")
+    rclpy.spin(node)
+
+
 def main() -> int:
     rclpy.init()
     try:
-        {"publisher": publisher, "floor": floor}[sys.argv[1]]()
+        modes: dict[str, Callable[[], None]] = {
+            "publisher": publisher,
+            "floor": floor,
+            "chatter": chatter,
+            "rosout": lambda: _rosout_subscriber(False),
+            "rosout-filtered": lambda: _rosout_subscriber(True),
+        }
+        modes[sys.argv[1]]()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -3,7 +3,7 @@
 Servers run pinned to core 0 (taskset), this process (the load generator) to core 1; loopback only;
 every run is bounded in vehicles and seconds. Results go to bench/results/<time>.json and docs/benchmarks.md.
 
-    python -m bench.run [--levels 1000,5000,10000] [--window 8] [--skip-ros]
+    python -m bench.run [--levels 1000,5000,10000] [--window 8] [--skip-ros] [--skip-history]
 """
 
 from __future__ import annotations
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--levels", default="1000,5000,10000", help="vehicle counts for the 1 Hz runs")
     parser.add_argument("--window", type=float, default=8.0, help="measured seconds per ingest run")
-    parser.add_argument("--skip-ros", action="store_true", help="skip the bridge and freshness benchmarks")
+    parser.add_argument("--skip-ros", action="store_true", help="skip the bridge, freshness and /rosout benchmarks")
+    parser.add_argument("--skip-history", action="store_true", help="skip the history backfill benchmarks")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     options = parser.parse_args(argv)
     levels = [int(x) for x in options.levels.split(",")]
@@ -265,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import ros_bench
 
             results.update(ros_bench.run_all(workdir, log))
+        if not options.skip_history:
+            from . import history_bench
+
+            results.update(history_bench.run_all(workdir, log))
     results["environment"]["loadavg_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
