@@ -12,7 +12,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from ..auth import bearer_token, token_matches
 from .config import ReadAuth
@@ -25,18 +24,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadAuthSource = Callable[[], "ReadAuth | None"]
 
 
-def read_auth_middleware(
-    current: ReadAuthSource, protected: frozenset[str], trusted: Callable[[], Sequence[Network]] = tuple
-) -> Middleware:
-    """A middleware guarding the `protected` paths; `current()` gives the credentials in force (a config
-    reload changes them), `trusted()` the proxies whose X-Forwarded-For names the client logged."""
+def read_guarded(
+    handler: Handler, current: ReadAuthSource, trusted: Callable[[], Sequence[Network]] = tuple
+) -> Handler:
+    """`handler` behind read auth: `current()` gives the credentials in force (a config reload changes them; None:
+    open), `trusted()` the proxies whose X-Forwarded-For names the client logged. Wrapped per route, not as a
+    middleware, so that pushes never pass through it."""
 
     refusal_log = LogSummary(_LOGGER, "read refused")
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def guard(request: web.Request) -> web.StreamResponse:
         auth = current()
-        if auth is None or request.path not in protected or allowed(auth, request.headers.get("Authorization")):
+        if auth is None or allowed(auth, request.headers.get("Authorization")):
             return await handler(request)
         remote = request_client(request, trusted())
         if refusal_log.admit("read_refused", remote):

@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..model import HISTORY_PATH, ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
 from . import remote_write
-from .access import read_auth_middleware
+from .access import read_guarded
 from .backfill import snapshot_series
 from .collector import Exposition, ServiceMetrics, disable_created_series, negotiate
 from .config import AggregatorConfig, HistoryConfig
@@ -65,8 +65,6 @@ _LOGGER = logging.getLogger("tvm_observability.aggregator.ingest")
 
 VEHICLES_PATH = "/api/v1/vehicles"
 ZONES_PATH = "/api/v1/zones"
-READ_AUTH_PATHS = frozenset({"/metrics", "/", VEHICLES_PATH, ZONES_PATH})
-"""What `read_auth` guards, when configured: every page carrying fleet data (positions included)."""
 ACCEPTED_CONTENT_TYPES = frozenset({codec.CONTENT_TYPE, "application/x-msgpack"})
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 """HTTP methods counted under their own label; any other token a client sends is counted as `other`."""
@@ -158,12 +156,7 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
         ),
     )
     app = web.Application(
-        middlewares=[
-            _red_metrics,
-            read_auth_middleware(
-                lambda: runtime.config.read_auth, READ_AUTH_PATHS, lambda: runtime.config.trusted_proxies
-            ),
-        ],
+        middlewares=[_red_metrics],
         client_max_size=config.limits.max_body_bytes,
     )
     app[RUNTIME] = runtime
@@ -173,12 +166,12 @@ def make_app(config: AggregatorConfig, *, clock: Clock | None = None) -> web.App
     app.on_cleanup.append(_close_event_log)
     app.router.add_post(TELEMETRY_PATH, handle_telemetry)
     app.router.add_post(HISTORY_PATH, handle_history)
-    app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
-    app.router.add_get("/", handle_status_page)
-    app.router.add_get(VEHICLES_PATH, handle_vehicles)
-    app.router.add_get(ZONES_PATH, handle_zones)
+    for path, handler in READ_PROTECTED.items():
+        app.router.add_get(
+            path, read_guarded(handler, lambda: runtime.config.read_auth, lambda: runtime.config.trusted_proxies)
+        )
     return app
 
 
@@ -676,3 +669,12 @@ async def handle_zones(request: web.Request) -> web.Response:
     while geofencing is off)."""
     zones = request.app[RUNTIME].geofence.zones
     return web.json_response(zones.to_geojson(), content_type="application/geo+json", headers=_NO_CACHE)
+
+
+READ_PROTECTED: dict[str, Handler] = {
+    "/metrics": handle_metrics,
+    "/": handle_status_page,
+    VEHICLES_PATH: handle_vehicles,
+    ZONES_PATH: handle_zones,
+}
+"""What `read_auth` guards, when configured: every page carrying fleet data (positions included)."""
