@@ -24,7 +24,7 @@ from std_msgs.msg import String
 from .. import codec
 from . import converters
 from .backlog import BacklogUploader
-from .events import MARKS_FILE, CaptureSettings, EventCapture, RosoutMarks
+from .events import MARKS_FILE, ROSOUT_LEVELS, CaptureSettings, EventCapture, RosoutMarks
 from .journal import Journal
 from .params import (
     EXIT_BAD_PARAMETERS,
@@ -42,6 +42,9 @@ from .snapshot import SnapshotBuilder
 NODE_NAME = "vehicle_bridge"
 _LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN, "ERROR": DiagnosticStatus.ERROR}
 _LATENESS_WINDOW = 10
+ROSOUT_DRAIN_PERIOD_S = 0.1
+ROSOUT_DEPTH = 1000
+"""Entries the /rosout reader keeps between two drains: 10,000 log lines a second before one is lost."""
 
 
 class VehicleBridge(Node):
@@ -224,12 +227,28 @@ class VehicleBridge(Node):
         self.create_subscription(String, topics.status, self._on_status, 10)
         self.create_subscription(DiagnosticArray, topics.diagnostics, self._on_diagnostics, 50)
         if self.params.events is not None and self.params.events.rosout:
-            # /rosout's own QoS: reliable and transient local, so entries of the last seconds (its lifespan)
-            # arrive after a restart too; RosoutMarks keeps them from being captured twice.
-            rosout_qos = QoSProfile(
-                depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-            )
-            self.create_subscription(Log, "/rosout", self._on_rosout, rosout_qos)
+            self._read_rosout(self.params.events.min_level)
+
+    def _read_rosout(self, min_level: str) -> None:
+        """/rosout carries every log line of every node, hundreds a second on a chatty robot, and rclpy's executor
+        costs more per message than all the rest of the bridge's work (docs/benchmarks.md, "/rosout cost"). So it
+        is read by a subscription outside the executor (on a reader node that is never spun), drained in batches
+        by a timer, and an entry below `min_level` is dropped before it is converted. Its QoS is /rosout's own:
+        reliable and transient local, so entries of the last seconds (its lifespan) arrive after a restart too;
+        RosoutMarks keeps them from being captured twice."""
+        self._rosout_reader = rclpy.create_node(
+            NODE_NAME + "_rosout_reader",
+            namespace=self.get_namespace(),
+            context=self.context,
+            enable_rosout=False,
+            start_parameter_services=False,
+        )
+        rosout_qos = QoSProfile(
+            depth=ROSOUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+        )
+        self._rosout = self._rosout_reader.create_subscription(Log, "/rosout", _never_called, rosout_qos)
+        self._rosout_min_level = ROSOUT_LEVELS[min_level]
+        self.create_timer(ROSOUT_DRAIN_PERIOD_S, self._drain_rosout)
 
     def _keep_newest(self, topic: str, sensors: list[str]) -> Any:
         """A raw callback that keeps the topic's newest message and counts the sensors sharing the topic."""
@@ -265,8 +284,17 @@ class VehicleBridge(Node):
         for entry, code in self.builder.on_diagnostics(entries, now):
             self.events.on_diagnostic_error(entry, code, stamp, now)
 
-    def _on_rosout(self, msg: Log) -> None:
-        self.events.on_rosout(converters.log_entry_from_msg(msg), _now())
+    def _drain_rosout(self) -> None:
+        """Take what /rosout delivered since the last drain (at most the reader's depth, which is what it keeps)."""
+        now = _now()
+        handle = self._rosout.handle
+        with handle:
+            for _ in range(ROSOUT_DEPTH):
+                taken = handle.take_message(Log, False)
+                if taken is None:
+                    return
+                if taken[0].level >= self._rosout_min_level:
+                    self.events.on_rosout(converters.log_entry_from_msg(taken[0]), now)
 
     def _tick(self) -> None:
         self._drain_inputs()
@@ -370,6 +398,9 @@ class VehicleBridge(Node):
         }
 
     def close(self) -> None:
+        reader = getattr(self, "_rosout_reader", None)
+        if reader is not None:
+            reader.destroy_node()
         if self.backlog is not None:
             self.backlog.close(self.params.request_timeout_s + 2.0)
         for pusher in self.pushers:
@@ -381,6 +412,10 @@ class VehicleBridge(Node):
 
 def _now() -> float:
     return time.monotonic()
+
+
+def _never_called(_msg: Log) -> None:
+    """The /rosout reader's callback: its node is never spun, the bridge takes its messages in batches."""
 
 
 def _plain(value: Any) -> Any:
