@@ -205,3 +205,23 @@ def test_journal_problems_are_reported_together():
     text = str(info.value)
     for fragment in ("journal_dir:", "journal_max_bytes:", "journal_max_age_s:", "backlog_max_snapshots_per_s:"):
         assert fragment in text
+
+
+def test_client_settings_are_built_once_from_the_parameters():
+    params = parse_params(
+        values(
+            journal_dir="/var/lib/bridge",
+            second_aggregator_url="http://b.example:9100",
+            request_timeout_s=3.0,
+            backoff_max_s=8.0,
+        )
+    )
+    first, second = params.live_clients("tok")
+    assert (first.url, second.url) == params.telemetry_urls
+    assert first.vehicle_id == "V5" and first.token == "tok" and first.request_timeout_s == 3.0
+    assert first.backoff_max_s == 8.0 and "tok" not in repr(first)  # the token is never logged with its settings
+    backlog = params.backlog_client(None)
+    assert backlog is not None and params.journal is not None
+    assert backlog.url == params.journal.history_url and backlog.token is None
+    assert backlog.request_timeout_s == 10.0 and backlog.backoff_max_s == 30.0  # the backlog is never urgent
+    assert parse_params(values()).backlog_client("tok") is None  # no journal, no uploader

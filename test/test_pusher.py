@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tvm_observability.bridge.params import ClientSettings
 from tvm_observability.bridge.pusher import Pusher
 from tvm_observability.model import ROUTING_HEADER
 
@@ -62,9 +63,11 @@ async def serve(recorder: Recorder, ssl_context: ssl.SSLContext | None = None) -
     return runner, f"{scheme}://127.0.0.1:{port}/api/v1/telemetry"
 
 
-def fast_pusher(url: str, **kwargs) -> Pusher:
+def fast_pusher(url: str, ca_file: str = "") -> Pusher:
     pusher = Pusher(
-        url, "tok", vehicle_id="V7", request_timeout_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.2, **kwargs
+        ClientSettings(
+            url, "V7", request_timeout_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.2, token="tok", ca_file=ca_file
+        )
     )
     pusher.start()
     return pusher
@@ -127,7 +130,13 @@ async def test_a_refusal_is_not_retried_and_marks_the_link_rejected():
 
 async def test_unreachable_aggregator_backs_off_and_close_is_prompt():
     pusher = Pusher(
-        "http://127.0.0.1:9/api/v1/telemetry", None, vehicle_id="V7", backoff_initial_s=0.05, backoff_max_s=10.0
+        ClientSettings(
+            "http://127.0.0.1:9/api/v1/telemetry",
+            "V7",
+            request_timeout_s=2.0,
+            backoff_initial_s=0.05,
+            backoff_max_s=10.0,
+        )
     )
     pusher.start()
     pusher.offer(b"b0")

@@ -79,32 +79,19 @@ class VehicleBridge(Node):
                 max_age_s=journal.max_age_s,
                 flush_interval_s=journal.flush_interval_s,
             )
+            backlog_client = self.params.backlog_client(token)
+            assert backlog_client is not None
             self.backlog = BacklogUploader(
                 self.journal,
-                journal.history_url,
-                token,
-                vehicle_id=self.params.builder.vehicle_id,
-                ca_file=self.params.ca_file,
-                request_timeout_s=max(self.params.request_timeout_s, 10.0),
+                backlog_client,
                 max_snapshots_per_s=journal.max_snapshots_per_s,
                 batch_size=journal.batch_size,
-                backoff_initial_s=self.params.backoff_initial_s,
-                backoff_max_s=max(self.params.backoff_max_s, 30.0),
             )
         # One pusher per aggregator (two replicas of a shard, decision 0005): each keeps its own latest snapshot,
         # retries and thread, so a failing replica never delays the other.
         self.pushers = [
-            Pusher(
-                url,
-                token,
-                vehicle_id=self.params.builder.vehicle_id,
-                ca_file=self.params.ca_file,
-                request_timeout_s=self.params.request_timeout_s,
-                backoff_initial_s=self.params.backoff_initial_s,
-                backoff_max_s=self.params.backoff_max_s,
-                on_accepted=None if self.journal is None else self.journal.acknowledged,
-            )
-            for url in self.params.telemetry_urls
+            Pusher(client, on_accepted=None if self.journal is None else self.journal.acknowledged)
+            for client in self.params.live_clients(token)
         ]
         self.pusher = self.pushers[0]
         self.events = self._event_capture()

@@ -19,7 +19,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -185,6 +185,27 @@ class EventParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """How one aggregator client (the live `Pusher`, the `BacklogUploader`) reaches its URL: built here, from the
+    parameters, by `BridgeParams.live_clients` and `BridgeParams.backlog_client`."""
+
+    url: str
+    vehicle_id: str
+    request_timeout_s: float
+    backoff_initial_s: float
+    backoff_max_s: float
+    token: str | None = field(default=None, repr=False)
+    """The bearer token (read from token_file by the node); None: no credentials."""
+    ca_file: str = ""
+
+
+BACKLOG_MIN_REQUEST_TIMEOUT_S = 10.0
+"""A backlog batch is larger than one push and written to history before the answer: at least this long."""
+BACKLOG_MIN_BACKOFF_MAX_S = 30.0
+"""The backlog retries at most this often while failing: it is never urgent, the live push is."""
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeParams:
     builder: BuilderSettings
     telemetry_url: str
@@ -207,6 +228,32 @@ class BridgeParams:
     def telemetry_urls(self) -> tuple[str, ...]:
         """Every aggregator a snapshot goes to, each through its own pusher."""
         return (self.telemetry_url, self.second_telemetry_url) if self.second_telemetry_url else (self.telemetry_url,)
+
+    def live_clients(self, token: str | None) -> tuple[ClientSettings, ...]:
+        """One client per aggregator (`telemetry_urls`), for the live pushers."""
+        return tuple(
+            ClientSettings(
+                url=url,
+                vehicle_id=self.builder.vehicle_id,
+                request_timeout_s=self.request_timeout_s,
+                backoff_initial_s=self.backoff_initial_s,
+                backoff_max_s=self.backoff_max_s,
+                token=token,
+                ca_file=self.ca_file,
+            )
+            for url in self.telemetry_urls
+        )
+
+    def backlog_client(self, token: str | None) -> ClientSettings | None:
+        """The backlog uploader's client (the first aggregator's history endpoint); None without a journal."""
+        if self.journal is None:
+            return None
+        return replace(
+            self.live_clients(token)[0],
+            url=self.journal.history_url,
+            request_timeout_s=max(self.request_timeout_s, BACKLOG_MIN_REQUEST_TIMEOUT_S),
+            backoff_max_s=max(self.backoff_max_s, BACKLOG_MIN_BACKOFF_MAX_S),
+        )
 
 
 def sensor_param(sensor: str, field: str) -> str:
