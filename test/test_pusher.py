@@ -106,6 +106,10 @@ async def test_unavailable_is_retried_with_the_same_body_then_recovers():
         assert [h.get(ROUTING_HEADER) for h in recorder.headers] == ["V7"] * 3
         status = pusher.status()
         assert (status.failures, status.consecutive_failures, status.rejected) == (2, 0, False)
+        link = pusher.link.report()  # the vehicle's view of the link, for its snapshots
+        assert (link.failed_attempts_total, link.outages_total) == (2, 1)
+        assert link.last_outage is not None and link.last_outage.ended_at is not None
+        assert link.rtt_s is not None and 0 < link.rtt_s < 5.0 and link.outage_seconds_total > 0
     finally:
         assert await asyncio.to_thread(pusher.close)
         await runner.cleanup()
@@ -120,6 +124,7 @@ async def test_a_refusal_is_not_retried_and_marks_the_link_rejected():
         await until(lambda: pusher.status().attempts == 1, what="one attempt")
         status = pusher.status()
         assert status.rejected and "401" in status.last_error and "code_401" in status.last_error
+        assert pusher.link.report().outages_total == 0  # the link carried the refusal
         pusher.offer(b"b1")  # the next period's snapshot is tried normally
         await until(lambda: pusher.status().accepted == 1, what="next body accepted")
         assert recorder.bodies == [b"b0", b"b1"]

@@ -260,7 +260,9 @@ class VehicleBridge(Node):
         now = _now()
         self._lateness = [*self._lateness[-(_LATENESS_WINDOW - 1) :], max(0.0, now - self._next_tick)]
         self._next_tick = max(self._next_tick + self.params.publish_period_s, now)
-        snapshot = self.builder.build(now, time.time(), self.events.take())
+        # The link as the first aggregator's pusher sees it (the one events go to, decision 0005).
+        snapshot = self.builder.build(now, time.time(), self.events.take(), self.pusher.link.report())
+        self.pusher.link.on_position(snapshot.position)  # where the next outage begins or ends, if it does
         body = codec.encode(snapshot)
         if self.journal is not None:  # before the offer: the pusher's acknowledgement must find it
             self.journal.add(snapshot.boot_id, snapshot.seq, snapshot.sent_at, body)

@@ -6,7 +6,8 @@ older snapshot is worthless once a newer one exists, and cumulative error counts
 loss free). One keep-alive session, a per-request timeout, every response released.
 While the aggregator is unreachable (connection errors, timeouts, 5xx, 408, 429) retries
 back off exponentially with jitter up to `backoff_max_s`; the first accepted push resets
-the delay, so the bridge is back to one push per period at once.
+the delay, so the bridge is back to one push per period at once. Every outcome, with the round-trip time of
+an accepted push, also goes to `link` (bridge/link.py): the vehicle's view of the link, sent in its snapshots.
 
 Uses only aiohttp APIs present in aiohttp 3.8 (Ubuntu 22.04 / ROS 2 Humble).
 """
@@ -28,6 +29,7 @@ import aiohttp
 
 from ..codec import CONTENT_TYPE
 from ..model import ROUTING_HEADER
+from .link import LinkTracker
 from .params import ClientSettings
 
 _LOGGER = logging.getLogger(__name__)
@@ -194,6 +196,8 @@ class Pusher(AggregatorClient):
         self._clock = clock
         self._pending: bytes | None = None
         self._status = PushStatus()
+        self.link = LinkTracker(clock)
+        """The vehicle's view of this link (RTT, failed attempts, outages), for the snapshots."""
 
     # Called from other threads ------------------------------------------------------------
 
@@ -248,12 +252,14 @@ class Pusher(AggregatorClient):
 
     async def _push(self, session: aiohttp.ClientSession, body: bytes) -> float:
         """POST one body; return the delay before the next attempt (0: go on normally)."""
+        sent = self._clock()
         answer = await self._post(session, body)
         if isinstance(answer, str):
             return self._failed(answer, retryable=True)
         code, payload, retry_after = answer
         if 200 <= code < 300:
             self._succeeded()
+            self.link.succeeded(self._clock() - sent)
             if self._on_accepted is not None:
                 self._on_accepted(body)
             return 0.0
@@ -279,6 +285,7 @@ class Pusher(AggregatorClient):
 
     def _failed(self, error: str, *, retryable: bool) -> float:
         delay = self._backoff.next_delay() if retryable else 0.0
+        self.link.failed(retryable=retryable)
         with self._lock:
             s = self._status
             self._status = replace(
