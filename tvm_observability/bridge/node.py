@@ -78,6 +78,8 @@ class VehicleBridge(Node):
                 max_bytes=journal.max_bytes,
                 max_age_s=journal.max_age_s,
                 flush_interval_s=journal.flush_interval_s,
+                downsample_after_s=journal.downsample_after_s,
+                downsample_keep_every=journal.downsample_keep_every,
             )
             backlog_client = self.params.backlog_client(token)
             assert backlog_client is not None
@@ -265,7 +267,8 @@ class VehicleBridge(Node):
         self.pusher.link.on_position(snapshot.position)  # where the next outage begins or ends, if it does
         body = codec.encode(snapshot)
         if self.journal is not None:  # before the offer: the pusher's acknowledgement must find it
-            self.journal.add(snapshot.boot_id, snapshot.seq, snapshot.sent_at, body)
+            # A snapshot with events is never downsampled away: its events exist nowhere else.
+            self.journal.add(snapshot.boot_id, snapshot.seq, snapshot.sent_at, body, keep=bool(snapshot.events))
             if self.journal.flush_due():
                 self.journal.flush()
                 self.events.marks.save()  # after the flush: the marks never run ahead of the journal
@@ -350,6 +353,7 @@ class VehicleBridge(Node):
             "journal_oldest_age_s": oldest,
             "journal_dropped_size": str(stats.dropped_size),
             "journal_dropped_age": str(stats.dropped_age),
+            "journal_downsampled": str(stats.downsampled),
             "journal_replaced": str(stats.replaced),
             "journal_problem": stats.problem,
             "backlog_state": backlog.state,

@@ -99,6 +99,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("journal_max_age_s", 86400.0, "Journalled snapshots older than this are dropped."),
     ParamSpec("journal_flush_interval_s", 5.0, "Seconds between journal writes (what a kill -9 can lose)."),
     ParamSpec(
+        "journal_downsample_after_s",
+        3600.0,
+        "Journalled snapshots older than this are thinned to 1 of every journal_downsample_keep_every.",
+    ),
+    ParamSpec(
+        "journal_downsample_keep_every",
+        10,
+        "Beyond journal_downsample_after_s keep 1 snapshot of every N (and every one with events); 1: keep all.",
+    ),
+    ParamSpec(
         "backlog_max_snapshots_per_s",
         20.0,
         "Upload budget of the backlog after an outage, in snapshots per second (the live push is not counted).",
@@ -166,6 +176,8 @@ class JournalParams:
     max_bytes: int
     max_age_s: float
     flush_interval_s: float
+    downsample_after_s: float
+    downsample_keep_every: int
     history_url: str
     """Where the backlog is uploaded (the aggregator's HISTORY_PATH)."""
     max_snapshots_per_s: float
@@ -434,18 +446,22 @@ def _journal(values: Mapping[str, Any], r: _Reader, vehicle_id: str, telemetry_u
         r.number("journal_flush_interval_s", 0.1, 60.0),
         r.number("backlog_max_snapshots_per_s", 0.1, 10_000.0),
         int(r.number("backlog_batch_size", 1, 1000, integer=True)),
+        r.number("journal_downsample_after_s", 60.0, 30 * 86400.0),
+        int(r.number("journal_downsample_keep_every", 1, 3600, integer=True)),
     )
     if not isinstance(raw, str) or "\0" in raw:
         r.problems.append(f"journal_dir: must be a directory path or empty, got {raw!r}")
         return None
     if not raw:
         return None
-    max_bytes, max_age_s, flush_s, rate, batch = settings
+    max_bytes, max_age_s, flush_s, rate, batch, downsample_after_s, keep_every = settings
     return JournalParams(
         directory=str(ros_home() / raw / vehicle_id),  # an absolute journal_dir replaces the ROS home
         max_bytes=max_bytes,
         max_age_s=max_age_s,
         flush_interval_s=flush_s,
+        downsample_after_s=downsample_after_s,
+        downsample_keep_every=keep_every,
         history_url=telemetry_url.removesuffix(TELEMETRY_PATH) + HISTORY_PATH,
         max_snapshots_per_s=rate,
         batch_size=batch,
