@@ -211,7 +211,7 @@ def test_old_backlog_is_downsampled_keeping_events_and_each_boots_last(tmp_path:
     journal.add("boot-b", 3, clock.now + 23 * 60, body(3, "boot-b"))  # boot-b began before the window's end
     for seq in range(4, 9):
         journal.add("boot-b", seq, clock.now + (20 + seq) * 60, body(seq, "boot-b"))
-    clock.now += 29 * 60  # boot-a seq 1..18 (up to +18 min) are older than 10 min; boot-b seq 3 too (+23 min)
+    clock.now += 29 * 60  # boot-a seq 1..18 (up to +18 min) are older than 10 min, boot-b (from +23 min) not yet
     journal.flush()
     kept = [(e.boot_id, e.seq) for e in journal.oldest(100, 1_000_000)]
     old_a = [5, 7, 10, 15]  # multiples of 5, and seq 7 with its events

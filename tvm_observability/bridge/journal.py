@@ -116,6 +116,8 @@ class Journal:
         self._disk_entries = 0
         self._last_flush = self._clock()
         self._db: sqlite3.Connection | None = None
+        self._thinned_through = 0
+        """The highest row id the downsampling has judged (_downsample)."""
         with self._lock:
             self._open()
 
@@ -173,14 +175,26 @@ class Journal:
 
     def _downsample(self, db: sqlite3.Connection, now: float) -> int:
         """Beyond downsample_after_s keep the snapshots whose seq is a multiple of downsample_keep_every, those
-        with events and the newest of each boot (its final counts, when the boot ended during the outage)."""
+        with events and the newest of each boot (its final counts, when the boot ended during the outage).
+
+        Each row is judged once, when it first lies beyond the threshold: the rows judged are remembered by id
+        (`_thinned_through`; ids grow with time), so a flush reads the few rows that crossed since the last one
+        by the primary key instead of the whole table."""
         if self.downsample_keep_every <= 1:
             return 0
+        threshold = now - self.downsample_after_s
+        start = self._thinned_through
+        (through,) = db.execute(
+            "SELECT max(id) FROM snapshots WHERE id > ? AND wall_time < ?", (start, threshold)
+        ).fetchone()
+        if through is None:
+            return 0
+        self._thinned_through = through
         return self._delete_where(
             db,
-            "wall_time < ? AND keep = 0 AND seq % ? != 0"
-            " AND id NOT IN (SELECT max(id) FROM snapshots GROUP BY boot_id)",
-            (now - self.downsample_after_s, self.downsample_keep_every),
+            "id > ? AND id <= ? AND wall_time < ? AND keep = 0 AND seq % ? != 0 AND EXISTS"
+            " (SELECT 1 FROM snapshots AS later WHERE later.id > snapshots.id AND later.boot_id = snapshots.boot_id)",
+            (start, through, threshold, self.downsample_keep_every),
         )
 
     def _trim_to_size(self, db: sqlite3.Connection) -> int:
@@ -309,6 +323,7 @@ class Journal:
             raise
         self._disk_entries = int(entries)
         self._disk_bytes = int(size) + int(entries) * ENTRY_OVERHEAD_BYTES
+        self._thinned_through = 0  # every row is judged again after a start or a replacement
         return db
 
     def _move_aside(self) -> None:
