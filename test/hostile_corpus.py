@@ -127,6 +127,10 @@ def _event(seq: int, **fields: Any) -> dict[str, Any]:
     return event
 
 
+def _link(**fields: Any) -> dict[str, Any]:
+    return {"failed_attempts_total": 1, "outages_total": 1, "outage_seconds_total": 2.0, **fields}
+
+
 def _valid_body() -> bytes:
     return codec.encode_wire(valid_wire())
 
@@ -280,6 +284,23 @@ CORPUS: list[Case] = [
     _schema("event stamp NaN", lambda: with_field("events", [_event(1, stamp=float("nan"))]), "non_finite", "events"),
     _schema("event code with a newline", lambda: with_field("events", [_event(1, code="E1\nE2")]), kind="events"),
     _schema("event component as bytes", lambda: with_field("events", [_event(1, component=b"node")]), kind="events"),
+    # -- the vehicle's view of its link (optional, added in 0.2.0): every field checked -----------------
+    _schema("link not a map", lambda: with_field("link", [1, 2]), kind="link"),
+    _schema("link counts as a string", lambda: with_field("link", _link(failed_attempts_total="9")), kind="link"),
+    _schema("link negative outages", lambda: with_field("link", _link(outages_total=-1)), "out_of_range", "link"),
+    _schema(
+        "link outage seconds NaN",
+        lambda: with_field("link", _link(outage_seconds_total=float("nan"))),
+        "non_finite",
+        "link",
+    ),
+    _schema("link RTT of a day", lambda: with_field("link", _link(rtt_s=86400.0)), "out_of_range", "link"),
+    _schema(
+        "link outage at latitude 91",
+        lambda: with_field("link", _link(last_outage={"started_at": 1.0, "start_lat": 91.0})),
+        "out_of_range",
+        "link",
+    ),
     # -- label injection in every string that can reach a label --------------------------------------
     *_INJECTION_CASES,
     # -- oversized bodies ----------------------------------------------------------------------------

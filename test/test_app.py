@@ -467,3 +467,22 @@ async def test_streamed_metrics_are_the_rendered_exposition(client: Client) -> N
         assert body.startswith(fleet_part) and b"# HELP http_requests" in body
     head = await client.head("/metrics")
     assert head.status == 200 and await head.read() == b""
+
+
+async def test_the_vehicles_view_of_its_link_is_exported_and_summed_over_boots(client: Client) -> None:
+    """Counters cumulative per boot (like errors), summed over boots; the last outage and RTT as last reported."""
+    outage = {"started_at": 1_800_000_000.0, "ended_at": 1_800_000_090.0, "start_lat": 52.5, "start_lon": 13.4}
+    first = {"failed_attempts_total": 9, "outages_total": 2, "outage_seconds_total": 120.0, "rtt_s": 0.05}
+    await post(client, wire_snapshot("V1", boot_id="first", seq=5, link=first))
+    second = {"failed_attempts_total": 3, "outages_total": 1, "outage_seconds_total": 90.0, "rtt_s": 0.25}
+    await post(client, wire_snapshot("V1", boot_id="second", seq=1, link={**second, "last_outage": outage}))
+    m = await metrics(client)
+    assert sample(m, "vehicle_link_failed_pushes_total", vehicle_id="V1") == 12
+    assert sample(m, "vehicle_link_outages_total", vehicle_id="V1") == 3
+    assert sample(m, "vehicle_link_outage_seconds_total", vehicle_id="V1") == 210.0
+    assert sample(m, "vehicle_link_rtt_seconds", vehicle_id="V1") == 0.25
+    assert sample(m, "vehicle_link_last_outage_timestamp_seconds", vehicle_id="V1", edge="end") == 1_800_000_090.0
+    assert sample(m, "vehicle_link_last_outage_latitude", vehicle_id="V1", edge="start") == 52.5
+    assert sample(m, "vehicle_link_last_outage_longitude", vehicle_id="V1", edge="start") == 13.4
+    assert sample(m, "vehicle_link_last_outage_latitude", vehicle_id="V1", edge="end") is None  # no fix at the end
+    assert not any(name.startswith("vehicle_link_") and dict(labels).get("vehicle_id") == "V2" for name, labels in m)

@@ -16,6 +16,7 @@ from test_pusher import until
 from tvm_observability import codec
 from tvm_observability.bridge.backlog import BacklogUploader
 from tvm_observability.bridge.journal import Journal
+from tvm_observability.bridge.params import ClientSettings
 from tvm_observability.model import HISTORY_PATH, ROUTING_HEADER
 
 
@@ -61,11 +62,7 @@ def uploader(journal: Journal, url: str, **kwargs: float) -> BacklogUploader:
     settings = {"max_snapshots_per_s": 1000.0, "batch_size": 3, "slow_retry_s": 60.0, **kwargs}
     up = BacklogUploader(
         journal,
-        url,
-        "tok",
-        vehicle_id="V7",
-        backoff_initial_s=0.05,
-        backoff_max_s=0.2,
+        ClientSettings(url, "V7", request_timeout_s=10.0, backoff_initial_s=0.05, backoff_max_s=0.2, token="tok"),
         idle_poll_s=0.05,
         max_snapshots_per_s=settings["max_snapshots_per_s"],
         batch_size=int(settings["batch_size"]),

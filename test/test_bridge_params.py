@@ -200,8 +200,51 @@ def test_journal_is_off_by_default_and_per_vehicle_below_the_ros_home(monkeypatc
 def test_journal_problems_are_reported_together():
     with pytest.raises(ParamError) as info:
         parse_params(
-            values(journal_dir=3, journal_max_bytes=10, journal_max_age_s=-1.0, backlog_max_snapshots_per_s=0.0)
+            values(
+                journal_dir=3,
+                journal_max_bytes=10,
+                journal_max_age_s=-1.0,
+                backlog_max_snapshots_per_s=0.0,
+                journal_downsample_after_s=1.0,
+                journal_downsample_keep_every=0,
+            )
         )
     text = str(info.value)
-    for fragment in ("journal_dir:", "journal_max_bytes:", "journal_max_age_s:", "backlog_max_snapshots_per_s:"):
+    for fragment in (
+        "journal_dir:",
+        "journal_max_bytes:",
+        "journal_max_age_s:",
+        "backlog_max_snapshots_per_s:",
+        "journal_downsample_after_s:",
+        "journal_downsample_keep_every:",
+    ):
         assert fragment in text
+
+
+def test_old_backlog_downsampling_parameters():
+    journal = parse_params(values(journal_dir="/var/lib/bridge")).journal
+    assert journal is not None and (journal.downsample_after_s, journal.downsample_keep_every) == (3600.0, 10)
+    off = parse_params(values(journal_dir="/var/lib/bridge", journal_downsample_keep_every=1)).journal
+    assert off is not None and off.downsample_keep_every == 1
+    with pytest.raises(ParamError, match="journal_downsample_keep_every"):
+        parse_params(values(journal_dir="/var/lib/bridge", journal_downsample_keep_every=2.5))
+
+
+def test_client_settings_are_built_once_from_the_parameters():
+    params = parse_params(
+        values(
+            journal_dir="/var/lib/bridge",
+            second_aggregator_url="http://b.example:9100",
+            request_timeout_s=3.0,
+            backoff_max_s=8.0,
+        )
+    )
+    first, second = params.live_clients("tok")
+    assert (first.url, second.url) == params.telemetry_urls
+    assert first.vehicle_id == "V5" and first.token == "tok" and first.request_timeout_s == 3.0
+    assert first.backoff_max_s == 8.0 and "tok" not in repr(first)  # the token is never logged with its settings
+    backlog = params.backlog_client(None)
+    assert backlog is not None and params.journal is not None
+    assert backlog.url == params.journal.history_url and backlog.token is None
+    assert backlog.request_timeout_s == 10.0 and backlog.backoff_max_s == 30.0  # the backlog is never urgent
+    assert parse_params(values()).backlog_client("tok") is None  # no journal, no uploader

@@ -12,7 +12,7 @@ from support import wire_snapshot
 from tvm_observability import codec
 from tvm_observability.aggregator.ingest import IngestLimits, parse_snapshot
 from tvm_observability.errors import LimitExceeded, MalformedBody, SchemaError, TelemetryError, UnsupportedVersion
-from tvm_observability.model import Battery, Pose, Position, SensorReport, VehicleSnapshot
+from tvm_observability.model import Battery, LinkOutage, LinkReport, Pose, Position, SensorReport, VehicleSnapshot
 
 
 def full_snapshot() -> VehicleSnapshot:
@@ -177,3 +177,70 @@ def test_fix_accuracy_is_optional_and_kept_when_sent() -> None:
     assert parse_snapshot(wire_snapshot()).position.accuracy_m is None  # type: ignore[union-attr]
     position = {"latitude": 52.52, "longitude": 13.405, "altitude": None, "fix": True, "age_s": 0.2, "accuracy_m": 2.5}
     assert parse_snapshot(wire_snapshot(position=position)).position.accuracy_m == 2.5  # type: ignore[union-attr]
+
+
+def _link_wire() -> dict[str, Any]:
+    return {
+        "failed_attempts_total": 12,
+        "outages_total": 2,
+        "outage_seconds_total": 95.5,
+        "rtt_s": 0.083,
+        "last_outage": {
+            "started_at": 1_800_000_000.0,
+            "ended_at": 1_800_000_060.0,
+            "start_lat": 52.5,
+            "start_lon": 13.4,
+            "end_lat": None,
+            "end_lon": None,
+        },
+    }
+
+
+def test_link_view_round_trips_and_is_optional() -> None:
+    """Schema v1 grows by optional fields (decision 0006): a bridge without `link` is unaffected."""
+    assert parse_snapshot(wire_snapshot()).link is None
+    snap = VehicleSnapshot(
+        vehicle_id="V1",
+        boot_id="b-1",
+        seq=7,
+        sent_at=1_800_000_100.0,
+        link=LinkReport(3, 1, 12.5, rtt_s=0.2, last_outage=LinkOutage(1_800_000_000.0, None, 52.5, 13.4)),
+    )
+    assert parse_snapshot(codec.decode(codec.encode(snap))) == snap
+    assert "link" not in VehicleSnapshot(vehicle_id="V1", boot_id="b", seq=1, sent_at=1.0).to_wire()
+    minimal = {"failed_attempts_total": 0, "outages_total": 0, "outage_seconds_total": 0.0}
+    assert parse_snapshot(wire_snapshot(link=minimal)).link == LinkReport(0, 0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "reason"),
+    [
+        ("link", [1], "schema"),
+        ("link.failed_attempts_total", -1, "out_of_range"),
+        ("link.failed_attempts_total", 2**60, "out_of_range"),
+        ("link.failed_attempts_total", 1.0, "schema"),
+        ("link.outages_total", None, "schema"),
+        ("link.outage_seconds_total", math.inf, "non_finite"),
+        ("link.outage_seconds_total", -0.5, "out_of_range"),
+        ("link.rtt_s", math.nan, "non_finite"),
+        ("link.rtt_s", 3601.0, "out_of_range"),
+        ("link.rtt_s", "fast", "schema"),
+        ("link.last_outage", "yesterday", "schema"),
+        ("link.last_outage.started_at", None, "schema"),
+        ("link.last_outage.ended_at", -1.0, "out_of_range"),
+        ("link.last_outage.start_lat", 91.0, "out_of_range"),
+        ("link.last_outage.start_lon", math.nan, "non_finite"),
+        ("link.last_outage.end_lon", -180.5, "out_of_range"),
+    ],
+)
+def test_link_violations_are_refused_with_reason(path: str, value: Any, reason: str) -> None:
+    wire = wire_snapshot(link=_link_wire())
+    *parents, last = path.split(".")
+    target = wire
+    for key in parents:
+        target = target[key]
+    target[last] = value
+    with pytest.raises(SchemaError) as info:
+        parse_snapshot(wire)
+    assert info.value.reason == reason
+    assert path in info.value.detail

@@ -30,7 +30,13 @@ def fixture_fleet() -> tuple[FleetState, CollectorRegistry, FakeClock]:
     """V1 online with everything; V2 on the roster, never heard from; V3 dead for a minute; X9 unknown, no fix."""
     clock = FakeClock(wall=1_800_000_000.0)
     fleet = FleetState(("V1", "V2", "V3"), FleetSettings(offline_after_s=15), clock=clock)
-    fleet.apply(parse_snapshot(wire_snapshot("V3", sent_at=1_800_000_000.5, errors={"E_MOTOR": 2})))
+    v3_link = {  # an outage in progress since before its only push, no fix known then
+        "failed_attempts_total": 2,
+        "outages_total": 1,
+        "outage_seconds_total": 3.0,
+        "last_outage": {"started_at": 1_799_999_997.5, "ended_at": None},
+    }
+    fleet.apply(parse_snapshot(wire_snapshot("V3", sent_at=1_800_000_000.5, errors={"E_MOTOR": 2}, link=v3_link)))
     clock.advance(60)
     fleet.apply(
         parse_snapshot(
@@ -44,6 +50,20 @@ def fixture_fleet() -> tuple[FleetState, CollectorRegistry, FakeClock]:
                     "gps": {"status": "stale", "rate_hz": None, "message": "no fix for 30 s"},
                 },
                 errors={"E_LIDAR_TIMEOUT": 3, "diag:camera": 1},
+                link={
+                    "failed_attempts_total": 5,
+                    "outages_total": 1,
+                    "outage_seconds_total": 42.5,
+                    "rtt_s": 0.125,
+                    "last_outage": {
+                        "started_at": 1_800_000_010.0,
+                        "ended_at": 1_800_000_052.5,
+                        "start_lat": 52.51,
+                        "start_lon": 13.39,
+                        "end_lat": 52.52,
+                        "end_lon": 13.405,
+                    },
+                },
             )
         )
     )

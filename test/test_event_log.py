@@ -256,7 +256,7 @@ def test_the_event_watermark_survives_the_state_image_and_format_4_migrates() ->
     fleet.apply(parse_snapshot(wire_snapshot(boot_id="b1", seq=3)))
     fleet.get("V1").boots["b1"].event_seq = 9  # type: ignore[union-attr]
     image = state_image.to_image(fleet)
-    assert image["format"] == 5 and image["vehicles"]["V1"]["boots"][0]["event_seq"] == 9
+    assert image["format"] == state_image.STATE_FORMAT and image["vehicles"]["V1"]["boots"][0]["event_seq"] == 9
     restored = FleetState(["V1"], FleetSettings(), clock=FakeClock())
     state_image.restore(restored, image, keep_unknown=False)
     assert restored.get("V1").boots["b1"].event_seq == 9  # type: ignore[union-attr]

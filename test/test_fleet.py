@@ -329,3 +329,38 @@ def test_sensor_label_values_stay_bounded_in_the_exposition(clock: FakeClock) ->
     assert seen == {"s1", "t1", "other"}
     folded = registry.get_sample_value("vehicle_sensor_names_folded_total", {"vehicle_id": "V1"})
     assert folded == 50 + 2 * 49  # lidar (the third name) every time, and the two new names after the first push
+
+
+def link(failed: int, outages: int, seconds: float) -> dict[str, object]:
+    return {"failed_attempts_total": failed, "outages_total": outages, "outage_seconds_total": seconds}
+
+
+def test_link_counters_follow_the_per_boot_counting_model(clock: FakeClock) -> None:
+    """Cumulative per boot like `errors`: highest per boot, summed over boots, retired boots kept in a sum, and
+    the same through the state image (an aggregator restart)."""
+    fleet = make_fleet(clock)
+    fleet.apply(snap(boot_id="a", seq=1))  # an older bridge: no link view, no link counters
+    v1 = fleet.get("V1")
+    assert v1 is not None and v1.link_total == {}
+    fleet.apply(snap(boot_id="a", seq=2, link=link(4, 1, 30.0)))
+    fleet.apply(snap(boot_id="a", seq=3, link=link(2, 1, 10.0)))  # lower: never taken
+    fleet.apply(snap(boot_id="b", seq=1, link=link(3, 2, 5.5)))  # a new boot adds up
+    assert v1.link_total == link(7, 3, 35.5)
+    for boot in range(TRACKED_BOOTS):  # retires a and b
+        fleet.apply(snap(boot_id=f"later{boot}", seq=1, link=link(1, 0, 0.0)))
+    assert "a" not in v1.boots and "b" not in v1.boots
+    assert v1.link_total == link(7 + TRACKED_BOOTS, 3, 35.5)
+    restored = make_fleet(FakeClock())
+    state_image.restore(restored, codec.unpack_state(codec.pack_state(state_image.to_image(fleet))), keep_unknown=False)
+    again = restored.get("V1")
+    assert again is not None and again.link_total == v1.link_total
+    restored.apply(snap(boot_id="later3", seq=2, link=link(2, 1, 4.0)))
+    assert again.link_total == link(8 + TRACKED_BOOTS, 4, 39.5)
+
+
+def test_link_counters_of_a_backlog_snapshot_count(clock: FakeClock) -> None:
+    """A boot that ended during an outage has its last link counts only in the journal: they reach the totals."""
+    fleet = make_fleet(clock)
+    fleet.apply(snap(boot_id="a", seq=5, link=link(1, 0, 0.0)))
+    fleet.merge_history(snap(boot_id="a", seq=9, link=link(6, 1, 42.0)))
+    assert fleet.get("V1").link_total == link(6, 1, 42.0)  # type: ignore[union-attr]

@@ -231,6 +231,7 @@ def test_only_the_baseline_is_left_after_the_corpus(hostile: Hostile) -> None:
                 "overflow": 0,
                 "history_seq": 0,
                 "event_seq": 0,
+                "link": {},
             }
         ]
 

@@ -28,13 +28,17 @@ def body(seq: int, boot: str = "boot-a") -> bytes:
     return codec.encode_wire(wire_snapshot("V1", boot_id=boot, seq=seq, sent_at=float(seq)))
 
 
-def open_journal(path: Path, clock: Clock, **kw: float) -> Journal:
+def open_journal(
+    path: Path, clock: Clock, *, downsample_after_s: float = 3600.0, downsample_keep_every: int = 1, **kw: float
+) -> Journal:
     settings = {"max_bytes": 1_000_000, "max_age_s": 3600.0, "flush_interval_s": 5.0, **kw}
     return Journal(
         path,
         max_bytes=int(settings["max_bytes"]),
         max_age_s=settings["max_age_s"],
         flush_interval_s=settings["flush_interval_s"],
+        downsample_after_s=downsample_after_s,
+        downsample_keep_every=downsample_keep_every,
         clock=clock,
     )
 
@@ -195,3 +199,68 @@ def test_unusable_directory_is_reported_not_raised(tmp_path: Path) -> None:
     journal.flush()
     assert journal.oldest(10, 1000) == []
     assert "could not replace" in journal.stats().problem
+
+
+def test_old_backlog_is_downsampled_keeping_events_and_each_boots_last(tmp_path: Path) -> None:
+    """Beyond downsample_after_s 1 of every N by seq, every snapshot with events, the newest of each boot: the
+    counts are cumulative, so what is kept carries every count (errors, link) exactly."""
+    clock = Clock()
+    journal = open_journal(tmp_path, clock, max_age_s=86400.0, downsample_after_s=600.0, downsample_keep_every=5)
+    for seq in range(1, 23):  # boot-a: one snapshot a minute for 22 minutes, events in seq 7
+        journal.add("boot-a", seq, clock.now + seq * 60, body(seq), keep=seq == 7)
+    journal.add("boot-b", 3, clock.now + 23 * 60, body(3, "boot-b"))  # boot-b began before the window's end
+    for seq in range(4, 9):
+        journal.add("boot-b", seq, clock.now + (20 + seq) * 60, body(seq, "boot-b"))
+    clock.now += 29 * 60  # boot-a seq 1..18 (up to +18 min) are older than 10 min, boot-b (from +23 min) not yet
+    journal.flush()
+    kept = [(e.boot_id, e.seq) for e in journal.oldest(100, 1_000_000)]
+    old_a = [5, 7, 10, 15]  # multiples of 5, and seq 7 with its events
+    assert kept == [("boot-a", s) for s in [*old_a, 19, 20, 21, 22]] + [("boot-b", s) for s in range(3, 9)]
+    assert journal.stats().downsampled == 18 - len(old_a)
+    journal.flush()  # the same choice at every flush: nothing more goes
+    assert journal.stats().downsampled == 18 - len(old_a)
+    clock.now += 3600  # now all is old: boot-a keeps its newest (22, its final counts), boot-b its newest (8)
+    journal.flush()
+    assert [(e.boot_id, e.seq) for e in journal.oldest(100, 1_000_000)] == [
+        ("boot-a", 5),
+        ("boot-a", 7),
+        ("boot-a", 10),
+        ("boot-a", 15),
+        ("boot-a", 20),
+        ("boot-a", 22),
+        ("boot-b", 5),
+        ("boot-b", 8),
+    ]
+
+
+def test_downsampling_is_off_with_keep_every_1(tmp_path: Path) -> None:
+    clock = Clock()
+    journal = open_journal(tmp_path, clock, downsample_after_s=60.0, downsample_keep_every=1)
+    for seq in range(1, 11):
+        journal.add("boot-a", seq, clock.now + seq, body(seq))
+    clock.now += 3000
+    journal.flush()
+    assert len(journal.oldest(100, 1_000_000)) == 10 and journal.stats().downsampled == 0
+
+
+def test_a_layout_1_journal_is_migrated_and_its_rows_never_downsampled(tmp_path: Path) -> None:
+    """Version-1 rows did not record whether they carry events: kept whole, none lost to the upgrade."""
+    db = sqlite3.connect(tmp_path / JOURNAL_FILE)
+    db.execute(
+        "CREATE TABLE snapshots (id INTEGER PRIMARY KEY AUTOINCREMENT, boot_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " wall_time REAL NOT NULL, body BLOB NOT NULL)"
+    )
+    db.executemany(
+        "INSERT INTO snapshots (boot_id, seq, wall_time, body) VALUES (?, ?, ?, ?)",
+        [("boot-a", seq, 100.0 + seq, body(seq)) for seq in range(1, 7)],
+    )
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    clock = Clock(now=5000.0)
+    journal = open_journal(tmp_path, clock, max_age_s=86400.0, downsample_after_s=60.0, downsample_keep_every=5)
+    assert journal.stats().replaced == 0 and journal.stats().entries == 6
+    journal.add("boot-a", 7, 200.0, body(7))
+    journal.add("boot-a", 8, 201.0, body(8))
+    journal.flush()
+    assert [e.seq for e in journal.oldest(100, 1_000_000)] == [1, 2, 3, 4, 5, 6, 8]  # 7: new, downsampled

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tvm_observability.bridge.params import ClientSettings
 from tvm_observability.bridge.pusher import Pusher
 from tvm_observability.model import ROUTING_HEADER
 
@@ -62,9 +63,11 @@ async def serve(recorder: Recorder, ssl_context: ssl.SSLContext | None = None) -
     return runner, f"{scheme}://127.0.0.1:{port}/api/v1/telemetry"
 
 
-def fast_pusher(url: str, **kwargs) -> Pusher:
+def fast_pusher(url: str, ca_file: str = "") -> Pusher:
     pusher = Pusher(
-        url, "tok", vehicle_id="V7", request_timeout_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.2, **kwargs
+        ClientSettings(
+            url, "V7", request_timeout_s=5.0, backoff_initial_s=0.05, backoff_max_s=0.2, token="tok", ca_file=ca_file
+        )
     )
     pusher.start()
     return pusher
@@ -103,6 +106,10 @@ async def test_unavailable_is_retried_with_the_same_body_then_recovers():
         assert [h.get(ROUTING_HEADER) for h in recorder.headers] == ["V7"] * 3
         status = pusher.status()
         assert (status.failures, status.consecutive_failures, status.rejected) == (2, 0, False)
+        link = pusher.link.report()  # the vehicle's view of the link, for its snapshots
+        assert (link.failed_attempts_total, link.outages_total) == (2, 1)
+        assert link.last_outage is not None and link.last_outage.ended_at is not None
+        assert link.rtt_s is not None and 0 < link.rtt_s < 5.0 and link.outage_seconds_total > 0
     finally:
         assert await asyncio.to_thread(pusher.close)
         await runner.cleanup()
@@ -117,6 +124,7 @@ async def test_a_refusal_is_not_retried_and_marks_the_link_rejected():
         await until(lambda: pusher.status().attempts == 1, what="one attempt")
         status = pusher.status()
         assert status.rejected and "401" in status.last_error and "code_401" in status.last_error
+        assert pusher.link.report().outages_total == 0  # the link carried the refusal
         pusher.offer(b"b1")  # the next period's snapshot is tried normally
         await until(lambda: pusher.status().accepted == 1, what="next body accepted")
         assert recorder.bodies == [b"b0", b"b1"]
@@ -127,7 +135,13 @@ async def test_a_refusal_is_not_retried_and_marks_the_link_rejected():
 
 async def test_unreachable_aggregator_backs_off_and_close_is_prompt():
     pusher = Pusher(
-        "http://127.0.0.1:9/api/v1/telemetry", None, vehicle_id="V7", backoff_initial_s=0.05, backoff_max_s=10.0
+        ClientSettings(
+            "http://127.0.0.1:9/api/v1/telemetry",
+            "V7",
+            request_timeout_s=2.0,
+            backoff_initial_s=0.05,
+            backoff_max_s=10.0,
+        )
     )
     pusher.start()
     pusher.offer(b"b0")

@@ -135,6 +135,29 @@ def test_migrations_chain_to_the_current_format() -> None:
     assert state_image.to_image(fleet)["vehicles"].keys() == migrated["vehicles"].keys()
 
 
+def test_format_5_image_gains_empty_link_counters_and_bad_ones_are_corrupt() -> None:
+    """Format 6 adds the link counters (boots[].link, link_retired): a format-5 image keeps every other counter."""
+    fleet = format_2_fleet(FakeClock())
+    fleet.apply(parse_snapshot(wire_snapshot("V1", boot_id="b1", seq=3, errors={"E1": 2})))
+    image = state_image.to_image(fleet)
+    saved = image["vehicles"]["V1"]
+    del saved["link_retired"]
+    for boot in saved["boots"]:
+        del boot["link"]
+    five = {**image, "format": 5}
+    restored = format_2_fleet(FakeClock())
+    state_image.restore(restored, five, keep_unknown=False)
+    v1 = restored.get("V1")
+    assert v1 is not None and v1.errors_total == {"E1": 2} and v1.link_total == {} and v1.link_retired == {}
+    link = {"failed_attempts_total": 1, "outages_total": 1, "outage_seconds_total": 2.5}
+    restored.apply(parse_snapshot(wire_snapshot("V1", boot_id="b1", seq=4, errors={"E1": 2}, link=link)))
+    assert v1.link_total == link
+    broken = state_image.to_image(restored)
+    broken["vehicles"]["V1"]["boots"][0]["link"]["outage_seconds_total"] = -1.0
+    with pytest.raises(state_image.CorruptState):
+        state_image.restore(format_2_fleet(FakeClock()), broken, keep_unknown=False)
+
+
 # -- files the service must not start on ---------------------------------------------------------
 
 

@@ -183,3 +183,35 @@ def test_status_page_layout_in_real_chromium(tmp_path, write_config, device, wid
         assert result.returncode == 0, result.stderr[-2000:]
         wait_for(lambda: shot.is_file() and shot.stat().st_size > 10_000, 10, what="a non-trivial screenshot")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_vehicles_view_of_its_link_shows_in_the_json_and_the_page():
+    fleet, _ = _fleet()
+    link = {
+        "failed_attempts_total": 7,
+        "outages_total": 2,
+        "outage_seconds_total": 95.0,
+        "rtt_s": 0.083,
+        "last_outage": {"started_at": 1_800_000_000.0, "ended_at": None, "start_lat": 52.5, "start_lon": 13.4},
+    }
+    fleet.apply(parse_snapshot(wire_snapshot("FINE", seq=2, link=link)))
+    view = build_view(fleet)
+    rows = {r["vehicle_id"]: r for r in view.to_json()["vehicles"]}
+    assert rows["GONE"]["link"] is None  # never reported (an older bridge)
+    assert rows["FINE"]["link"] == {
+        "failed_pushes_total": 7,
+        "outages_total": 2,
+        "outage_seconds_total": 95.0,
+        "rtt_s": 0.083,
+        "last_outage": {
+            "started_at": 1_800_000_000.0,
+            "ended_at": None,
+            "start_lat": 52.5,
+            "start_lon": 13.4,
+            "end_lat": None,
+            "end_lon": None,
+        },
+    }
+    page = render(view)
+    assert "RTT 83 ms · 2 outages (95 s), 7 failed pushes" in page
+    assert "last outage: 2027-01-15 08:00:00 UTC at 52.50000, 13.40000 → ongoing" in page

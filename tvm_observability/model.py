@@ -160,6 +160,50 @@ class SensorReport:
     message: str = ""
 
 
+LINK_COUNTERS: tuple[str, ...] = ("failed_attempts_total", "outages_total", "outage_seconds_total")
+"""The cumulative-per-boot fields of a LinkReport (the aggregator sums them over boots like `errors`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkOutage:
+    """One outage of the vehicle's link to the aggregator: times on the vehicle's clock, positions the last known
+    fix at each edge (None: no fix known then)."""
+
+    started_at: float
+    """Unix time of the first failed push after an accepted one (or after the start)."""
+    ended_at: float | None
+    """Unix time of the first accepted push after it; None while the outage lasts."""
+    start_lat: float | None = None
+    start_lon: float | None = None
+    end_lat: float | None = None
+    end_lon: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkReport:
+    """The vehicle's own view of its link (optional, added in 0.2.0). Counts are cumulative for the boot."""
+
+    failed_attempts_total: int
+    """Pushes that failed (no answer, timeout, refusal)."""
+    outages_total: int
+    """Outages begun (an ongoing one included)."""
+    outage_seconds_total: float
+    """Time spent in outages, the ongoing one up to the snapshot."""
+    rtt_s: float | None = None
+    """Round-trip time of the last accepted push; None before the first."""
+    last_outage: LinkOutage | None = None
+    """The ongoing outage, else the last one; None before the first."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "failed_attempts_total": self.failed_attempts_total,
+            "outages_total": self.outages_total,
+            "outage_seconds_total": self.outage_seconds_total,
+            "rtt_s": self.rtt_s,
+            "last_outage": None if self.last_outage is None else _fields(self.last_outage),
+        }
+
+
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping))
 
@@ -184,6 +228,8 @@ class VehicleSnapshot:
     errors: Mapping[str, int] = field(default_factory=dict)
     events: tuple[VehicleEvent, ...] = ()
     """Error events captured since the previous push (optional, added in 0.2.0; absent on the wire when none)."""
+    link: LinkReport | None = None
+    """The vehicle's view of its link (optional, added in 0.2.0; absent on the wire when not reported)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sensors", _frozen(self.sensors))
@@ -204,8 +250,9 @@ class VehicleSnapshot:
             "sensors": {name: _fields(report) for name, report in self.sensors.items()},
             "errors": dict(self.errors),
             **({"events": [event.to_wire() for event in self.events]} if self.events else {}),
+            **({"link": self.link.to_wire()} if self.link is not None else {}),
         }
 
 
-def _fields(value: Battery | Position | Pose | SensorReport) -> dict[str, Any]:
+def _fields(value: Battery | Position | Pose | SensorReport | LinkOutage) -> dict[str, Any]:
     return {name: getattr(value, name) for name in value.__slots__}

@@ -427,6 +427,7 @@ OPERATIONS = dashboard(
                     'sum by (job, instance, vehicle_id) (vehicle_sensor_status{status=~"error|stale"})'
                 ),
                 "Errors": f"sum by (job, vehicle_id) ({per_vehicle('vehicle_errors_total', 'error_code')})",
+                "Link outages": per_vehicle("vehicle_link_outages_total"),
                 "Latitude": per_vehicle("vehicle_latitude"),
                 "Longitude": per_vehicle("vehicle_longitude"),
             },
@@ -537,6 +538,20 @@ VEHICLE = dashboard(
             w=8,
         ),
         series("Clock skew", q(per_vehicle(f"vehicle_clock_skew_seconds{{{V}}}"), "skew"), unit="s", w=8),
+        series(
+            "Push round-trip time (the vehicle's view)",
+            q(per_vehicle(f"vehicle_link_rtt_seconds{{{V}}}"), "RTT"),
+            unit="s",
+            description="Round-trip time of the vehicle's last accepted push, measured by its bridge.",
+        ),
+        series(
+            "Link failures (the vehicle's view, per 5 min)",
+            q(per_vehicle(f"increase(vehicle_link_failed_pushes_total{{{V}}}[5m])", op="min"), "failed pushes"),
+            q(per_vehicle(f"increase(vehicle_link_outage_seconds_total{{{V}}}[5m])", op="min"), "seconds in outage"),
+            description="Failed pushes and time without a link, as the vehicle saw them (they arrive with the first "
+            "push after an outage). Where each outage began and ended: the status page, /api/v1/vehicles and "
+            "vehicle_link_last_outage_latitude/_longitude.",
+        ),
         geomap("Position", f"{{{V}}}", w=24, h=10),
     ],
     [VEHICLE_VARIABLE],

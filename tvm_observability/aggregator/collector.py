@@ -35,7 +35,7 @@ from prometheus_client.utils import floatToGoString
 
 from .. import __version__
 from ..errors import REJECTION_REASONS
-from ..model import SENSOR_STATUSES, SensorReport, VehicleSnapshot
+from ..model import LINK_COUNTERS, SENSOR_STATUSES, SensorReport, VehicleSnapshot
 from .connections import REFUSAL_REASONS as CONNECTION_REFUSAL_REASONS
 from .event_log import DROP_REASONS as EVENT_DROP_REASONS
 from .fleet import FleetState, VehicleState
@@ -97,6 +97,22 @@ _FAMILIES: tuple[_Family, ...] = (
     _Family(
         "vehicle_sensor_rate_hertz", "Measured message rate of each watched sensor topic.", ("vehicle_id", "sensor")
     ),
+    _Family("vehicle_link_rtt_seconds", "Round-trip time of the vehicle's last accepted push, as it measured it."),
+    _Family(
+        "vehicle_link_last_outage_timestamp_seconds",
+        "Unix time (vehicle clock) the vehicle's ongoing or last link outage began (edge=start) and ended (edge=end).",
+        ("vehicle_id", "edge"),
+    ),
+    _Family(
+        "vehicle_link_last_outage_latitude",
+        "Last known latitude where the vehicle's ongoing or last link outage began (edge=start) and ended (edge=end).",
+        ("vehicle_id", "edge"),
+    ),
+    _Family(
+        "vehicle_link_last_outage_longitude",
+        "Last known longitude where the vehicle's ongoing or last link outage began (edge=start) and ended (edge=end).",
+        ("vehicle_id", "edge"),
+    ),
 )
 _ONLINE = _Family("vehicles_online", "Vehicles whose heartbeat is younger than offline_after_s.", ())
 _TOTAL_DOC = (
@@ -118,6 +134,13 @@ _TAIL: tuple[_Family, ...] = (
     _Family(
         "vehicle_sensor_names_folded",
         'Sensor reports exported as sensor="other" because their name was past the vehicle\'s sensor-name budget.',
+        counter=True,
+    ),
+    _Family("vehicle_link_failed_pushes", "Pushes the vehicle saw fail, across boots.", counter=True),
+    _Family("vehicle_link_outages", "Link outages the vehicle saw begin, across boots.", counter=True),
+    _Family(
+        "vehicle_link_outage_seconds",
+        "Time the vehicle spent in link outages (the ongoing one up to its last snapshot), across boots.",
         counter=True,
     ),
 )
@@ -144,10 +167,18 @@ _PER_VEHICLE = (*_FAMILIES, *_TAIL)
     _INPUT_AGE,
     _SENSOR,
     _SENSOR_RATE,
+    _LINK_RTT,
+    _OUTAGE_TS,
+    _OUTAGE_LAT,
+    _OUTAGE_LON,
     _ERRORS,
     _RESTARTS,
     _SENSORS_FOLDED,
+    _LINK_FAILED,
+    _LINK_OUTAGES,
+    _LINK_OUTAGE_S,
 ) = range(len(_PER_VEHICLE))
+_LINK_TOTALS = dict(zip(LINK_COUNTERS, (_LINK_FAILED, _LINK_OUTAGES, _LINK_OUTAGE_S), strict=True))
 Sample = tuple[int, tuple[str, ...], float]
 """(family index, label values after vehicle_id, value): vehicle_id is every family's first label."""
 
@@ -178,7 +209,20 @@ def _vehicle_samples(v: VehicleState, values: bool = True) -> Iterator[Sample]:
     if v.boots:
         yield _RESTARTS, (), float(v.restarts)
         yield _SENSORS_FOLDED, (), float(v.sensors_folded)
+    for name, total in v.link_total.items():
+        yield _LINK_TOTALS[name], (), total
     snap = v.snapshot
+    outage = None if snap is None or snap.link is None else snap.link.last_outage
+    if outage is not None:  # a past fact, not a value: kept while the vehicle is silent
+        for edge, at, lat, lon in (
+            ("start", outage.started_at, outage.start_lat, outage.start_lon),
+            ("end", outage.ended_at, outage.end_lat, outage.end_lon),
+        ):
+            if at is not None:
+                yield _OUTAGE_TS, (edge,), at
+                if lat is not None and lon is not None:
+                    yield _OUTAGE_LAT, (edge,), lat
+                    yield _OUTAGE_LON, (edge,), lon
     if snap is None or not values:
         return
     if snap.battery is not None:
@@ -213,6 +257,8 @@ def _vehicle_samples(v: VehicleState, values: bool = True) -> Iterator[Sample]:
             yield _SENSOR, (name, status), 1.0 if status == report.status else 0.0
         if report.rate_hz is not None:
             yield _SENSOR_RATE, (name,), report.rate_hz
+    if snap.link is not None and snap.link.rtt_s is not None:
+        yield _LINK_RTT, (), snap.link.rtt_s
 
 
 _VALUE_FAMILIES = range(_BATTERY, _SENSOR_RATE + 1)

@@ -16,6 +16,9 @@ inventing codes costs one series more, loses no event and is never refused for i
 likewise: the first `max_sensor_series` names of a vehicle get a series, later ones are exported as
 sensor `other` and counted.
 
+The vehicle's link counters (`LinkReport`: failed pushes, outages, outage seconds) are cumulative per boot too and
+follow the same model: highest value per tracked boot (`BootRecord.link`) plus a retired sum (`link_retired`).
+
 What survives a restart, and how, is state_image.py's business; this module does no I/O and no encoding.
 """
 
@@ -31,6 +34,7 @@ from typing import Protocol
 from ..errors import StaleBoot, TooManyVehicles
 from ..model import (
     DEFAULT_VEHICLE_STATUSES,
+    LINK_COUNTERS,
     OFFLINE_STATUS,
     OVERFLOW_ERROR_CODE,
     SENSOR_STATUSES,
@@ -95,6 +99,8 @@ class BootRecord:
     event_seq: int = 0
     """The highest event_seq of this boot handled by the event log (decision 0003's event watermark): events at
     or below it are not written again. 0: none."""
+    link: dict[str, float] = field(default_factory=dict)
+    """Highest value seen per link counter (model.LINK_COUNTERS); empty while the boot reported no link view."""
 
 
 @dataclass(slots=True)
@@ -114,6 +120,10 @@ class VehicleState:
     codes: dict[str, None] = field(default_factory=dict)
     """Codes with a series of their own, in order of first appearance (an ordered set)."""
     errors_total: dict[str, int] = field(default_factory=dict)
+    link_retired: dict[str, float] = field(default_factory=dict)
+    """Summed link counters of boots no longer tracked."""
+    link_total: dict[str, float] = field(default_factory=dict)
+    """Per link counter, across boots (like `errors_total`); empty while the vehicle never reported its link."""
     sensor_names: dict[str, None] = field(default_factory=dict)
     """Sensor names with a series of their own, in order of first appearance (an ordered set)."""
     sensors: Mapping[str, SensorReport] = field(default_factory=dict)
@@ -142,14 +152,23 @@ class VehicleState:
         return code if code in self.codes else OVERFLOW_ERROR_CODE
 
     def recount(self) -> None:
-        """Derive `errors_total` from the retired sum and the tracked boots."""
-        totals = dict(self.retired)
+        """Derive `errors_total` and `link_total` from the retired sums and the tracked boots."""
+        totals, link = dict(self.retired), dict(self.link_retired)
         for record in self.boots.values():
-            self.add_counts(record, totals)
-        self.errors_total = totals
+            self.add_counts(record, totals, link)
+        self.errors_total, self.link_total = totals, link
 
-    def add_counts(self, record: BootRecord, totals: dict[str, int]) -> None:
-        """Add one boot's counts to `totals`, keyed by exported code."""
+    def retire(self, boot_id: str, record: BootRecord) -> None:
+        """Fold a boot no longer tracked into the retired sums, and remember its id."""
+        self.add_counts(record, self.retired, self.link_retired)
+        self.retired_boots[boot_id] = None
+        while len(self.retired_boots) > RETIRED_BOOT_IDS:
+            del self.retired_boots[next(iter(self.retired_boots))]
+
+    def add_counts(self, record: BootRecord, totals: dict[str, int], link: dict[str, float]) -> None:
+        """Add one boot's counts to `totals`, keyed by exported code, and its link counters to `link`."""
+        for name, value in record.link.items():
+            link[name] = link.get(name, 0.0) + value
         for code, count in record.errors.items():
             key = self.exported_code(code)
             totals[key] = totals.get(key, 0) + count
@@ -283,15 +302,12 @@ class FleetState:
             vehicle.restarts += 1
         record = vehicle.boots[snap.boot_id] = BootRecord(seq=snap.seq)
         while len(vehicle.boots) > TRACKED_BOOTS:
-            boot_id, oldest = vehicle.boots.popitem(last=False)
-            vehicle.add_counts(oldest, vehicle.retired)
-            vehicle.retired_boots[boot_id] = None
-            while len(vehicle.retired_boots) > RETIRED_BOOT_IDS:
-                del vehicle.retired_boots[next(iter(vehicle.retired_boots))]
+            vehicle.retire(*vehicle.boots.popitem(last=False))
         return record
 
     def _merge_counts(self, vehicle: VehicleState, record: BootRecord, snap: VehicleSnapshot) -> None:
-        """Keep the highest cumulative count per code of this boot; give new codes a series while the budget lasts."""
+        """Keep the highest cumulative count per code (and link counter) of this boot; give new codes a series while
+        the budget lasts."""
         overflow = 0
         changed = False
         for code, count in snap.errors.items():
@@ -311,6 +327,12 @@ class FleetState:
         if overflow > record.overflow:
             record.overflow = overflow
             changed = True
+        if snap.link is not None:
+            for name in LINK_COUNTERS:
+                value = float(getattr(snap.link, name))
+                if value > record.link.get(name, 0.0) or name not in record.link:
+                    record.link[name] = value
+                    changed = True
         if changed:  # the usual push repeats its counts: nothing to derive again
             vehicle.recount()
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..model import UNKNOWN_STATUS
+from ..model import UNKNOWN_STATUS, LinkOutage
 from .fleet import FleetState, VehicleState
 from .geofence import IN_KEEP_OUT, Verdict
 from .geofence_monitor import GeofenceMonitor
@@ -32,6 +32,28 @@ class SensorView:
     status: str
     rate_hz: float | None
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView:
+    """The vehicle's own view of its link: counters across boots (as exported), the last RTT and outage as its
+    last snapshot reported them."""
+
+    failed_pushes: int
+    outages: int
+    outage_seconds: float
+    rtt_s: float | None
+    last_outage: LinkOutage | None
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.last_outage
+        return {
+            "failed_pushes_total": self.failed_pushes,
+            "outages_total": self.outages,
+            "outage_seconds_total": self.outage_seconds,
+            "rtt_s": self.rtt_s,
+            "last_outage": None if last is None else {name: getattr(last, name) for name in last.__slots__},
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +83,8 @@ class VehicleRow:
     events: tuple[Mapping[str, Any], ...] = ()
     """The vehicle's last error events written to the events log (timestamp, level, component, code, message,
     id), oldest first."""
+    link: LinkView | None = None
+    """None: the vehicle never reported its link (an older bridge)."""
 
     @property
     def level_name(self) -> str:
@@ -91,6 +115,7 @@ class VehicleRow:
                 "violation": None if self.violation is None else {"zone": self.violation[0], "kind": self.violation[1]},
             },
             "events": [dict(e) for e in self.events],
+            "link": None if self.link is None else self.link.to_json(),
         }
 
 
@@ -184,6 +209,20 @@ def _row(fleet: FleetState, vehicle: VehicleState, now: float, fences: GeofenceM
         reasons=tuple(reasons),
         geofence=None if verdict is None else verdict.status,
         violation=None if last is None or last.zone is None or last.zone_kind is None else (last.zone, last.zone_kind),
+        link=_link(vehicle),
+    )
+
+
+def _link(vehicle: VehicleState) -> LinkView | None:
+    if not vehicle.link_total:
+        return None
+    totals, report = vehicle.link_total, vehicle.snapshot.link if vehicle.snapshot else None
+    return LinkView(
+        failed_pushes=int(totals.get("failed_attempts_total", 0)),
+        outages=int(totals.get("outages_total", 0)),
+        outage_seconds=totals.get("outage_seconds_total", 0.0),
+        rtt_s=None if report is None else report.rtt_s,
+        last_outage=None if report is None else report.last_outage,
     )
 
 

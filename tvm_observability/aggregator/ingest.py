@@ -32,6 +32,8 @@ from ..model import (
     SENSOR_STATUSES,
     VEHICLE_ID_PATTERN,
     Battery,
+    LinkOutage,
+    LinkReport,
     Pose,
     Position,
     SensorReport,
@@ -96,6 +98,7 @@ def parse_snapshot(raw: Any, limits: IngestLimits = IngestLimits()) -> VehicleSn
             for code, count in errors.items()
         },
         events=tuple(_event(raw, f"events[{i}]") for i, raw in enumerate(events or ())),
+        link=_optional(top.get("link"), "link", _link),
     )
 
 
@@ -131,6 +134,34 @@ def _event(raw: Any, path: str) -> VehicleEvent:
         file=_optional_text(m.get("file"), f"{path}.file"),
         function=_optional_text(m.get("function"), f"{path}.function"),
         line=None if line is None else _int(line, f"{path}.line", 0, 2**31 - 1),
+    )
+
+
+MAX_RTT_S = 3600.0
+"""Longest push round-trip time a vehicle may report."""
+
+
+def _link(m: Mapping[str, Any], path: str) -> LinkReport:
+    """The vehicle's view of its link (optional, added in 0.2.0): cumulative counts of its boot, the last RTT,
+    the ongoing or last outage."""
+    return LinkReport(
+        failed_attempts_total=_int(m.get("failed_attempts_total"), f"{path}.failed_attempts_total", 0, MAX_ERROR_COUNT),
+        outages_total=_int(m.get("outages_total"), f"{path}.outages_total", 0, MAX_ERROR_COUNT),
+        outage_seconds_total=_number(m.get("outage_seconds_total"), f"{path}.outage_seconds_total", 0.0, 1e11),
+        rtt_s=_optional_number(m.get("rtt_s"), f"{path}.rtt_s", 0.0, MAX_RTT_S),
+        last_outage=_optional(m.get("last_outage"), f"{path}.last_outage", _outage),
+    )
+
+
+def _outage(m: Mapping[str, Any], path: str) -> LinkOutage:
+    # An end before the start is the vehicle's clock stepping back (NTP) during the outage: kept as reported.
+    return LinkOutage(
+        started_at=_number(m.get("started_at"), f"{path}.started_at", 0.0, 1e11),
+        ended_at=_optional_number(m.get("ended_at"), f"{path}.ended_at", 0.0, 1e11),
+        start_lat=_optional_number(m.get("start_lat"), f"{path}.start_lat", -90.0, 90.0),
+        start_lon=_optional_number(m.get("start_lon"), f"{path}.start_lon", -180.0, 180.0),
+        end_lat=_optional_number(m.get("end_lat"), f"{path}.end_lat", -90.0, 90.0),
+        end_lon=_optional_number(m.get("end_lon"), f"{path}.end_lon", -180.0, 180.0),
     )
 
 

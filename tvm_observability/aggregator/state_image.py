@@ -8,20 +8,24 @@ Formats (one migration function per step, in MIGRATIONS; a new format adds one):
   4  + boots[].history_seq (decision 0003's history watermark: the highest seq of the boot written to history)
   5  + boots[].event_seq (decision 0003's event watermark: the highest event_seq of the boot written to the
      events log)
+  6  + boots[].link and link_retired (the vehicle's link counters: failed pushes, outages, outage seconds, summed
+     over boots like the error counts)
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .. import codec
 from ..errors import TelemetryError
+from ..model import LINK_COUNTERS
 from .fleet import BootRecord, FleetState, VehicleState
 from .ingest import IngestLimits, parse_snapshot
 
-STATE_FORMAT = 5
+STATE_FORMAT = 6
 """The format this version writes."""
 
 _TRUSTED_LIMITS = IngestLimits(max_sensors=2**31, max_error_codes=2**31, max_events=2**31)
@@ -78,7 +82,21 @@ def migrate_4_to_5(image: Image) -> Image:
     return {**image, "format": 5, "vehicles": vehicles}
 
 
-MIGRATIONS: dict[int, Callable[[Image], Image]] = {2: migrate_2_to_3, 3: migrate_3_to_4, 4: migrate_4_to_5}
+def migrate_5_to_6(image: Image) -> Image:
+    """Format 6 adds the link counters: no boot had reported its link view to a version that kept it."""
+    vehicles = {
+        vid: {**saved, "boots": [{**boot, "link": {}} for boot in saved["boots"]], "link_retired": {}}
+        for vid, saved in image["vehicles"].items()
+    }
+    return {**image, "format": 6, "vehicles": vehicles}
+
+
+MIGRATIONS: dict[int, Callable[[Image], Image]] = {
+    2: migrate_2_to_3,
+    3: migrate_3_to_4,
+    4: migrate_4_to_5,
+    5: migrate_5_to_6,
+}
 """Format N -> a function returning the image in format N + 1."""
 
 
@@ -150,10 +168,12 @@ def _vehicle_image(v: VehicleState) -> Image:
                 "overflow": r.overflow,
                 "history_seq": r.history_seq,
                 "event_seq": r.event_seq,
+                "link": dict(r.link),
             }
             for b, r in v.boots.items()
         ],
         "retired": dict(v.retired),
+        "link_retired": dict(v.link_retired),
         "retired_boot_ids": list(v.retired_boots),
         "codes": list(v.codes),
         "sensor_names": list(v.sensor_names),
@@ -175,11 +195,13 @@ def _restored_vehicle(vehicle_id: str, saved: Mapping[str, Any]) -> VehicleState
                 _count(b["overflow"]),
                 _count(b["history_seq"]),
                 _count(b["event_seq"]),
+                _amounts(b["link"]),
             ),
         )
         for b in saved["boots"]
     )
     vehicle.retired = _counts(saved["retired"])
+    vehicle.link_retired = _amounts(saved["link_retired"])
     vehicle.retired_boots = dict.fromkeys(str(boot_id) for boot_id in saved["retired_boot_ids"])
     vehicle.codes = dict.fromkeys(str(code) for code in saved["codes"])
     vehicle.sensor_names = dict.fromkeys(str(name) for name in saved["sensor_names"])
@@ -200,6 +222,14 @@ def _count(raw: Any) -> int:
     if count < 0:
         raise ValueError("negative count in state image")
     return count
+
+
+def _amounts(raw: Mapping[str, Any]) -> dict[str, float]:
+    """Link counters: only the known names, each a finite non-negative number."""
+    amounts = {str(name): float(value) for name, value in raw.items()}
+    if any(name not in LINK_COUNTERS or not 0.0 <= value < math.inf for name, value in amounts.items()):
+        raise ValueError("unknown, negative or non-finite link counter in state image")
+    return amounts
 
 
 def _counts(raw: Mapping[str, Any]) -> dict[str, int]:

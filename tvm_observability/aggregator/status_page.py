@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from html import escape
 
 from .fleet_map import STYLE as MAP_STYLE
-from .fleet_view import FleetView, SensorView, VehicleRow
+from .fleet_view import FleetView, LinkView, SensorView, VehicleRow
 
 REFRESH_S = 5
 CONTENT_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -49,7 +49,7 @@ ul{margin:0;padding-left:16px}
 
 def render(view: FleetView, fleet_map: str = "") -> str:
     """The whole page for `view`, as a string; `fleet_map` is the map's HTML (fleet_map.py), already escaped."""
-    generated = datetime.fromtimestamp(view.generated_at, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    generated = _when(view.generated_at)
     rows = "\n".join(_row(r) for r in view.rows) or '<tr><td colspan="8">No vehicles configured.</td></tr>'
     summary = (
         f"{view.online} of {len(view.rows)} online · {view.count(0)} critical · {view.count(1)} warning · "
@@ -89,7 +89,7 @@ def _row(r: VehicleRow) -> str:
         f"<td><strong>{vid}</strong>{roster}</td>"
         f'<td data-label="Status">{escape(r.status)}</td>'
         f'<td data-label="Battery">{_battery(r)}</td>'
-        f'<td data-label="Last heartbeat">{format_age(r.heartbeat_age_s)}</td>'
+        f'<td data-label="Last heartbeat">{format_age(r.heartbeat_age_s)}{_link(r.link)}</td>'
         f'<td data-label="Sensors">{_sensors(r.sensors)}</td>'
         f'<td data-label="Errors">{_errors(r)}</td>'
         f'<td data-label="Position">{_position(r)}</td>'
@@ -109,6 +109,32 @@ def format_age(age_s: float | None) -> str:
     if seconds < 7200:
         return f"{seconds // 60} min ago"
     return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
+
+
+def _link(link: LinkView | None) -> str:
+    """The vehicle's view of its link, under its heartbeat: RTT, outages, where the last one began and ended."""
+    if link is None:
+        return ""
+    rtt = "" if link.rtt_s is None else f"RTT {link.rtt_s * 1000:.0f} ms · "
+    parts = [f"{rtt}{link.outages} outages ({link.outage_seconds:.0f} s), {link.failed_pushes} failed pushes"]
+    last = link.last_outage
+    if last is not None:
+        start = f"{_when(last.started_at)} at {_coordinates(last.start_lat, last.start_lon)}"
+        end = (
+            "ongoing"
+            if last.ended_at is None
+            else f"{_when(last.ended_at)} at {_coordinates(last.end_lat, last.end_lon)}"
+        )
+        parts.append(f"last outage: {start} → {end}")
+    return '<div class="msg">' + "<br>".join(escape(p) for p in parts) + "</div>"
+
+
+def _when(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _coordinates(lat: float | None, lon: float | None) -> str:
+    return "unknown position" if lat is None or lon is None else f"{lat:.5f}, {lon:.5f}"
 
 
 def _battery(r: VehicleRow) -> str:

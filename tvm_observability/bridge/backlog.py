@@ -28,7 +28,8 @@ import aiohttp
 
 from ..codec import encode_batch
 from .journal import Entry, Journal
-from .pusher import _RETRYABLE_STATUSES, AggregatorClient, Backoff, _reason
+from .params import ClientSettings
+from .pusher import _RETRYABLE_STATUSES, AggregatorClient, _reason
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -55,26 +56,19 @@ class BacklogUploader(AggregatorClient):
     def __init__(
         self,
         journal: Journal,
-        url: str,
-        token: str | None,
+        settings: ClientSettings,
         *,
-        vehicle_id: str,
-        ca_file: str = "",
-        request_timeout_s: float = 10.0,
-        max_snapshots_per_s: float = 20.0,
-        batch_size: int = 60,
+        max_snapshots_per_s: float,
+        batch_size: int,
         max_batch_bytes: int = MAX_BATCH_BYTES,
-        backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 30.0,
         slow_retry_s: float = 300.0,
         idle_poll_s: float = 1.0,
     ) -> None:
-        super().__init__(url, token, vehicle_id=vehicle_id, ca_file=ca_file, request_timeout_s=request_timeout_s)
+        super().__init__(settings)
         self.journal = journal
         self._rate = max_snapshots_per_s
         self._batch_size = batch_size
         self._max_batch_bytes = max_batch_bytes
-        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._slow_retry_s = slow_retry_s
         self._idle_poll_s = idle_poll_s
         self._status = BacklogStatus()

@@ -8,16 +8,20 @@ is acknowledged before the next flush. The backlog uploader reads the oldest ent
 once the aggregator acknowledged them (`delete`).
 
 Bounded by `max_bytes` (bytes of snapshot bodies plus a fixed per-entry overhead) and `max_age_s` (by the
-snapshot's wall time): the oldest entries are dropped first, and counted by reason. A journal file that cannot
-be opened, has the wrong layout or fails sqlite's check is moved aside (one `.corrupt` copy is kept for
-inspection) and replaced by an empty one; the problem is kept in `stats().problem` for the bridge's
-/diagnostics. Nothing here raises on a disk problem after construction: the bridge keeps pushing live.
+snapshot's wall time): the oldest entries are dropped first, and counted by reason. Snapshots older than
+`downsample_after_s` are thinned to one of every `downsample_keep_every` (by seq, so every flush keeps the same
+ones), never one that carries events nor the newest of a boot: counts are cumulative, so the snapshots kept carry
+the dropped ones' counts and every total stays exact; only the resolution of the values' history drops.
+A journal file that cannot be opened, has the wrong layout or fails sqlite's check is moved aside (one
+`.corrupt` copy is kept for inspection) and replaced by an empty one; the problem is kept in `stats().problem`
+for the bridge's /diagnostics. Nothing here raises on a disk problem after construction: the bridge keeps pushing live.
 Thread-safe: the ROS executor, the live pusher and the backlog uploader call it from their own threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sqlite3
 import threading
@@ -32,11 +36,17 @@ JOURNAL_FILE = "journal.sqlite3"
 ENTRY_OVERHEAD_BYTES = 64
 """What one entry costs beyond its body (row header, boot id, index): counted towards `max_bytes`."""
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+"""1: without `keep`. 2: + keep (1: never downsampled: the snapshot carries events)."""
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS snapshots ("
     " id INTEGER PRIMARY KEY AUTOINCREMENT, boot_id TEXT NOT NULL, seq INTEGER NOT NULL,"
-    " wall_time REAL NOT NULL, body BLOB NOT NULL)"
+    " wall_time REAL NOT NULL, body BLOB NOT NULL, keep INTEGER NOT NULL DEFAULT 0)"
+)
+_MIGRATE_1_TO_2 = (
+    # A version-1 row may carry events, which it did not record: none of them is ever downsampled.
+    "ALTER TABLE snapshots ADD COLUMN keep INTEGER NOT NULL DEFAULT 0",
+    "UPDATE snapshots SET keep = 1",
 )
 
 
@@ -62,6 +72,8 @@ class JournalStats:
     """Entries dropped (oldest first) to stay within max_bytes, since the bridge started."""
     dropped_age: int = 0
     """Entries dropped because they were older than max_age_s."""
+    downsampled: int = 0
+    """Entries dropped by the downsampling of snapshots older than downsample_after_s."""
     replaced: int = 0
     """Times an unusable journal file was moved aside and replaced by an empty one."""
     problem: str = ""
@@ -82,15 +94,20 @@ class Journal:
         max_bytes: int,
         max_age_s: float,
         flush_interval_s: float = 5.0,
+        downsample_after_s: float = math.inf,
+        downsample_keep_every: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(directory) / JOURNAL_FILE
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
         self.flush_interval_s = flush_interval_s
+        self.downsample_after_s = downsample_after_s
+        self.downsample_keep_every = downsample_keep_every
+        """1: no downsampling."""
         self._clock = clock
         self._lock = threading.Lock()
-        self._pending: dict[bytes, tuple[str, int, float]] = {}
+        self._pending: dict[bytes, tuple[str, int, float, bool]] = {}
         """Bodies added since the last flush (insertion order is chronological)."""
         self._flushed: dict[bytes, tuple[str, int]] = {}
         """Bodies written by the last flush: a live acknowledgement arriving late still finds them."""
@@ -99,15 +116,18 @@ class Journal:
         self._disk_entries = 0
         self._last_flush = self._clock()
         self._db: sqlite3.Connection | None = None
+        self._thinned_through = 0
+        """The highest row id the downsampling has judged (_downsample)."""
         with self._lock:
             self._open()
 
     # Writing ------------------------------------------------------------------------------------------
 
-    def add(self, boot_id: str, seq: int, wall_time: float, body: bytes) -> None:
-        """Keep a snapshot until it is acknowledged (in memory until the next flush)."""
+    def add(self, boot_id: str, seq: int, wall_time: float, body: bytes, *, keep: bool = False) -> None:
+        """Keep a snapshot until it is acknowledged (in memory until the next flush); `keep`: never downsample it
+        (it carries events)."""
         with self._lock:
-            self._pending[body] = (boot_id, seq, wall_time)
+            self._pending[body] = (boot_id, seq, wall_time, keep)
 
     def acknowledged(self, body: bytes) -> None:
         """The live push of `body` was accepted: forget it (a no-op for a body the journal does not hold)."""
@@ -127,23 +147,55 @@ class Journal:
             now = self._clock()
             self._last_flush = now
             pending, self._pending = self._pending, {}
-            self._flushed = {body: (boot, seq) for body, (boot, seq, _) in pending.items()}
+            self._flushed = {body: (boot, seq) for body, (boot, seq, _, _) in pending.items()}
             if self._db is None:
                 self._open()
-            rows = [(boot, seq, wall, body) for body, (boot, seq, wall) in pending.items()]
+            rows = [(boot, seq, wall, body, int(keep)) for body, (boot, seq, wall, keep) in pending.items()]
             self._guard(lambda db: self._write(db, rows, now))
 
-    def _write(self, db: sqlite3.Connection, rows: list[tuple[str, int, float, bytes]], now: float) -> None:
+    def _write(self, db: sqlite3.Connection, rows: list[tuple[str, int, float, bytes, int]], now: float) -> None:
         with db:
             if rows:
-                db.executemany("INSERT INTO snapshots (boot_id, seq, wall_time, body) VALUES (?, ?, ?, ?)", rows)
+                db.executemany(
+                    "INSERT INTO snapshots (boot_id, seq, wall_time, body, keep) VALUES (?, ?, ?, ?, ?)", rows
+                )
                 self._disk_entries += len(rows)
                 self._disk_bytes += sum(_cost(r[3]) for r in rows)
             too_old = self._delete_where(db, "wall_time < ?", (now - self.max_age_s,))
+            thinned = self._downsample(db, now)
             over = self._trim_to_size(db)
-        if too_old or over:
+        if too_old or thinned or over:
             s = self._stats
-            self._stats = replace(s, dropped_age=s.dropped_age + too_old, dropped_size=s.dropped_size + over)
+            self._stats = replace(
+                s,
+                dropped_age=s.dropped_age + too_old,
+                downsampled=s.downsampled + thinned,
+                dropped_size=s.dropped_size + over,
+            )
+
+    def _downsample(self, db: sqlite3.Connection, now: float) -> int:
+        """Beyond downsample_after_s keep the snapshots whose seq is a multiple of downsample_keep_every, those
+        with events and the newest of each boot (its final counts, when the boot ended during the outage).
+
+        Each row is judged once, when it first lies beyond the threshold: the rows judged are remembered by id
+        (`_thinned_through`; ids grow with time), so a flush reads the few rows that crossed since the last one
+        by the primary key instead of the whole table."""
+        if self.downsample_keep_every <= 1:
+            return 0
+        threshold = now - self.downsample_after_s
+        start = self._thinned_through
+        (through,) = db.execute(
+            "SELECT max(id) FROM snapshots WHERE id > ? AND wall_time < ?", (start, threshold)
+        ).fetchone()
+        if through is None:
+            return 0
+        self._thinned_through = through
+        return self._delete_where(
+            db,
+            "id > ? AND id <= ? AND wall_time < ? AND keep = 0 AND seq % ? != 0 AND EXISTS"
+            " (SELECT 1 FROM snapshots AS later WHERE later.id > snapshots.id AND later.boot_id = snapshots.boot_id)",
+            (start, through, threshold, self.downsample_keep_every),
+        )
 
     def _trim_to_size(self, db: sqlite3.Connection) -> int:
         dropped = 0
@@ -255,12 +307,15 @@ class Journal:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _SCHEMA_VERSION):
+            if version not in (0, 1, _SCHEMA_VERSION):
                 raise _LayoutError(f"layout version {version}, expected {_SCHEMA_VERSION}")
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise _LayoutError("sqlite quick_check failed")
             with db:
                 db.execute(_SCHEMA)
+                if version == 1:
+                    for statement in _MIGRATE_1_TO_2:
+                        db.execute(statement)
                 db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             entries, size = db.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM snapshots").fetchone()
         except BaseException:
@@ -268,6 +323,7 @@ class Journal:
             raise
         self._disk_entries = int(entries)
         self._disk_bytes = int(size) + int(entries) * ENTRY_OVERHEAD_BYTES
+        self._thinned_through = 0  # every row is judged again after a start or a replacement
         return db
 
     def _move_aside(self) -> None:

@@ -81,33 +81,22 @@ class VehicleBridge(Node):
                 max_bytes=journal.max_bytes,
                 max_age_s=journal.max_age_s,
                 flush_interval_s=journal.flush_interval_s,
+                downsample_after_s=journal.downsample_after_s,
+                downsample_keep_every=journal.downsample_keep_every,
             )
+            backlog_client = self.params.backlog_client(token)
+            assert backlog_client is not None
             self.backlog = BacklogUploader(
                 self.journal,
-                journal.history_url,
-                token,
-                vehicle_id=self.params.builder.vehicle_id,
-                ca_file=self.params.ca_file,
-                request_timeout_s=max(self.params.request_timeout_s, 10.0),
+                backlog_client,
                 max_snapshots_per_s=journal.max_snapshots_per_s,
                 batch_size=journal.batch_size,
-                backoff_initial_s=self.params.backoff_initial_s,
-                backoff_max_s=max(self.params.backoff_max_s, 30.0),
             )
         # One pusher per aggregator (two replicas of a shard, decision 0005): each keeps its own latest snapshot,
         # retries and thread, so a failing replica never delays the other.
         self.pushers = [
-            Pusher(
-                url,
-                token,
-                vehicle_id=self.params.builder.vehicle_id,
-                ca_file=self.params.ca_file,
-                request_timeout_s=self.params.request_timeout_s,
-                backoff_initial_s=self.params.backoff_initial_s,
-                backoff_max_s=self.params.backoff_max_s,
-                on_accepted=None if self.journal is None else self.journal.acknowledged,
-            )
-            for url in self.params.telemetry_urls
+            Pusher(client, on_accepted=None if self.journal is None else self.journal.acknowledged)
+            for client in self.params.live_clients(token)
         ]
         self.pusher = self.pushers[0]
         self.events = self._event_capture()
@@ -301,10 +290,13 @@ class VehicleBridge(Node):
         now = _now()
         self._lateness = [*self._lateness[-(_LATENESS_WINDOW - 1) :], max(0.0, now - self._next_tick)]
         self._next_tick = max(self._next_tick + self.params.publish_period_s, now)
-        snapshot = self.builder.build(now, time.time(), self.events.take())
+        # The link as the first aggregator's pusher sees it (the one events go to, decision 0005).
+        snapshot = self.builder.build(now, time.time(), self.events.take(), self.pusher.link.report())
+        self.pusher.link.on_position(snapshot.position)  # where the next outage begins or ends, if it does
         body = codec.encode(snapshot)
         if self.journal is not None:  # before the offer: the pusher's acknowledgement must find it
-            self.journal.add(snapshot.boot_id, snapshot.seq, snapshot.sent_at, body)
+            # A snapshot with events is never downsampled away: its events exist nowhere else.
+            self.journal.add(snapshot.boot_id, snapshot.seq, snapshot.sent_at, body, keep=bool(snapshot.events))
             if self.journal.flush_due():
                 self.journal.flush()
                 self.events.marks.save()  # after the flush: the marks never run ahead of the journal
@@ -389,6 +381,7 @@ class VehicleBridge(Node):
             "journal_oldest_age_s": oldest,
             "journal_dropped_size": str(stats.dropped_size),
             "journal_dropped_age": str(stats.dropped_age),
+            "journal_downsampled": str(stats.downsampled),
             "journal_replaced": str(stats.replaced),
             "journal_problem": stats.problem,
             "backlog_state": backlog.state,

@@ -19,7 +19,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -99,6 +99,16 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("journal_max_age_s", 86400.0, "Journalled snapshots older than this are dropped."),
     ParamSpec("journal_flush_interval_s", 5.0, "Seconds between journal writes (what a kill -9 can lose)."),
     ParamSpec(
+        "journal_downsample_after_s",
+        3600.0,
+        "Journalled snapshots older than this are thinned to 1 of every journal_downsample_keep_every.",
+    ),
+    ParamSpec(
+        "journal_downsample_keep_every",
+        10,
+        "Beyond journal_downsample_after_s keep 1 snapshot of every N (and every one with events); 1: keep all.",
+    ),
+    ParamSpec(
         "backlog_max_snapshots_per_s",
         20.0,
         "Upload budget of the backlog after an outage, in snapshots per second (the live push is not counted).",
@@ -166,6 +176,8 @@ class JournalParams:
     max_bytes: int
     max_age_s: float
     flush_interval_s: float
+    downsample_after_s: float
+    downsample_keep_every: int
     history_url: str
     """Where the backlog is uploaded (the aggregator's HISTORY_PATH)."""
     max_snapshots_per_s: float
@@ -182,6 +194,27 @@ class EventParams:
     max_per_push: int
     max_per_minute: int
     max_pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """How one aggregator client (the live `Pusher`, the `BacklogUploader`) reaches its URL: built here, from the
+    parameters, by `BridgeParams.live_clients` and `BridgeParams.backlog_client`."""
+
+    url: str
+    vehicle_id: str
+    request_timeout_s: float
+    backoff_initial_s: float
+    backoff_max_s: float
+    token: str | None = field(default=None, repr=False)
+    """The bearer token (read from token_file by the node); None: no credentials."""
+    ca_file: str = ""
+
+
+BACKLOG_MIN_REQUEST_TIMEOUT_S = 10.0
+"""A backlog batch is larger than one push and written to history before the answer: at least this long."""
+BACKLOG_MIN_BACKOFF_MAX_S = 30.0
+"""The backlog retries at most this often while failing: it is never urgent, the live push is."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +240,32 @@ class BridgeParams:
     def telemetry_urls(self) -> tuple[str, ...]:
         """Every aggregator a snapshot goes to, each through its own pusher."""
         return (self.telemetry_url, self.second_telemetry_url) if self.second_telemetry_url else (self.telemetry_url,)
+
+    def live_clients(self, token: str | None) -> tuple[ClientSettings, ...]:
+        """One client per aggregator (`telemetry_urls`), for the live pushers."""
+        return tuple(
+            ClientSettings(
+                url=url,
+                vehicle_id=self.builder.vehicle_id,
+                request_timeout_s=self.request_timeout_s,
+                backoff_initial_s=self.backoff_initial_s,
+                backoff_max_s=self.backoff_max_s,
+                token=token,
+                ca_file=self.ca_file,
+            )
+            for url in self.telemetry_urls
+        )
+
+    def backlog_client(self, token: str | None) -> ClientSettings | None:
+        """The backlog uploader's client (the first aggregator's history endpoint); None without a journal."""
+        if self.journal is None:
+            return None
+        return replace(
+            self.live_clients(token)[0],
+            url=self.journal.history_url,
+            request_timeout_s=max(self.request_timeout_s, BACKLOG_MIN_REQUEST_TIMEOUT_S),
+            backoff_max_s=max(self.backoff_max_s, BACKLOG_MIN_BACKOFF_MAX_S),
+        )
 
 
 def sensor_param(sensor: str, field: str) -> str:
@@ -387,18 +446,22 @@ def _journal(values: Mapping[str, Any], r: _Reader, vehicle_id: str, telemetry_u
         r.number("journal_flush_interval_s", 0.1, 60.0),
         r.number("backlog_max_snapshots_per_s", 0.1, 10_000.0),
         int(r.number("backlog_batch_size", 1, 1000, integer=True)),
+        r.number("journal_downsample_after_s", 60.0, 30 * 86400.0),
+        int(r.number("journal_downsample_keep_every", 1, 3600, integer=True)),
     )
     if not isinstance(raw, str) or "\0" in raw:
         r.problems.append(f"journal_dir: must be a directory path or empty, got {raw!r}")
         return None
     if not raw:
         return None
-    max_bytes, max_age_s, flush_s, rate, batch = settings
+    max_bytes, max_age_s, flush_s, rate, batch, downsample_after_s, keep_every = settings
     return JournalParams(
         directory=str(ros_home() / raw / vehicle_id),  # an absolute journal_dir replaces the ROS home
         max_bytes=max_bytes,
         max_age_s=max_age_s,
         flush_interval_s=flush_s,
+        downsample_after_s=downsample_after_s,
+        downsample_keep_every=keep_every,
         history_url=telemetry_url.removesuffix(TELEMETRY_PATH) + HISTORY_PATH,
         max_snapshots_per_s=rate,
         batch_size=batch,

@@ -6,7 +6,8 @@ older snapshot is worthless once a newer one exists, and cumulative error counts
 loss free). One keep-alive session, a per-request timeout, every response released.
 While the aggregator is unreachable (connection errors, timeouts, 5xx, 408, 429) retries
 back off exponentially with jitter up to `backoff_max_s`; the first accepted push resets
-the delay, so the bridge is back to one push per period at once.
+the delay, so the bridge is back to one push per period at once. Every outcome, with the round-trip time of
+an accepted push, also goes to `link` (bridge/link.py): the vehicle's view of the link, sent in its snapshots.
 
 Uses only aiohttp APIs present in aiohttp 3.8 (Ubuntu 22.04 / ROS 2 Humble).
 """
@@ -28,6 +29,8 @@ import aiohttp
 
 from ..codec import CONTENT_TYPE
 from ..model import ROUTING_HEADER
+from .link import LinkTracker
+from .params import ClientSettings
 
 _LOGGER = logging.getLogger(__name__)
 _RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -113,16 +116,14 @@ class AggregatorClient:
 
     thread_name = "aggregator-client"
 
-    def __init__(
-        self, url: str, token: str | None, *, vehicle_id: str, ca_file: str = "", request_timeout_s: float = 2.0
-    ) -> None:
-        self.url = url
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self.url = settings.url
         # The routing header lets a load balancer route on the vehicle without decoding the body (decision 0001).
-        self._headers = {"Content-Type": CONTENT_TYPE, ROUTING_HEADER: vehicle_id}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        self._ca_file = ca_file
-        self._timeout_s = request_timeout_s
+        self._headers = {"Content-Type": CONTENT_TYPE, ROUTING_HEADER: settings.vehicle_id}
+        if settings.token:
+            self._headers["Authorization"] = f"Bearer {settings.token}"
+        self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
         self._lock = threading.Lock()
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -160,7 +161,8 @@ class AggregatorClient:
             self._loop = asyncio.get_running_loop()
             self._wake = asyncio.Event()
         self._ready.set()
-        async with client_session(self.url, self._ca_file, self._timeout_s, self._headers) as session:
+        s = self.settings
+        async with client_session(s.url, s.ca_file, s.request_timeout_s, self._headers) as session:
             await self._serve(session)
 
     async def _serve(self, session: aiohttp.ClientSession) -> None:
@@ -183,24 +185,19 @@ class Pusher(AggregatorClient):
 
     def __init__(
         self,
-        url: str,
-        token: str | None,
+        settings: ClientSettings,
         *,
-        vehicle_id: str,
-        ca_file: str = "",
-        request_timeout_s: float = 2.0,
-        backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         on_accepted: Callable[[bytes], None] | None = None,
     ) -> None:
-        super().__init__(url, token, vehicle_id=vehicle_id, ca_file=ca_file, request_timeout_s=request_timeout_s)
+        super().__init__(settings)
         self._on_accepted = on_accepted
         """Told each body the aggregator accepted (the journal forgets it), on the pusher's thread."""
-        self._backoff = Backoff(backoff_initial_s, backoff_max_s)
         self._clock = clock
         self._pending: bytes | None = None
         self._status = PushStatus()
+        self.link = LinkTracker(clock)
+        """The vehicle's view of this link (RTT, failed attempts, outages), for the snapshots."""
 
     # Called from other threads ------------------------------------------------------------
 
@@ -255,12 +252,14 @@ class Pusher(AggregatorClient):
 
     async def _push(self, session: aiohttp.ClientSession, body: bytes) -> float:
         """POST one body; return the delay before the next attempt (0: go on normally)."""
+        sent = self._clock()
         answer = await self._post(session, body)
         if isinstance(answer, str):
             return self._failed(answer, retryable=True)
         code, payload, retry_after = answer
         if 200 <= code < 300:
             self._succeeded()
+            self.link.succeeded(self._clock() - sent)
             if self._on_accepted is not None:
                 self._on_accepted(body)
             return 0.0
@@ -286,6 +285,7 @@ class Pusher(AggregatorClient):
 
     def _failed(self, error: str, *, retryable: bool) -> float:
         delay = self._backoff.next_delay() if retryable else 0.0
+        self.link.failed(retryable=retryable)
         with self._lock:
             s = self._status
             self._status = replace(

@@ -24,6 +24,7 @@ from ..model import (
     SENSOR_STATUSES,
     UNKNOWN_STATUS,
     Battery,
+    LinkReport,
     Pose,
     Position,
     SensorReport,
@@ -251,8 +252,11 @@ class SnapshotBuilder:
         status, message = max(candidates, key=lambda c: SENSOR_STATUSES.index(c[0]))
         return SensorReport(status=status, rate_hz=rate, message=message[:MAX_MESSAGE_CHARS])
 
-    def build(self, now: float, wall_time: float, events: tuple[VehicleEvent, ...] = ()) -> VehicleSnapshot:
-        """The next snapshot (seq increments), every value aged at `now` (monotonic seconds)."""
+    def build(
+        self, now: float, wall_time: float, events: tuple[VehicleEvent, ...] = (), link: LinkReport | None = None
+    ) -> VehicleSnapshot:
+        """The next snapshot (seq increments), every value aged at `now` (monotonic seconds); `link` the pusher's
+        view of its link (bridge/link.py), None: not reported."""
         s = self.settings
         self.seq += 1
         status = self._fresh("status", now, s.status_stale_s)
@@ -271,4 +275,5 @@ class SnapshotBuilder:
             sensors=self.sensor_reports(now),
             errors=self._errors,
             events=events,
+            link=link,
         )
