@@ -111,3 +111,36 @@ def test_corrupt_journal_is_replaced_and_reported_not_a_crash(ros_env, vehicle, 
         assert bridge.proc is not None and bridge.proc.poll() is None
         bridge.stop()
     assert (journal_root / "V1" / f"{JOURNAL_FILE}.corrupt").read_bytes().startswith(b"garbage")
+
+
+def test_nothing_reaches_the_journal_file_while_the_link_is_up(ros_env, vehicle, tmp_path, fleet_tokens, write_config):
+    """SD-card wear: with the link up every snapshot is acknowledged before the next flush, so flushes write
+    nothing. (Flushing after the tick's add wrote each in-flight snapshot, then deleted it on its acknowledgement.)"""
+    config = write_config(fleet_tokens)
+    journal_root = tmp_path / "journal"
+    with AggregatorProcess(config) as agg:
+        params = write_bridge_params(
+            tmp_path / "bridge.yaml",
+            vehicle_id="V1",
+            aggregator_url=agg.url,
+            token_file=str(write_token(tmp_path / "v1.token", fleet_tokens["V1"])),
+            journal_dir=str(journal_root),
+            journal_flush_interval_s=0.5,
+            publish_period_s=0.25,
+        )
+        with BridgeProcess(ros_env, params) as bridge:
+            wait_for(lambda: sample(scrape(agg.url), "vehicle_up", vehicle_id="V1") == 1, 30, what="V1 up")
+            wait_for(lambda: any((journal_root / "V1").glob(JOURNAL_FILE + "*")), 30, what="the journal opened")
+            wait_for(lambda: health(vehicle, "journal_entries") <= 1, 30, what="only the snapshot in flight")
+            files = sorted((journal_root / "V1").glob(JOURNAL_FILE + "*"))
+            sizes = {f.name: f.stat().st_size for f in files}
+            received = sample(scrape(agg.url), "telemetry_snapshots_received_total") or 0.0
+            # Twenty more snapshots and ten more flush intervals with the link up.
+            wait_for(
+                lambda: (sample(scrape(agg.url), "telemetry_snapshots_received_total") or 0.0) >= received + 20,
+                60,
+                what="twenty more pushes",
+            )
+            after = {f.name: f.stat().st_size for f in sorted((journal_root / "V1").glob(JOURNAL_FILE + "*"))}
+            assert after == sizes, f"journal files grew with the link up: {sizes} -> {after}"
+            bridge.stop()

@@ -75,6 +75,8 @@ class RosoutMarks:
         self.journalled: dict[str, float] = {}
         """What has gone into snapshots: what the file is written from."""
         self.problem = ""
+        self._saved: dict[str, float] | None = None
+        """What the file holds since the last save (None: not written in this run)."""
         if path is not None:
             self.floor = 0.0
             self._load(path)
@@ -105,8 +107,9 @@ class RosoutMarks:
         _put(self.journalled, logger, stamp)
 
     def save(self) -> None:
-        """Write the marks atomically (after the journal flush that holds the events they cover)."""
-        if self.path is None:
+        """Write the marks atomically (after the journal flush that holds the events they cover); not again while
+        they are what was last written (no write every flush on an SD card while nothing is logged)."""
+        if self.path is None or (self.journalled == self._saved and not self.problem):
             return
         temporary = f"{self.path}.tmp"
         try:
@@ -114,6 +117,7 @@ class RosoutMarks:
                 json.dump(self.journalled, handle)
             os.replace(temporary, self.path)
             self.problem = ""
+            self._saved = dict(self.journalled)
         except OSError as exc:
             self.problem = f"{self.path}: {type(exc).__name__}: {exc}"[:200]
 
