@@ -32,6 +32,19 @@ def journalled(directory: Path) -> list[tuple[str, int]]:
         journal.close()
 
 
+def journalled_bridge(tmp_path: Path, url: str, token: str, journal_root: Path, **params: object) -> Path:
+    """V1's bridge parameters with its journal in `journal_root`, flushed every 0.5 s."""
+    return write_bridge_params(
+        tmp_path / "bridge.yaml",
+        vehicle_id="V1",
+        aggregator_url=url,
+        token_file=str(write_token(tmp_path / "v1.token", token)),
+        journal_dir=str(journal_root),
+        journal_flush_interval_s=0.5,
+        **params,
+    )
+
+
 def health(vehicle: FakeVehicle, key: str) -> int:
     return int(vehicle.latest_health().get(key) or 0)
 
@@ -50,14 +63,7 @@ def test_counts_of_a_boot_killed_in_an_outage_reach_the_aggregator_from_the_jour
             return sample(scrape(agg.url), "vehicle_errors_total", vehicle_id="V1", error_code="CAM_USB")
 
         link = LinkProxy(host_port(agg.url))
-        params = write_bridge_params(
-            tmp_path / "bridge.yaml",
-            vehicle_id="V1",
-            aggregator_url=link.url,
-            token_file=str(write_token(tmp_path / "v1.token", fleet_tokens["V1"])),
-            journal_dir=str(journal_root),
-            journal_flush_interval_s=0.5,
-        )
+        params = journalled_bridge(tmp_path, link.url, fleet_tokens["V1"], journal_root)
         try:
             with BridgeProcess(ros_env, params) as first:
                 wait_for(lambda: sample(scrape(agg.url), "vehicle_up", vehicle_id="V1") == 1, 30, what="V1 up")
@@ -119,15 +125,7 @@ def test_nothing_reaches_the_journal_file_while_the_link_is_up(ros_env, vehicle,
     config = write_config(fleet_tokens)
     journal_root = tmp_path / "journal"
     with AggregatorProcess(config) as agg:
-        params = write_bridge_params(
-            tmp_path / "bridge.yaml",
-            vehicle_id="V1",
-            aggregator_url=agg.url,
-            token_file=str(write_token(tmp_path / "v1.token", fleet_tokens["V1"])),
-            journal_dir=str(journal_root),
-            journal_flush_interval_s=0.5,
-            publish_period_s=0.25,
-        )
+        params = journalled_bridge(tmp_path, agg.url, fleet_tokens["V1"], journal_root, publish_period_s=0.25)
         with BridgeProcess(ros_env, params) as bridge:
             wait_for(lambda: sample(scrape(agg.url), "vehicle_up", vehicle_id="V1") == 1, 30, what="V1 up")
             wait_for(lambda: any((journal_root / "V1").glob(JOURNAL_FILE + "*")), 30, what="the journal opened")
