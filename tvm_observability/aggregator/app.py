@@ -52,7 +52,7 @@ from .fleet_map import render_map
 from .fleet_view import build_view
 from .geofence_monitor import GeofenceMonitor
 from .history import accept_batch, mark_written, parse_batch
-from .ingest import IngestLimits, parse_snapshot
+from .ingest import IngestLimits, decode_snapshot
 from .logs import LogSummary
 from .persistence import StateFile, keep_state
 from .ratelimit import RateLimiter
@@ -235,7 +235,7 @@ async def handle_telemetry(request: web.Request) -> web.Response:
         vehicle_id = credential = _authenticate(rt, bearer_token(request.headers.get("Authorization")))
         routed = _routing_vehicle(request, credential)
         body = await _read_body(request, rt.config.limits.max_body_bytes, rt.config.limits.body_timeout_s)
-        snap = parse_snapshot(codec.decode(body), rt.ingest_limits)
+        snap = decode_snapshot(body, rt.ingest_limits)
         vehicle_id = snap.vehicle_id
         _authorise(rt, snap.vehicle_id, credential, routed)
         if not rt.limiter.check(snap.vehicle_id):
