@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -345,10 +345,6 @@ def _anchored(pattern: re.Pattern[str]) -> str:
     return rf"\A(?:{pattern.pattern})\Z"
 
 
-def _one_of(choices: tuple[str, ...]) -> str:
-    return rf"\A(?:{'|'.join(re.escape(choice) for choice in choices)})\Z"
-
-
 def _within(bounds: _Range | _IntRange) -> Meta:
     return Meta(ge=bounds.low, le=bounds.high)
 
@@ -356,6 +352,12 @@ def _within(bounds: _Range | _IntRange) -> Meta:
 _Name = Annotated[str, Meta(pattern=_anchored(NAME_PATTERN))]
 _Id = Annotated[str, Meta(pattern=_anchored(VEHICLE_ID_PATTERN))]
 _Text = Annotated[str, Meta(max_length=MAX_EVENT_TEXT_CHARS)]
+if TYPE_CHECKING:
+    _SensorStatus = str
+    _EventLevel = str
+    _EventSource = str
+else:  # the model's tuples as Literals: a lookup in C, where a pattern would call re
+    _SensorStatus, _EventLevel, _EventSource = Literal[SENSOR_STATUSES], Literal[EVENT_LEVELS], Literal[EVENT_SOURCES]
 _Age = Annotated[float, _within(_AGE)]
 _Time = Annotated[float, _within(_TIME)]
 
@@ -391,7 +393,7 @@ class _WirePose(_Wire):
 
 
 class _WireSensor(_Wire):
-    status: Annotated[str, Meta(pattern=_one_of(SENSOR_STATUSES))]
+    status: _SensorStatus
     rate_hz: Annotated[float, _within(_RATE)] | None = None
     message: Annotated[str, Meta(max_length=MAX_MESSAGE_CHARS)] | None = ""
 
@@ -399,8 +401,8 @@ class _WireSensor(_Wire):
 class _WireEvent(_Wire):
     event_seq: Annotated[int, _within(_EVENT_SEQ)]
     stamp: _Time
-    level: Annotated[str, Meta(pattern=_one_of(EVENT_LEVELS))]
-    source: Annotated[str, Meta(pattern=_one_of(EVENT_SOURCES))]
+    level: _EventLevel
+    source: _EventSource
     component: _Text
     message: Annotated[str, Meta(max_length=MAX_EVENT_MESSAGE_CHARS)]
     code: _Name | None = None
