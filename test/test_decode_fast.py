@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from hostile_corpus import CORPUS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import wire_snapshot
@@ -205,6 +206,11 @@ def test_a_map_over_the_codec_limit_is_malformed_even_if_its_keys_repeat() -> No
 def test_bodies_the_codec_refuses(body: bytes) -> None:
     assert decode_fast(body) is None
     assert_agree(body)
+
+
+@pytest.mark.parametrize("case", [c for c in CORPUS if c.path.endswith("/telemetry")], ids=lambda c: c.name)
+def test_every_body_of_the_hostile_corpus_gets_the_same_answer(case: Any) -> None:
+    assert_agree(case.payload())
 
 
 # -- properties ---------------------------------------------------------------------------------------------------

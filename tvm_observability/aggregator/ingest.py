@@ -4,13 +4,13 @@ Unknown keys are ignored (newer vehicles may add fields); every known key is che
 for type, range and finiteness, so nothing NaN, infinite or oversized reaches the fleet state.
 
 Two paths, one answer. `parse_snapshot` is the validator: it checks decoded msgpack values field by field
-and names the first problem. `decode_snapshot`, what the app calls, first tries `decode_fast`: msgspec decodes
-the body straight into the `_Wire*` structs below, with every check of the validator expressed as a type or
-constraint (in C, one pass); whatever that path cannot accept (any refusal, an unknown key, a body too large
-for its guards) goes to codec.decode + parse_snapshot, which gives the refusal or the result. The fast path
-never accepts what the validator refuses and gives the same snapshot when both accept
-(test/test_decode_fast.py). A new wire field goes into both: its check in parse_snapshot, its struct field
-and conversion here beside it.
+and names the first problem. `decode_snapshot`, what the app calls, first tries `decode_fast`: msgspec checks
+the body against the `_Wire*` structs below (every check of the validator as a type or constraint, in C), then
+decodes it straight into the model's dataclasses. Whatever that path cannot accept (any refusal, an unknown
+key, a body too large for its guards) goes to codec.decode + parse_snapshot, which give the refusal or the
+result, as before. The fast path never accepts what the validator refuses and gives the same snapshot when
+both accept (test/test_decode_fast.py). A new wire field goes into both: its check in parse_snapshot, its
+field in the `_Wire*` struct beside it (a test fails until it is there).
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def _optional_number(raw: Any, path: str, low: float, high: float) -> float | No
     return None if raw is None else _number(raw, path, low, high)
 
 
-# -- the fast path: msgspec structs that make every check above, in C ---------------------------------------------
+# -- the fast path: msgspec, with every check above as a type or constraint --------------------------------------------
 
 
 def decode_snapshot(body: bytes, limits: IngestLimits = IngestLimits()) -> VehicleSnapshot:
