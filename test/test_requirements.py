@@ -43,7 +43,13 @@ def test_installed_versions_pass():
 
 
 def old_versions(monkeypatch):
-    versions = {"aiohttp": "3.8.1", "prometheus-client": "0.9.0", "python-json-logger": "2.0.2", "pyyaml": "6.0"}
+    versions = {
+        "aiohttp": "3.8.1",
+        "prometheus-client": "0.9.0",
+        "python-json-logger": "2.0.2",
+        "pyyaml": "6.0",
+        "msgspec": "0.23.0",
+    }
     monkeypatch.setattr(aggregator, "version", versions.__getitem__)
 
 

@@ -12,10 +12,11 @@ from .model import VehicleSnapshot
 
 CONTENT_TYPE = "application/msgpack"
 
-# Bounds handed to the C unpacker so a hostile body cannot make it allocate much
-# more than the body itself: no string, array or map larger than a valid snapshot needs.
-_MAX_STR = 4096
-_MAX_CONTAINER = 1024
+MAX_STR = 4096
+"""Longest string, bin or ext (bytes) in a body: handed to the C unpacker, with MAX_CONTAINER, so that a hostile
+body cannot make it allocate much more than the body itself (no value larger than a valid snapshot needs)."""
+MAX_CONTAINER = 1024
+"""Most entries of one array or map in a body (the header's count)."""
 
 
 def encode(snapshot: VehicleSnapshot) -> bytes:
@@ -46,11 +47,11 @@ def decode(body: bytes) -> Any:
             raw=False,
             strict_map_key=True,
             use_list=True,
-            max_str_len=_MAX_STR,
-            max_bin_len=_MAX_STR,
-            max_array_len=_MAX_CONTAINER,
-            max_map_len=_MAX_CONTAINER,
-            max_ext_len=_MAX_STR,
+            max_str_len=MAX_STR,
+            max_bin_len=MAX_STR,
+            max_array_len=MAX_CONTAINER,
+            max_map_len=MAX_CONTAINER,
+            max_ext_len=MAX_STR,
         )
     except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ExtraData, ...
         raise MalformedBody(f"body is not a valid msgpack document: {type(exc).__name__}") from None

@@ -14,7 +14,13 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-AGGREGATOR_REQUIRES = {"aiohttp": "3.9", "prometheus-client": "0.17", "python-json-logger": "2.0", "pyyaml": "5.4"}
+AGGREGATOR_REQUIRES = {
+    "aiohttp": "3.9",
+    "prometheus-client": "0.17",
+    "python-json-logger": "2.0",
+    "pyyaml": "5.4",
+    "msgspec": "0.19",  # decodes pushes into frozen dataclasses from 0.19 on (ingest.decode_fast)
+}
 """pip name -> lowest version the aggregator runs with."""
 
 

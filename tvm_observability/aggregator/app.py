@@ -53,7 +53,7 @@ from .fleet_map import render_map
 from .fleet_view import build_view
 from .geofence_monitor import GeofenceMonitor
 from .history import accept_batch, mark_written, parse_batch
-from .ingest import IngestLimits, parse_snapshot
+from .ingest import IngestLimits, decode_snapshot
 from .logs import LogSummary
 from .persistence import StateFile, keep_state
 from .ratelimit import RateLimiter
@@ -225,7 +225,7 @@ async def handle_telemetry(request: web.Request) -> web.Response:
     vehicle_id: str | None = None
     try:
         body, credential, routed = await _admitted_body(rt, request, rt.config.limits.max_body_bytes)
-        snap = parse_snapshot(codec.decode(body), rt.ingest_limits)
+        snap = decode_snapshot(body, rt.ingest_limits)
         vehicle_id = snap.vehicle_id
         _authorise(rt, snap.vehicle_id, credential, routed)
         if not rt.limiter.check(snap.vehicle_id):
