@@ -28,6 +28,8 @@ from tvm_observability.model import (
     SENSOR_STATUSES,
     VEHICLE_ID_PATTERN,
     Battery,
+    LinkOutage,
+    LinkReport,
     Pose,
     Position,
     SensorReport,
@@ -115,6 +117,8 @@ def test_the_fast_path_knows_every_field_of_the_model() -> None:
         (ingest._WirePose, Pose),
         (ingest._WireSensor, SensorReport),
         (ingest._WireEvent, VehicleEvent),
+        (ingest._WireLink, LinkReport),
+        (ingest._WireOutage, LinkOutage),
     ]
     for struct_type, model in pairs:
         wire_names = set(struct_type.__struct_fields__) - {"v"}
@@ -262,6 +266,28 @@ _event = st.fixed_dictionaries(
         "line": _maybe(st.integers(0, 2**31 - 1)),
     },
 )
+_link = st.fixed_dictionaries(
+    {
+        "failed_attempts_total": st.integers(0, 2**53),
+        "outages_total": st.integers(0, 2**53),
+        "outage_seconds_total": _number(0, 1e11),
+    },
+    optional={
+        "rtt_s": _maybe(_number(0, 3600)),
+        "last_outage": _maybe(
+            st.fixed_dictionaries(
+                {"started_at": _number(0, 1e11)},
+                optional={
+                    "ended_at": _maybe(_number(0, 1e11)),
+                    "start_lat": _maybe(_number(-90, 90)),
+                    "start_lon": _maybe(_number(-180, 180)),
+                    "end_lat": _maybe(_number(-90, 90)),
+                    "end_lon": _maybe(_number(-180, 180)),
+                },
+            )
+        ),
+    },
+)
 _valid_wire = st.fixed_dictionaries(
     {
         "v": st.just(1),
@@ -317,6 +343,7 @@ _valid_wire = st.fixed_dictionaries(
         ),
         "errors": _maybe(st.dictionaries(_names, st.integers(0, 2**53), max_size=4)),
         "events": _maybe(st.lists(_event, max_size=3)),
+        "link": _maybe(_link),
     },
 )
 _limits = st.builds(IngestLimits, st.integers(0, 4), st.integers(0, 4), st.integers(0, 3))

@@ -56,6 +56,8 @@ from ..model import (
 )
 
 MAX_SEQ = 2**63 - 1
+MAX_RTT_S = 3600.0
+"""Longest push round-trip time a vehicle may report."""
 MAX_ERROR_COUNT = 2**53
 """Counts above this would lose precision as Prometheus floats."""
 MAX_FRAME_ID_CHARS = 64
@@ -89,6 +91,7 @@ _SEQ = _IntRange(0, MAX_SEQ)
 _ERROR_COUNT = _IntRange(0, MAX_ERROR_COUNT)
 _EVENT_SEQ = _IntRange(1, MAX_SEQ)
 _LINE = _IntRange(0, 2**31 - 1)
+_RTT = _Range(0.0, MAX_RTT_S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,18 +185,14 @@ def _event(raw: Any, path: str) -> VehicleEvent:
     )
 
 
-MAX_RTT_S = 3600.0
-"""Longest push round-trip time a vehicle may report."""
-
-
 def _link(m: Mapping[str, Any], path: str) -> LinkReport:
     """The vehicle's view of its link (optional, added in 0.2.0): cumulative counts of its boot, the last RTT,
     the ongoing or last outage."""
     return LinkReport(
-        failed_attempts_total=_int(m.get("failed_attempts_total"), f"{path}.failed_attempts_total", 0, MAX_ERROR_COUNT),
-        outages_total=_int(m.get("outages_total"), f"{path}.outages_total", 0, MAX_ERROR_COUNT),
-        outage_seconds_total=_number(m.get("outage_seconds_total"), f"{path}.outage_seconds_total", 0.0, 1e11),
-        rtt_s=_optional_number(m.get("rtt_s"), f"{path}.rtt_s", 0.0, MAX_RTT_S),
+        failed_attempts_total=_int(m.get("failed_attempts_total"), f"{path}.failed_attempts_total", *_ERROR_COUNT),
+        outages_total=_int(m.get("outages_total"), f"{path}.outages_total", *_ERROR_COUNT),
+        outage_seconds_total=_number(m.get("outage_seconds_total"), f"{path}.outage_seconds_total", *_TIME),
+        rtt_s=_optional_number(m.get("rtt_s"), f"{path}.rtt_s", *_RTT),
         last_outage=_optional(m.get("last_outage"), f"{path}.last_outage", _outage),
     )
 
@@ -201,12 +200,12 @@ def _link(m: Mapping[str, Any], path: str) -> LinkReport:
 def _outage(m: Mapping[str, Any], path: str) -> LinkOutage:
     # An end before the start is the vehicle's clock stepping back (NTP) during the outage: kept as reported.
     return LinkOutage(
-        started_at=_number(m.get("started_at"), f"{path}.started_at", 0.0, 1e11),
-        ended_at=_optional_number(m.get("ended_at"), f"{path}.ended_at", 0.0, 1e11),
-        start_lat=_optional_number(m.get("start_lat"), f"{path}.start_lat", -90.0, 90.0),
-        start_lon=_optional_number(m.get("start_lon"), f"{path}.start_lon", -180.0, 180.0),
-        end_lat=_optional_number(m.get("end_lat"), f"{path}.end_lat", -90.0, 90.0),
-        end_lon=_optional_number(m.get("end_lon"), f"{path}.end_lon", -180.0, 180.0),
+        started_at=_number(m.get("started_at"), f"{path}.started_at", *_TIME),
+        ended_at=_optional_number(m.get("ended_at"), f"{path}.ended_at", *_TIME),
+        start_lat=_optional_number(m.get("start_lat"), f"{path}.start_lat", *_LATITUDE),
+        start_lon=_optional_number(m.get("start_lon"), f"{path}.start_lon", *_LONGITUDE),
+        end_lat=_optional_number(m.get("end_lat"), f"{path}.end_lat", *_LATITUDE),
+        end_lon=_optional_number(m.get("end_lon"), f"{path}.end_lon", *_LONGITUDE),
     )
 
 
@@ -443,6 +442,23 @@ class _WireEvent(_Wire):
     line: Annotated[int, _within(_LINE)] | None = None
 
 
+class _WireOutage(_Wire):
+    started_at: _Time
+    ended_at: _Time | None = None
+    start_lat: Annotated[float, _within(_LATITUDE)] | None = None
+    start_lon: Annotated[float, _within(_LONGITUDE)] | None = None
+    end_lat: Annotated[float, _within(_LATITUDE)] | None = None
+    end_lon: Annotated[float, _within(_LONGITUDE)] | None = None
+
+
+class _WireLink(_Wire):
+    failed_attempts_total: Annotated[int, _within(_ERROR_COUNT)]
+    outages_total: Annotated[int, _within(_ERROR_COUNT)]
+    outage_seconds_total: _Time
+    rtt_s: Annotated[float, _within(_RTT)] | None = None
+    last_outage: _WireOutage | None = None
+
+
 class _WireSnapshot(_Wire):
     v: Annotated[int, Meta(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
     vehicle_id: _Id
@@ -458,6 +474,7 @@ class _WireSnapshot(_Wire):
         Annotated[dict[_Name, Annotated[int, _within(_ERROR_COUNT)]], Meta(max_length=codec.MAX_CONTAINER)] | None
     ) = None
     events: Annotated[list[_WireEvent], Meta(max_length=codec.MAX_CONTAINER)] | None = None
+    link: _WireLink | None = None
 
 
 _CHECKED = msgspec.msgpack.Decoder(_WireSnapshot)
