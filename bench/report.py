@@ -311,6 +311,8 @@ def render(results: dict[str, Any]) -> str:
     out += history_section(results)
     if "ros_skipped" in results:
         out += ["", f"Bridge and freshness benchmarks skipped: {results['ros_skipped']}"]
+    out += balancer_section(results.get("balancer"))
+    out += prometheus_memory_section(results.get("prometheus_memory"))
     out += ["", NOTES, "", GEOFENCES, "## README section", "", "```markdown", performance_section(results), "```", ""]
     return "\n".join(out)
 
@@ -426,6 +428,78 @@ def history_section(results: dict[str, Any]) -> list[str]:
             f"| {_f(row['write_bytes_per_h'] / 1e6)} | {_f(row['wchar_per_h'] / 1e6)} "
             f"| {_f(row['journal_growth_per_h'] / 1e6, 2)} | {row['snapshots_per_h']:,.0f} | {_f(row['rss_mib'], 0)} |"
         )
+
+
+def balancer_section(balancer: dict[str, Any] | None) -> list[str]:
+    """HAProxy's cost per push beside a direct push (open loop) and pushes/s with 1 and 2 shards (closed loop)."""
+    if not balancer:
+        return []
+    cost, saturation = balancer["cost"], balancer["saturation"]
+    out = ["", "## Balancer (HAProxy)", ""]
+    out += [
+        "bench/bench_balancer.py: the shipped config/haproxy/haproxy.cfg (frontend in plain HTTP: TLS termination "
+        "comes on top) in front of fresh aggregators; each process's CPU over the window ÷ all pushes answered in it. "
+        "**Cost**: open loop, "
+        f"{cost[0]['vehicles']:,} vehicles at {cost[0]['mode']}, aggregator pinned to core 0, HAProxy to core 1 "
+        "beside the load generator; CPU per push from /proc over the window. **Saturation**: closed loop over "
+        f"{saturation[0]['vehicles']:,} connections, HAProxy and the load generator on core 1, the aggregators free "
+        "to use both cores: two shards share what the load generator and HAProxy leave of the 2 cores.",
+        "",
+        "| run | pushes/s | p50 ms | p99 ms | failed | aggregator CPU/push µs | HAProxy CPU/push µs | × direct (CPU) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    direct = {row["mode"]: sum(row["cpu_per_push_us"].values()) for row in cost + saturation if row["case"] == "direct"}
+    for row in cost + saturation:
+        per_push = row["cpu_per_push_us"]
+        aggregators = [us for name, us in per_push.items() if name.startswith("aggregator")]
+        label = "closed loop" if row["mode"] == "saturation" else row["mode"]
+        processes = f" ({len(aggregators)} processes)" if len(aggregators) > 1 else ""
+        out.append(
+            f"| {row['case']}, {label} | {row['rate_per_s']:,.0f} | {_f(row['p50_ms'], 2)} | {_f(row['p99_ms'], 2)} "
+            f"| {row['failed']:,} | {_f(sum(aggregators))}{processes} "
+            f"| {_f(per_push.get('haproxy'))} "
+            f"| {_ratio(sum(per_push.values()), direct.get(row['mode']))} |"
+        )
+    failing = [
+        f"- {row['case']} ({row['mode']}): {row['errors']}; HAProxy `show stat`: {row['haproxy']}"
+        for row in cost + saturation
+        if row["failed"]
+    ]
+    out += (
+        ["", *failing] if failing else ["", "No push failed in these runs (HAProxy: no health-check ejection, no 5xx)."]
+    )
+    return out
+
+
+def prometheus_memory_section(memory: dict[str, Any] | None) -> list[str]:
+    """Prometheus's memory per active series (docs/scaling.md plans the storage side with it)."""
+    if not memory:
+        return []
+    levels, marginal = memory["levels"], memory["marginal"]
+    out = ["", "## Prometheus memory per series", ""]
+    out += [
+        f"bench/prometheus_memory.py: {memory['version']} (Debian package) with the shipped config and rules "
+        f"scraping a real aggregator every {levels[0]['interval_s']:g} s, its vehicles pushing each interval; "
+        f"read after {levels[0]['scrapes']} scrapes (median of the next three), from Prometheus's own /metrics.",
+        "",
+        "| vehicles | head series | series per vehicle | RSS MiB | heap in use MiB | RSS per series | push failures |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in levels:
+        series = row["prometheus_tsdb_head_series"]
+        out.append(
+            f"| {row['vehicles']:,} | {series:,.0f} | {series / row['vehicles']:.1f} "
+            f"| {_f(row['process_resident_memory_bytes'] / 2**20, 0)} "
+            f"| {_f(row['go_memstats_heap_inuse_bytes'] / 2**20, 0)} | {_f(row['rss_per_series_bytes'] / 1024, 2)} KiB "
+            f"| {row['push_failures']} |"
+        )
+    out += [
+        "",
+        f"Per series added between {levels[0]['vehicles']:,} and {levels[-1]['vehicles']:,} vehicles (Prometheus's "
+        f"fixed cost left out): **{_f(marginal['process_resident_memory_bytes_per_series'] / 1024, 2)} KiB of RSS**, "
+        f"{_f(marginal['go_memstats_heap_inuse_bytes_per_series'] / 1024, 2)} KiB of Go heap in use. A young head "
+        "(a few scrapes): a series' chunks add about 1-2 bytes per sample over a 2-hour head block.",
+    ]
     return out
 
 

@@ -3,7 +3,8 @@
 Servers run pinned to core 0 (taskset), this process (the load generator) to core 1; loopback only;
 every run is bounded in vehicles and seconds. Results go to bench/results/<time>.json and docs/benchmarks.md.
 
-    python -m bench.run [--levels 1000,5000,10000] [--window 8] [--skip-ros] [--skip-history]
+    python -m bench.run [--levels 1000,5000,10000] [--window 8] [--skip-ros] [--skip-history] [--skip-balancer]
+        [--skip-prometheus-memory]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import handler_variants, loadgen, report, servers
+from . import bench_balancer, handler_variants, loadgen, prometheus_memory, report, servers
 from .loadgen import Target, Vehicle
 
 REPO = Path(__file__).resolve().parent.parent
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=8.0, help="measured seconds per ingest run")
     parser.add_argument("--skip-ros", action="store_true", help="skip the bridge, freshness and /rosout benchmarks")
     parser.add_argument("--skip-history", action="store_true", help="skip the history backfill benchmarks")
+    parser.add_argument("--skip-balancer", action="store_true", help="skip the HAProxy benchmark")
+    parser.add_argument("--skip-prometheus-memory", action="store_true", help="skip Prometheus memory per series")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     options = parser.parse_args(argv)
     levels = [int(x) for x in options.levels.split(",")]
@@ -262,6 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         ]
         scrape_kinds = [k for k in kinds if k != "bare"]
         results["scrape"] = [row for n in levels for kind in scrape_kinds for row in scrape(kind, workdir, n)]
+        if not options.skip_balancer and bench_balancer.available():
+            results["balancer"] = bench_balancer.run_all(workdir, log)
+        elif not options.skip_balancer:
+            log("haproxy not installed: the balancer benchmark is skipped (apt-get install haproxy)")
+        if not options.skip_prometheus_memory and prometheus_memory.binary():
+            results["prometheus_memory"] = prometheus_memory.run_all(workdir, log)
+        elif not options.skip_prometheus_memory:
+            log("prometheus not installed: its memory per series is not measured (apt-get install prometheus)")
         if not options.skip_ros:
             from . import ros_bench
 

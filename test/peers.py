@@ -1,4 +1,5 @@
-"""Helpers for tests that drive Debian peer binaries: promtool, amtool, chromium, and a real Prometheus."""
+"""Helpers for tests that drive Debian peer binaries: promtool, amtool, chromium, a real Prometheus, Alertmanager
+and VictoriaMetrics."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 import yaml
+from bridge_support import free_port
 from support import REPO, request, wait_for
 
 from tvm_observability.demo import prometheus_setup
@@ -34,6 +36,7 @@ PACKAGES = {
     "chromium": "chromium",
     "systemd-analyze": "systemd",
     "haproxy": "haproxy",
+    "victoria-metrics": "victoria-metrics",
 }
 """The Debian package that provides each peer binary the tests drive (.ci/run installs these packages)."""
 
@@ -177,6 +180,41 @@ class AlertmanagerProcess(PeerServer):
         body = json.dumps(alerts).encode()
         resp = request(self.url + "/api/v2/alerts", "POST", body, {"Content-Type": "application/json"})
         assert resp.status == 200, resp.body
+
+
+class VictoriaMetricsProcess(PeerProcess):
+    """A real single-node VictoriaMetrics (Debian package `victoria-metrics`) with its data directory in `workdir`,
+    on a free loopback port (it does not resolve port 0): a remote-write receiver on `/api/v1/write` with
+    Prometheus's query API. `flags` are further command-line flags (`-retentionPeriod=...`)."""
+
+    name = "victoria-metrics"
+
+    def __init__(self, binary: str, workdir: Path, *flags: str) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}"
+        address = self.url.removeprefix("http://")
+        super().__init__([binary, f"-storageDataPath={workdir / 'vm-data'}", f"-httpListenAddr={address}", *flags])
+        self._announced = f"starting http server at {self.url}/"
+
+    def __enter__(self) -> VictoriaMetricsProcess:
+        self._launch(lambda line: self.url if self._announced in line else None)
+        wait_for(lambda: request(self.url + "/health").status == 200, 60, what="victoria-metrics to be healthy")
+        return self
+
+    def export(self, match: str, start: float, end: float) -> list[dict[str, Any]]:
+        """`/api/v1/export`: the raw samples (no step, no lookback) of every series matching `match` between
+        `start` and `end` (seconds), one {"metric", "values", "timestamps" (ms)} per series."""
+        query = urllib.parse.urlencode({"match[]": match, "start": f"{start:.3f}", "end": f"{end:.3f}"})
+        resp = request(f"{self.url}/api/v1/export?{query}")
+        assert resp.status == 200, resp.body
+        return [json.loads(line) for line in resp.body.decode().splitlines() if line.strip()]
+
+    def api(self, path: str, **params: str) -> Any:
+        """A Prometheus query API call (`query_range`, `series`, ...): its `data`."""
+        resp = request(f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}")
+        assert resp.status == 200, resp.body
+        body = json.loads(resp.body)
+        assert body["status"] == "success", body
+        return body["data"]
 
 
 class WebhookReceiver:
