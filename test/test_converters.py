@@ -154,3 +154,23 @@ def test_stamp_of():
     assert converters.stamp_of(msg) is None
     msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_000, 500_000_000
     assert converters.stamp_of(msg) == pytest.approx(1_700_000_000.5)
+
+
+@pytest.mark.parametrize("level", [10, 20, 30, 40, 50, 0, 255])
+@pytest.mark.parametrize("text", ["", "x", "é" * 300])
+def test_the_level_byte_of_a_serialized_log_is_its_level(level: int, text: str) -> None:
+    """The bridge drops /rosout entries below its level without deserializing them: the byte it reads must be the
+    level of what the RMW serializes, whatever the stamp, names and text around it."""
+    from rcl_interfaces.msg import Log
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    msg = Log(level=level, name=f"v1.{text[:20]}", msg=text, file=text, function="f", line=7)
+    msg.stamp.sec, msg.stamp.nanosec = 1_800_000_000, 999_999_999
+    raw = serialize_message(msg)
+    assert converters.serialized_log_level(raw) == level
+    assert deserialize_message(raw, Log).level == level
+
+
+def test_an_unknown_encapsulation_is_left_to_deserialization() -> None:
+    assert converters.serialized_log_level(b"\x12\x34" + bytes(20)) is None
+    assert converters.serialized_log_level(b"\x00\x01\x00\x00") is None  # too short to hold a level

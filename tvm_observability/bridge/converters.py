@@ -194,3 +194,19 @@ def log_entry_from_msg(msg: Any) -> LogEntry:
         function=str(msg.function),
         line=int(msg.line),
     )
+
+
+_CDR_ENCAPSULATIONS = frozenset({b"\x00\x00", b"\x00\x01", b"\x00\x06", b"\x00\x07", b"\x00\x08", b"\x00\x09"})
+"""Encapsulation ids of (X)CDR, big and little endian, plain, delimited and parameter-list forms, as the RMWs write
+them in the first two bytes of a serialized message."""
+_LOG_LEVEL_OFFSET = 12
+"""rcl_interfaces/msg/Log serialized: 4 bytes of encapsulation header, the stamp (int32 sec, uint32 nanosec), then
+the uint8 level: at this byte in every (X)CDR form (nothing before it needs padding)."""
+
+
+def serialized_log_level(raw: bytes) -> int | None:
+    """The level of a serialized rcl_interfaces/msg/Log, read without deserializing it (a chatty robot's INFO lines
+    are dropped for the price of a byte); None when the encoding is not one this knows (deserialize to tell)."""
+    if len(raw) <= _LOG_LEVEL_OFFSET or raw[:2] not in _CDR_ENCAPSULATIONS:
+        return None
+    return raw[_LOG_LEVEL_OFFSET]

@@ -222,9 +222,9 @@ class VehicleBridge(Node):
         """/rosout carries every log line of every node, hundreds a second on a chatty robot, and rclpy's executor
         costs more per message than all the rest of the bridge's work (docs/benchmarks.md, "/rosout cost"). So it
         is read by a subscription outside the executor (on a reader node that is never spun), drained in batches
-        by a timer, and an entry below `min_level` is dropped before it is converted. Its QoS is /rosout's own:
-        reliable and transient local, so entries of the last seconds (its lifespan) arrive after a restart too;
-        RosoutMarks keeps them from being captured twice."""
+        by a timer, serialized, and an entry below `min_level` is dropped by its level byte, never deserialized.
+        Its QoS is /rosout's own: reliable and transient local, so entries of the last seconds (its lifespan)
+        arrive after a restart too; RosoutMarks keeps them from being captured twice."""
         self._rosout_reader = rclpy.create_node(
             NODE_NAME + "_rosout_reader",
             namespace=self.get_namespace(),
@@ -279,11 +279,13 @@ class VehicleBridge(Node):
         handle = self._rosout.handle
         with handle:
             for _ in range(ROSOUT_DEPTH):
-                taken = handle.take_message(Log, False)
+                taken = handle.take_message(Log, True)  # serialized: most entries are dropped by their level byte
                 if taken is None:
                     return
-                if taken[0].level >= self._rosout_min_level:
-                    self.events.on_rosout(converters.log_entry_from_msg(taken[0]), now)
+                level = converters.serialized_log_level(taken[0])
+                if level is None or level >= self._rosout_min_level:
+                    entry = converters.log_entry_from_msg(deserialize_message(taken[0], Log))
+                    self.events.on_rosout(entry, now)
 
     def _tick(self) -> None:
         self._drain_inputs()
