@@ -507,8 +507,9 @@ class HistoryConfig:
     max_sample_age_s: float = key(
         86400.0,
         Number(1),
-        'older samples are dropped (`telemetry_history_snapshots_dropped_total{reason="too_old"}`): at most the '
-        "receiver's `out_of_order_time_window`",
+        'older samples are dropped (`telemetry_history_snapshots_dropped_total{reason="too_old"}`): for Prometheus '
+        "at most its `out_of_order_time_window`; for VictoriaMetrics the journal horizon, below its retention "
+        "([history](history.md))",
     )
     timeout_s: float = key(10.0, Number(0.1), "timeout of one remote write; on failure the vehicle gets 503")
     ca_file: str | None = key(
