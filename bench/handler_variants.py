@@ -19,6 +19,8 @@ import sys
 from aiohttp import web
 
 from tvm_observability.aggregator import app, cli
+from tvm_observability.aggregator.fleet import Outcome
+from tvm_observability.model import VehicleSnapshot
 
 VARIANTS = ("read-only", "red-metrics", "json-answer", "full")
 
@@ -28,12 +30,12 @@ async def _read_only(request: web.Request) -> web.Response:
     return web.Response()
 
 
+_ACKNOWLEDGED = VehicleSnapshot("veh-00000", "bench-boot", 1, 0.0)
+
+
 async def _json_answer(request: web.Request) -> web.Response:
     await request.read()
-    return web.json_response(
-        {"status": "accepted", "vehicle_id": "veh-00000", "boot_id": "bench-boot", "seq": 1},
-        headers={"X-Request-Id": app._request_id(request)},
-    )
+    return app._acknowledge(Outcome.ACCEPTED, _ACKNOWLEDGED, app._request_id(request))
 
 
 @web.middleware
