@@ -116,18 +116,40 @@ def per_call_us(fn: Callable[[bytes], object], body: bytes, repeats: int) -> flo
     return statistics.median(runs)
 
 
-def main(repeats: int) -> None:
-    print(f"{'body':<24} {'bytes':>6} {'old µs':>8} {'new µs':>8} {'new/old':>8}  path")
+def measure(repeats: int = 20_000) -> list[dict[str, Any]]:
+    """One row per case: body size, old and new µs per call, which path the new one took, same answer or not."""
+    rows = []
     for name, build in CASES.items():
         body = codec.encode_wire(build())
-        same = repr(old(body)) == repr(new(body))
-        path = "fast" if decode_fast(body, LIMITS) is not None else "fallback"
-        old_us = per_call_us(old, body, repeats)
-        new_us = per_call_us(new, body, repeats)
-        print(
-            f"{name:<24} {len(body):>6} {old_us:>8.2f} {new_us:>8.2f} {new_us / old_us:>8.2f}  {path}"
-            + ("" if same else "  DIFFERENT ANSWERS")
+        rows.append(
+            {
+                "body": name,
+                "bytes": len(body),
+                "old_us": per_call_us(old, body, repeats),
+                "new_us": per_call_us(new, body, repeats),
+                "path": "fast" if decode_fast(body, LIMITS) is not None else "fallback",
+                "same_answer": repr(old(body)) == repr(new(body)),
+            }
         )
+    return rows
+
+
+def lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown table of `measure`'s rows."""
+    out = [
+        "| body | bytes | codec.decode + parse_snapshot µs | decode_snapshot µs | new/old | path | same answer |",
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['body']} | {r['bytes']} | {r['old_us']:.1f} | {r['new_us']:.1f} | {r['new_us'] / r['old_us']:.2f}× "
+            f"| {r['path']} | {'yes' if r['same_answer'] else '**no**'} |"
+        )
+    return out
+
+
+def main(repeats: int) -> None:
+    print("\n".join(lines(measure(repeats))))
 
 
 if __name__ == "__main__":

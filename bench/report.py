@@ -272,6 +272,19 @@ def render(results: dict[str, Any]) -> str:
             step = "" if previous is None else _f(row["cpu_per_push_us"] - previous)
             out.append(f"| {labels.get(row['target'], row['target'])} | {_f(row['cpu_per_push_us'])} | {step} |")
             previous = row["cpu_per_push_us"]
+    if results.get("decode"):
+        from .decode_cost import lines as decode_lines
+
+        out += [
+            "",
+            "### Decode and validation alone",
+            "",
+            "CPU time per push body in this process (bench/decode_cost.py, median of 5 × 20,000 calls): the two steps "
+            "the history path and every refusal still take, against the one the live push takes (msgspec's typed pass; "
+            "a body it refuses or cannot judge is handed to the two steps, which name the refusal).",
+            "",
+            *decode_lines(results["decode"]),
+        ]
     out += ["", "## Scrape (/metrics)", ""]
     out += [
         "| vehicles | server | case | wall ms | server CPU ms | × Pushgateway (wall) | MB | samples | RSS MiB "

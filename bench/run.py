@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import bench_balancer, handler_variants, loadgen, prometheus_memory, report, servers
+from . import bench_balancer, decode_cost, handler_variants, loadgen, prometheus_memory, report, servers
 from .loadgen import Target, Vehicle
 
 REPO = Path(__file__).resolve().parent.parent
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [ingest(kind, workdir, SATURATION_VEHICLES, 5.0, saturate=True) for kind in kinds]
         results["ingest"] = rows
         vehicles, rate = BREAKDOWN_LOAD
+        results["decode"] = decode_cost.measure()
         results["breakdown"] = [
             ingest(kind, workdir, vehicles, options.window, rate_hz=rate)
             for kind in ("bare", *(f"aggregator:{v}" for v in handler_variants.VARIANTS))
