@@ -406,7 +406,7 @@ class OutageCourse:
     restored_at: float = 0.0
     """Wall-clock times (seconds since the epoch, as Prometheus's timestamps)."""
     received: float = 0.0
-    """Backlog snapshots the aggregator had received when the link came back, then at the last change."""
+    """Backlog snapshots the aggregator has received (every vehicle's), as last seen while draining."""
     at_restore: float = 0.0
     """Backlog snapshots the aggregator had received when the link came back."""
     drained: bool = False
