@@ -17,11 +17,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from bridge_support import BridgeProcess, FakeVehicle, write_bridge_params, write_token
-from link_proxy import LinkProxy
 from support import AggregatorProcess, sample, scrape, wait_for
 from tls_certs import ThrowawayCA
 
 from tvm_observability.auth import hash_token
+from tvm_observability.demo.link_proxy import LinkProxy
 
 pytestmark = pytest.mark.ros
 OUTAGE_S = float(os.environ.get("TVM_OUTAGE_S", "60"))

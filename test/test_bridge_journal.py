@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from bridge_support import BridgeProcess, FakeVehicle, write_bridge_params, write_token
-from link_proxy import LinkProxy
 from support import AggregatorProcess, sample, scrape, wait_for
 from test_bridge_faults import host_port
 
 from tvm_observability.bridge.journal import JOURNAL_FILE, Journal
+from tvm_observability.demo.link_proxy import LinkProxy
 
 pytestmark = pytest.mark.ros
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 
@@ -57,25 +58,70 @@ def test_fleet_rows():
 
 
 @pytest.mark.ros
-def test_demo_runs_a_real_fleet_and_stops_by_itself(ros_env):
+def test_demo_runs_a_real_fleet_cuts_a_link_and_stops_by_itself(ros_env):
+    """The real demo with a short outage: V1's link is cut and restored, and with Prometheus (always under CI) at
+    least 90 % of the outage's seconds have samples of V1's battery in Prometheus after the drain."""
+    outage_s = 16
+    demo = [sys.executable, "-m", "tvm_observability.demo", "--vehicles", "2", "--duration", "8"]
     proc = subprocess.run(
-        [sys.executable, "-m", "tvm_observability.demo", "--vehicles", "2", "--duration", "8"],
+        [*demo, "--outage-after-s", "4", "--outage-s", str(outage_s)],
         check=False,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         env=ros_env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "/metrics" in out
     last_table = out.split("fleet at")[-1]
-    rows = [line.split() for line in last_table.splitlines() if line.startswith(("V1", "V2"))]
+    rows = [line.split() for line in last_table.splitlines() if line.startswith(("V1 ", "V2 "))]
     assert [r[0] for r in rows] == ["V1", "V2"]
     assert all(r[1] != "offline" for r in rows), last_table
+    assert f"V1: link cut for {outage_s} s (journal keeps its snapshots)" in out, out
+    assert "V1: link back after" in out and "backlog draining" in out, out
     with_prometheus = has_binary("prometheus")
     assert ("prometheus: http://127.0.0.1:" in out) == with_prometheus
+    if with_prometheus:
+        filled = re.search(r"V1: (\d+) backlog snapshots received; (\d+) of (\d+) s of the outage have samples", out)
+        assert filled, out
+        received, covered, seconds = map(int, filled.groups())
+        assert received >= outage_s - 2 and seconds >= outage_s - 2, out
+        assert covered >= 0.9 * seconds, out
+    else:
+        assert "history is not written (no remote-write target" in out, out
     assert f"stopped {5 + with_prometheus} processes, all clean" in out
+
+
+def test_outage_vehicle_is_neither_faulty_nor_leaving():
+    assert fleet_demo.outage_index(1) is None
+    for count in range(2, 8):
+        index = fleet_demo.outage_index(count)
+        assert index is not None
+        assert index not in (fleet_demo.faulty_index(count), fleet_demo.leaving_index(count))
+
+
+def test_outage_course_cuts_once_online_restores_and_reports_after_the_drain():
+    course = fleet_demo.OutageCourse(after_s=15, length_s=30)
+    assert course.step(now=1000, elapsed=20, online=False, received=0) is None  # not before the vehicle is up
+    assert course.step(now=1002, elapsed=22, online=True, received=0) == "cut"
+    assert course.under_way and course.cut_at == 1002
+    assert course.step(now=1031, elapsed=51, online=False, received=0) is None
+    assert course.step(now=1032, elapsed=52, online=False, received=3) == "restore"
+    assert course.restored_at == 1032
+    assert course.step(now=1036, elapsed=56, online=True, received=20) is None  # the backlog is arriving
+    assert course.step(now=1036 + fleet_demo.DRAIN_QUIET_S - 1, elapsed=0, online=True, received=33) is None
+    assert course.step(now=1036 + 2 * fleet_demo.DRAIN_QUIET_S, elapsed=0, online=True, received=33) == "report"
+    assert course.drained and course.received - course.at_restore == 30 and not course.under_way
+
+
+def test_outage_course_reports_at_its_limit_when_no_backlog_arrives():
+    course = fleet_demo.OutageCourse(after_s=0, length_s=1)
+    assert course.step(now=0, elapsed=0, online=True, received=5) == "cut"
+    assert course.step(now=1, elapsed=1, online=True, received=5) == "restore"
+    assert course.step(now=1 + fleet_demo.DRAIN_QUIET_S * 2, elapsed=0, online=True, received=5) is None
+    assert course.step(now=1 + fleet_demo.DRAIN_LIMIT_S, elapsed=0, online=True, received=5) == "report"
+    assert not course.drained
 
 
 def test_demo_zones_hold_every_route_and_the_leaving_vehicle_leaves():

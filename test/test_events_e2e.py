@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from bridge_support import BridgeProcess, FakeVehicle, write_bridge_params, write_token
-from link_proxy import LinkProxy
 from support import AggregatorProcess, sample, scrape, wait_for
+
+from tvm_observability.demo.link_proxy import LinkProxy
 
 pytestmark = pytest.mark.ros
 

@@ -20,11 +20,11 @@ import urllib.parse
 
 import pytest
 from bridge_support import BridgeProcess, FakeVehicle, free_port, write_bridge_params, write_token
-from link_proxy import LinkProxy
 from peers import PeerServer, require_binary
 from support import AggregatorProcess, sample, scrape, wait_for
 
 from tvm_observability.demo import prometheus_setup
+from tvm_observability.demo.link_proxy import LinkProxy
 
 pytestmark = [pytest.mark.ros, pytest.mark.peer]
 OUTAGE_S = float(os.environ.get("TVM_HISTORY_OUTAGE_S", "40"))
@@ -56,10 +56,9 @@ def test_an_outage_with_a_kill_9_is_filled_in_with_the_measured_values(
     }
     config = write_config(fleet_tokens, offline_after_s=2, history=history)
     prom_config = prometheus_setup.write_setup(tmp_path / "prometheus", target=instance, scrape_interval="1s")
-    prom_args = [
-        *prometheus_setup.command(prometheus_binary, prom_config, tmp_path / "tsdb", f"127.0.0.1:{prom_port}"),
-        "--web.enable-remote-write-receiver",
-    ]
+    prom_args = prometheus_setup.command(
+        prometheus_binary, prom_config, tmp_path / "tsdb", f"127.0.0.1:{prom_port}", remote_write_receiver=True
+    )
     with AggregatorProcess(config, listen=instance) as agg, PeerServer(prom_args) as prometheus:
         link = LinkProxy(("127.0.0.1", agg_port))
         params = write_bridge_params(

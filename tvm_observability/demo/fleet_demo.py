@@ -6,10 +6,16 @@ namespace and its own ROS domain (localhost discovery only), pushing to one aggr
 0600 files, the aggregator config holds only their hashes). One vehicle has injected faults.
 Geofences: an operating area around the fleet and a keep-out zone inside it; with three vehicles or more the
 last one drives out of the area after LEAVE_AFTER_S (VehicleOutsideOperatingArea, the status page's map).
+With two vehicles or more, one of the others (outage_index) pushes through a link proxy that the demo cuts for
+--outage-s seconds after --outage-after-s; its bridge journals what the aggregator did not acknowledge and uploads
+it when the link is back. With a Prometheus (when installed) the aggregator writes that backlog into the scraped
+series at the vehicle's own times (history: docs/history.md), and the demo says how much of the outage got filled.
 A compact fleet table, read from /metrics, is printed every couple of seconds.
-Ctrl-C (or --duration) stops bridges, simulators and the aggregator in that order.
+Ctrl-C (or --duration, but not before an outage under way was reported) stops bridges, simulators and the
+aggregator in that order.
 
-Usage: python -m tvm_observability.demo [--vehicles N] [--duration S]   (make demo VEHICLES=N DURATION=S)
+Usage: python -m tvm_observability.demo [--vehicles N] [--duration S] [--outage-after-s S] [--outage-s S]
+       (make demo VEHICLES=N DURATION=S)
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import contextlib
 import ctypes
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -27,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
@@ -40,6 +48,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ..auth import generate_token, hash_token
 from ..sim.dynamics import local_to_geo
 from . import processes, prometheus_setup
+from .link_proxy import LinkProxy
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config" / "vehicle_bridge.yaml"
 OFFLINE_AFTER_S = 5.0
@@ -60,6 +69,16 @@ _LEAVES: dict[str, object] = {"fault_after_s": LEAVE_AFTER_S, "fault_leave_area_
 """The vehicle that drives east out of the demo's operating area (about 80 m to the boundary at 1.2 m/s)."""
 SITE_MARGIN_M = 120.0
 """The operating area: every vehicle's origin plus this, so its 40 m circle stays well inside."""
+
+OUTAGE_AFTER_S = 15.0
+"""Seconds after the demo's start when the outage vehicle's link is cut (once it is online)."""
+OUTAGE_S = 30.0
+"""How long its link stays cut."""
+DRAIN_QUIET_S = 8.0
+"""After the link is back, the backlog counts as drained once the aggregator received backlog snapshots and then
+none for this long (the bridge notices the link within backoff_max_s, 5 s, and uploads 20 snapshots/s)."""
+DRAIN_LIMIT_S = 60.0
+"""The history report comes at the latest this long after the link is back, drained or not."""
 
 
 def origin(index: int) -> tuple[float, float]:
@@ -115,6 +134,18 @@ class Demo:
     locks: list[IO[str]] = field(default_factory=list)
     url: str = ""
     prometheus_url: str = ""
+    aggregator: processes.AggregatorProcess | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    """The aggregator's configuration as written to aggregator.yaml."""
+    link: LinkProxy | None = None
+    """The outage vehicle's link to the aggregator."""
+    notes: list[str] = field(default_factory=list)
+    """What happened to the outage vehicle, oldest first (shown under the table)."""
+
+    @property
+    def address(self) -> str:
+        """The aggregator's host:port: the scrape target, so the `instance` label of its series."""
+        return self.url.removeprefix("http://")
 
 
 def _die_with_parent() -> None:
@@ -165,27 +196,58 @@ def start_aggregator(demo: Demo) -> None:
         _write_private(demo.workdir / f"{vid}.token", token + "\n")
     zones = demo.workdir / "zones.geojson"
     zones.write_text(json.dumps(demo_zones(len(demo.vehicles)), indent=1), encoding="utf-8")
-    config = {
+    demo.config = {
         "listen": "127.0.0.1:0",
         "offline_after_s": OFFLINE_AFTER_S,
         "environment": "demo",
         "vehicles": {vid: {"token_sha256": hash_token(tok)} for vid, tok in tokens.items()},
         "geofences": {"file": str(zones)},
     }
-    config_path = demo.workdir / "aggregator.yaml"
-    _write_private(config_path, yaml.safe_dump(config))
+    _write_config(demo)
     aggregator = processes.AggregatorProcess(
-        processes.aggregator_command(config_path),
+        processes.aggregator_command(_config_path(demo)),
         keep=200,
         log_file=demo.workdir / "aggregator.log",
         start_new_session=True,  # as _spawn: Ctrl-C reaches the demo only
         preexec_fn=_die_with_parent,
     )
+    demo.aggregator = aggregator
     try:
         demo.url = aggregator.start(30)
     finally:
         if aggregator.proc is not None:
             demo.children.append(Child("aggregator", aggregator.proc, None))
+
+
+def _config_path(demo: Demo) -> Path:
+    return demo.workdir / "aggregator.yaml"
+
+
+def _write_config(demo: Demo) -> None:
+    """(Re)write aggregator.yaml from demo.config, private from its first byte, replaced in one step."""
+    path = _config_path(demo)
+    fresh = path.with_suffix(".new")
+    _write_private(fresh, yaml.safe_dump(demo.config))
+    os.replace(fresh, path)
+
+
+def enable_history(demo: Demo) -> None:
+    """Point the aggregator's backfill at the demo's Prometheus, with the labels its scrape gives the series. A
+    reload (SIGHUP): the aggregator's port, which the scrape needs, and Prometheus's are both known only now."""
+    aggregator = demo.aggregator
+    assert aggregator is not None and aggregator.proc is not None
+    demo.config["history"] = {
+        "remote_write_url": demo.prometheus_url + prometheus_setup.REMOTE_WRITE_PATH,
+        "job": prometheus_setup.AGGREGATOR_JOB,
+        "instance": demo.address,
+    }
+    _write_config(demo)
+    aggregator.proc.send_signal(signal.SIGHUP)
+    reloaded = aggregator.wait_until(
+        lambda: aggregator.find_log("configuration reloaded") or aggregator.find_log("config reload refused"), 30
+    )
+    if reloaded is None or reloaded["message"] != "configuration reloaded":
+        raise RuntimeError(f"the aggregator did not take the history section; see {demo.workdir / 'aggregator.log'}")
 
 
 def start_prometheus(demo: Demo) -> str | None:
@@ -195,8 +257,9 @@ def start_prometheus(demo: Demo) -> str | None:
     if binary is None:
         return None
     workdir = demo.workdir / "prometheus"
-    config = prometheus_setup.write_setup(workdir / "config", target=demo.url.removeprefix("http://"))
-    child = _spawn(demo, "prometheus", prometheus_setup.command(binary, config, workdir / "data"), dict(os.environ))
+    config = prometheus_setup.write_setup(workdir / "config", target=demo.address)
+    args = prometheus_setup.command(binary, config, workdir / "data", remote_write_receiver=True)
+    child = _spawn(demo, "prometheus", args, dict(os.environ))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and child.proc.poll() is None:
         log = (demo.workdir / "prometheus.log").read_text(errors="replace")
@@ -211,6 +274,15 @@ def start_prometheus(demo: Demo) -> str | None:
 def faulty_index(count: int) -> int:
     """The vehicle with injected faults: V2, or V1 in a one-vehicle fleet."""
     return min(1, count - 1)
+
+
+def outage_index(count: int) -> int | None:
+    """The vehicle whose link is cut: with two vehicles or more, the first that neither has faults nor leaves its
+    area; none in a one-vehicle fleet."""
+    if count < 2:
+        return None
+    busy = {faulty_index(count), leaving_index(count)}
+    return next(i for i in range(count) if i not in busy)
 
 
 def start_vehicle(demo: Demo, index: int, vid: str) -> None:
@@ -234,10 +306,16 @@ def start_vehicle(demo: Demo, index: int, vid: str) -> None:
     bridge_args = [sys.executable, "-m", "tvm_observability.bridge.node", "--ros-args", "-r", f"__ns:=/{namespace}"]
     if REPO_CONFIG.exists():
         bridge_args += ["--params-file", str(REPO_CONFIG)]
+    url = demo.url
+    if index == outage_index(len(demo.vehicles)):
+        host, _, port = demo.address.rpartition(":")
+        demo.link = LinkProxy((host, int(port)))
+        url = demo.link.url
     bridge_args += [
         "-p", f"vehicle_id:={vid}",
-        "-p", f"aggregator_url:={demo.url}",
+        "-p", f"aggregator_url:={url}",
         "-p", f"token_file:={demo.workdir / f'{vid}.token'}",
+        "-p", f"journal_dir:={demo.workdir / 'journal'}",  # the demo's own, not the ROS home's
     ]  # fmt: skip
     _spawn(demo, f"{vid}-bridge", bridge_args, env)
 
@@ -288,20 +366,144 @@ def render(rows: list[list[str]], header: str) -> str:
     return "\n".join(lines)
 
 
-def show(demo: Demo, started: float) -> None:
+def read_metrics(demo: Demo) -> str | None:
+    """The aggregator's /metrics text, or None (said on stdout) when it cannot be read."""
     try:
         with urllib.request.urlopen(demo.url + "/metrics", timeout=5) as resp:
-            text = resp.read().decode("utf-8")
+            return str(resp.read().decode("utf-8"))
     except OSError as exc:
         print(f"(cannot read {demo.url}/metrics: {exc})")
-        return
+        return None
+
+
+def show(demo: Demo, started: float, text: str) -> None:
     header = f"fleet at +{time.monotonic() - started:4.0f} s   ({demo.url}/ and /metrics)"
     if demo.prometheus_url:
         header += f"   alerts: {demo.prometheus_url}/alerts"
     block = render(fleet_rows(text), header)
-    if sys.stdout.isatty():
-        block = "\x1b[H\x1b[2J" + block + "\n\nCtrl-C stops the demo."
+    if sys.stdout.isatty():  # the screen is redrawn: the notes go with every table (else each is printed once)
+        block = "\x1b[H\x1b[2J" + "\n".join([block, "", *demo.notes, "Ctrl-C stops the demo."])
     print(block + "\n", flush=True)
+
+
+def note(demo: Demo, text: str) -> None:
+    """Tell the operator what happens to the outage vehicle: under every table on a terminal, else once."""
+    demo.notes.append(text)
+    if not sys.stdout.isatty():
+        print(text + "\n", flush=True)
+
+
+@dataclass
+class OutageCourse:
+    """When the demo's outage begins, ends, and counts as drained. Pure: times and observations are handed in;
+    `step` says what to do now: "cut", "restore", "report" or None."""
+
+    after_s: float
+    length_s: float
+    phase: str = "waiting"
+    """waiting -> cut -> draining -> done."""
+    cut_at: float = 0.0
+    restored_at: float = 0.0
+    """Wall-clock times (seconds since the epoch, as Prometheus's timestamps)."""
+    received: float = 0.0
+    """Backlog snapshots the aggregator has received (every vehicle's), as last seen while draining."""
+    at_restore: float = 0.0
+    """Backlog snapshots the aggregator had received when the link came back."""
+    drained: bool = False
+    _changed_at: float = 0.0
+
+    @property
+    def under_way(self) -> bool:
+        """Cut, or back and not yet reported: the demo does not stop at its --duration now."""
+        return self.phase in ("cut", "draining")
+
+    def step(self, now: float, elapsed: float, online: bool, received: float) -> str | None:
+        """`now`: wall clock; `elapsed`: seconds since the demo started; `online`: the vehicle is up;
+        `received`: backlog snapshots the aggregator received so far (every vehicle's)."""
+        if self.phase == "waiting" and elapsed >= self.after_s and online:
+            self.phase, self.cut_at = "cut", now
+            return "cut"
+        if self.phase == "cut" and now - self.cut_at >= self.length_s:
+            self.phase, self.restored_at = "draining", now
+            self.received = self.at_restore = received
+            self._changed_at = now
+            return "restore"
+        if self.phase == "draining":
+            if received != self.received:
+                self.received, self._changed_at = received, now
+            self.drained = self.received > self.at_restore and now - self._changed_at >= DRAIN_QUIET_S
+            if self.drained or now - self.restored_at >= DRAIN_LIMIT_S:
+                self.phase = "done"
+                return "report"
+        return None
+
+
+def history_coverage(prometheus_url: str, vid: str, start: float, end: float) -> tuple[int, int]:
+    """(seconds with a sample, seconds): the whole seconds in [start, end] and how many of them hold a sample of
+    the vehicle's scraped vehicle_battery_level series in Prometheus. A query_range at a 1 s step of the samples
+    counted per second (count_over_time over 1 s): a plain query_range would fill a gap from its 5 min lookback."""
+    first, last = math.ceil(start) + 1, math.floor(end)
+    query = f"count_over_time({battery_selector(vid)}[1s])"
+    params = urllib.parse.urlencode({"query": query, "start": first, "end": last, "step": "1s"})
+    with urllib.request.urlopen(f"{prometheus_url}/api/v1/query_range?{params}", timeout=10) as resp:
+        result = json.load(resp)["data"]["result"]
+    covered = {float(t) for series in result for t, count in series["values"] if float(count) >= 1}
+    return len(covered), max(0, last - first + 1)
+
+
+def battery_selector(vid: str) -> str:
+    """The vehicle's battery series as the demo's Prometheus scrapes it (and the backfill writes it)."""
+    return f'vehicle_battery_level{{job="{prometheus_setup.AGGREGATOR_JOB}",vehicle_id="{vid}"}}'
+
+
+def history_received(text: str) -> float:
+    """Backlog snapshots the aggregator received in history batches so far, whatever became of them."""
+    return sum(value for name, _, value in parse_exposition(text) if name == "telemetry_history_snapshots_total")
+
+
+def vehicle_online(text: str, vid: str) -> bool:
+    return any(
+        name == "vehicle_up" and labels.get("vehicle_id") == vid and value == 1.0
+        for name, labels, value in parse_exposition(text)
+    )
+
+
+def advance_outage(demo: Demo, course: OutageCourse, vid: str, elapsed: float, text: str) -> None:
+    """Cut or restore the outage vehicle's link when its course says so, and tell the operator."""
+    assert demo.link is not None
+    action = course.step(time.time(), elapsed, vehicle_online(text, vid), history_received(text))
+    if action == "cut":
+        demo.link.cut()
+        note(demo, f"{vid}: link cut for {course.length_s:g} s (journal keeps its snapshots)")
+    elif action == "restore":
+        demo.link.restore()
+        note(demo, f"{vid}: link back after {course.restored_at - course.cut_at:.0f} s: backlog draining")
+    elif action == "report":
+        note(demo, history_report(demo, course, vid))
+
+
+def history_report(demo: Demo, course: OutageCourse, vid: str) -> str:
+    received = f"{course.received - course.at_restore:g} backlog snapshots received"
+    if not course.drained:
+        received = f"no backlog drained within {DRAIN_LIMIT_S:g} s ({received})"
+    if not demo.prometheus_url:
+        return (
+            f"{vid}: {received}; history is not written (no remote-write target: prometheus is not installed); "
+            "counts stay exact"
+        )
+    try:
+        covered, seconds = history_coverage(demo.prometheus_url, vid, course.cut_at, course.restored_at)
+    except (OSError, ValueError, KeyError) as exc:
+        return f"{vid}: {received}; cannot ask Prometheus how much of the outage is filled: {exc}"
+    minutes = math.ceil((time.time() - course.cut_at) / 60) + 1
+    graph = urllib.parse.urlencode({"g0.expr": battery_selector(vid), "g0.tab": "0", "g0.range_input": f"{minutes}m"})
+    share = covered / seconds if seconds else 0.0
+    return (
+        f"{vid}: {received}; {covered} of {seconds} s of the outage have samples in Prometheus ({share:.0%}), "
+        f"at the vehicle's own times\n"
+        f"  look at it: {demo.prometheus_url}/graph?{graph}\n"
+        f"  (Grafana or Prometheus: {battery_selector(vid)}, query_range at a 1 s step)"
+    )
 
 
 def stop(demo: Demo) -> list[tuple[str, int | None]]:
@@ -324,24 +526,51 @@ def stop(demo: Demo) -> list[tuple[str, int | None]]:
             codes.append((child.name, child.proc.returncode))
     for handle in demo.locks:
         handle.close()
+    if demo.link is not None:
+        demo.link.close()
     return codes
 
 
 def _leaving_note(demo: Demo) -> str:
     leaving = leaving_index(len(demo.vehicles))
-    note = f"geofences: {demo.workdir / 'zones.geojson'} (map on the status page)"
+    text = f"geofences: {demo.workdir / 'zones.geojson'} (map on the status page)"
     if leaving is not None:
-        note += f"; {demo.vehicles[leaving]} drives out of its operating area after {LEAVE_AFTER_S:g} s"
-    return note + "\n"
+        text += f"; {demo.vehicles[leaving]} drives out of its operating area after {LEAVE_AFTER_S:g} s"
+    return text + "\n"
+
+
+def _outage_note(demo: Demo, course: OutageCourse | None) -> str:
+    index = outage_index(len(demo.vehicles))
+    if course is None or index is None:
+        return "outage: none (it needs two vehicles or more, and --outage-s above 0)\n"
+    history = (
+        f"the aggregator writes its backlog into Prometheus at the vehicle's own times (history.remote_write_url: "
+        f"{demo.prometheus_url}{prometheus_setup.REMOTE_WRITE_PATH})"
+        if demo.prometheus_url
+        else "history is not written (no remote-write target without Prometheus); its counts stay exact"
+    )
+    return (
+        f"outage: {demo.vehicles[index]}'s link is cut for {course.length_s:g} s after {course.after_s:g} s; its "
+        f"bridge journals what the aggregator did not acknowledge and uploads it when the link is back; {history}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tvm_observability.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--vehicles", type=int, default=int(os.environ.get("VEHICLES") or 3))
-    parser.add_argument("--duration", type=float, default=float(os.environ.get("DURATION") or 0))
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=float(os.environ.get("DURATION") or 0),
+        help="seconds, then the demo stops (0: at Ctrl-C); an outage under way is reported first",
+    )
+    parser.add_argument("--outage-after-s", type=float, default=OUTAGE_AFTER_S, help="when the link is cut")
+    parser.add_argument("--outage-s", type=float, default=OUTAGE_S, help="how long it stays cut (0: no outage)")
     options = parser.parse_args(argv)
     if not 1 <= options.vehicles <= 50:
         parser.error("--vehicles must be between 1 and 50")
+    if options.outage_s < 0 or options.outage_after_s < 0:
+        parser.error("--outage-s and --outage-after-s must not be negative")
     workdir = Path(tempfile.mkdtemp(prefix="tvm_demo_"))
     demo = Demo(workdir=workdir, vehicles=[f"V{i}" for i in range(1, options.vehicles + 1)])
     stopping = threading.Event()
@@ -349,16 +578,24 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stopping.set())
     started = time.monotonic()
     code = 0
+    cut_index = outage_index(len(demo.vehicles))
+    course = (
+        OutageCourse(options.outage_after_s, options.outage_s) if options.outage_s and cut_index is not None else None
+    )
     try:
         start_aggregator(demo)
         for index, vid in enumerate(demo.vehicles):
             start_vehicle(demo, index, vid)
         prometheus = start_prometheus(demo)
+        if prometheus:
+            enable_history(demo)
         print(
             f"aggregator: {demo.url}/metrics  (also /healthz, /readyz; fleet status page: {demo.url}/)\n"
             f"{len(demo.vehicles)} vehicles, each a vehicle_simulator + vehicle_bridge in its own ROS domain; "
             f"{demo.vehicles[faulty_index(len(demo.vehicles))]} has injected faults "
-            f"(lidar stops, camera errors {_FAULTY['fault_error_code']}). Logs: {workdir}\n" + _leaving_note(demo),
+            f"(lidar stops, camera errors {_FAULTY['fault_error_code']}). Logs: {workdir}\n"
+            + _leaving_note(demo)
+            + _outage_note(demo, course),
             flush=True,
         )
         print(
@@ -368,8 +605,13 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         while not stopping.wait(REFRESH_S):
-            show(demo, started)
-            if options.duration and time.monotonic() - started >= options.duration:
+            text = read_metrics(demo)
+            elapsed = time.monotonic() - started
+            if text is not None:
+                show(demo, started, text)
+                if course is not None and cut_index is not None:
+                    advance_outage(demo, course, demo.vehicles[cut_index], elapsed, text)
+            if options.duration and elapsed >= options.duration and not (course and course.under_way):
                 break
             dead = [c.name for c in demo.children if c.proc.poll() is not None]
             if dead:

@@ -17,6 +17,9 @@ import yaml
 
 AGGREGATOR_JOB = "telemetry_aggregator"
 """Job name the shipped rules select on."""
+REMOTE_WRITE_RECEIVER = "--web.enable-remote-write-receiver"
+"""The flag that opens Prometheus's `/api/v1/write` to the aggregator's backfill (docs/history.md)."""
+REMOTE_WRITE_PATH = "/api/v1/write"
 _LISTENING = re.compile(r'msg="Listening on" address=(\S+)')
 
 RulesTransform = Callable[[dict[str, Any]], dict[str, Any]]
@@ -97,8 +100,11 @@ def write_setup(
     return config_path
 
 
-def command(binary: str, config: Path, data_dir: Path, listen: str = "127.0.0.1:0") -> list[str]:
-    """The Prometheus command line: loopback listener, private TSDB directory."""
+def command(
+    binary: str, config: Path, data_dir: Path, listen: str = "127.0.0.1:0", *, remote_write_receiver: bool = False
+) -> list[str]:
+    """The Prometheus command line: loopback listener, private TSDB directory; with `remote_write_receiver`, the
+    aggregator's backfill is accepted on REMOTE_WRITE_PATH (the out-of-order window is in the shipped config)."""
     return [
         binary,
         f"--config.file={config}",
@@ -106,6 +112,7 @@ def command(binary: str, config: Path, data_dir: Path, listen: str = "127.0.0.1:
         f"--web.listen-address={listen}",
         "--storage.tsdb.retention.time=1d",
         "--log.level=info",
+        *([REMOTE_WRITE_RECEIVER] if remote_write_receiver else []),
     ]
 
 

@@ -1,4 +1,5 @@
-"""A TCP proxy between a bridge and the aggregator that can misbehave like a real link.
+"""A TCP proxy between a bridge and the aggregator that can misbehave like a real link (the tests' faults and the
+demo's outage). It listens on loopback only, on a port of its own (port 0 resolved).
 
 up: bytes flow both ways. slow: every answer from the aggregator is held `delay_s` before it is passed on
 (a slow aggregator). hole: existing connections are dropped and new ones accepted but never forwarded or
@@ -8,14 +9,23 @@ answered (a radio link that died: packets vanish, the client only sees timeouts)
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import threading
 import time
 
 
+def _loopback(upstream: tuple[str, int]) -> tuple[str, int]:
+    """`upstream` if its host is a loopback address (or `localhost`); ValueError otherwise."""
+    host = upstream[0]
+    if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"the link proxy forwards to loopback only, not to {host}")
+    return upstream
+
+
 class LinkProxy:
     def __init__(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
+        self.upstream = _loopback(upstream)
         self.delay_s = 0.0
         self.mode = "up"
         self.connections = 0
@@ -35,7 +45,7 @@ class LinkProxy:
         return f"http://127.0.0.1:{self.port}"
 
     def set_upstream(self, upstream: tuple[str, int]) -> None:
-        self.upstream = upstream
+        self.upstream = _loopback(upstream)
 
     def cut(self) -> None:
         """Black hole from now on: drop every connection; accept new ones and let them hang."""
