@@ -26,7 +26,7 @@ venv: $(VENV)/.installed
 venv-jazzy: $(JAZZY_VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/python -m tvm_observability.demo $(if $(VEHICLES),--vehicles $(VEHICLES)) $(if $(DURATION),--duration $(DURATION))
+	$(VENV)/bin/python -m tvm_observability.demo $(if $(VEHICLES),--vehicles $(VEHICLES)) $(if $(DURATION),--duration $(DURATION)) $(if $(OUTAGE_S),--outage-s $(OUTAGE_S))
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -70,10 +70,9 @@ def _start_prometheus(workdir: Path, target: str) -> servers.Server:
     remote-write receiver on; its own TSDB in `workdir`."""
     port = servers.free_port()
     config = prometheus_setup.write_setup(workdir / "prometheus", target=target)
-    argv = [
-        *prometheus_setup.command(PROMETHEUS, config, workdir / "tsdb", f"127.0.0.1:{port}"),
-        "--web.enable-remote-write-receiver",
-    ]
+    argv = prometheus_setup.command(
+        PROMETHEUS, config, workdir / "tsdb", f"127.0.0.1:{port}", remote_write_receiver=True
+    )
     server = servers._spawn("prometheus", servers.pinned(argv, servers.LOAD_CORE))
     server.port = port
     servers._wait(server, lambda: servers._get(server.url, "/-/ready") == 200)

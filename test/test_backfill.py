@@ -20,6 +20,7 @@ from support import AggregatorProcess, push, request, sample, scrape, wire_snaps
 from tls_certs import ThrowawayCA
 
 from tvm_observability import codec
+from tvm_observability.demo import prometheus_setup
 from tvm_observability.model import HISTORY_PATH
 
 SKEW_S = 100.0
@@ -40,7 +41,7 @@ def prometheus_args(binary: str, tmp_path: Path, port: int) -> list[str]:
         f"--config.file={config}",
         f"--storage.tsdb.path={tmp_path / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
-        "--web.enable-remote-write-receiver",
+        prometheus_setup.REMOTE_WRITE_RECEIVER,
     ]
 
 

@@ -11,6 +11,7 @@ from peers import PeerServer, require_binary
 from support import request, wait_for
 
 from tvm_observability.aggregator import remote_write
+from tvm_observability.demo import prometheus_setup
 
 
 def test_varints_and_snappy_literals_by_hand() -> None:
@@ -32,7 +33,7 @@ def test_a_real_prometheus_stores_every_sample_at_its_timestamp(tmp_path: Path) 
         f"--config.file={config}",
         f"--storage.tsdb.path={tmp_path / 'data'}",
         "--web.listen-address=127.0.0.1:0",
-        "--web.enable-remote-write-receiver",
+        prometheus_setup.REMOTE_WRITE_RECEIVER,
     ]
     now_ms = int(time.time() * 1000)
     times = [now_ms - 60_000 + 1000 * i for i in range(60)]  # 60 samples, 1 s apart, the last a second ago
