@@ -124,9 +124,16 @@ def _get(url: str, path: str, timeout: float = 5.0) -> int:
 
 
 def start_aggregator(
-    workdir: Path, vehicles: int, *, state_file: bool = True, variant: str | None = None, **overrides: object
+    workdir: Path,
+    vehicles: int,
+    *,
+    state_file: bool = True,
+    variant: str | None = None,
+    source: Path | None = None,
+    **overrides: object,
 ) -> tuple[Server, dict[str, str]]:
-    """The real CLI (or, with `variant`, bench/handler_variants.py around it) with a roster of `vehicles`."""
+    """The real CLI (or, with `variant`, bench/handler_variants.py around it) with a roster of `vehicles`; from
+    the checkout `source` (another version, to compare) when given, else this one."""
     tokens = bench_tokens(vehicles)
     config: dict[str, object] = {
         "listen": f"127.0.0.1:{free_port()}",
@@ -143,7 +150,7 @@ def start_aggregator(
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     entry = [processes.CLI_MODULE] if variant is None else ["bench.handler_variants", variant]
     command = pinned(processes.aggregator_command(path, entry=entry), SERVER_CORE)
-    aggregator = processes.AggregatorProcess(command, env=bench_env(), keep=_KEEP_LINES)
+    aggregator = processes.AggregatorProcess(command, env=bench_env(source), keep=_KEEP_LINES)
     aggregator.start(60)  # raises AggregatorStartError, a RuntimeError, with the aggregator's last output
     assert aggregator.proc is not None
     return Server("aggregator", aggregator.proc, port=aggregator.port, output=aggregator.lines), tokens
@@ -178,9 +185,9 @@ def start_bare() -> Server:
     return server
 
 
-def bench_env() -> dict[str, str]:
-    """This checkout first on the servers' import path (bench.* and tvm_observability)."""
-    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+def bench_env(source: Path | None = None) -> dict[str, str]:
+    """This checkout (or `source`) first on the servers' import path (bench.* and tvm_observability)."""
+    return {**os.environ, "PYTHONPATH": str(source or Path(__file__).resolve().parent.parent)}
 
 
 def _spawn(name: str, argv: list[str]) -> Server:

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import ssl
 import sys
 from collections.abc import Coroutine
@@ -27,7 +26,7 @@ from ..model import VEHICLE_ID_PATTERN
 from . import check_requirements
 from .app import RUNTIME, is_configured_token, make_app
 from .config import AggregatorConfig, ConfigError, default_config, is_loopback, load_config
-from .connections import ConnectionGuard, ConnectionPolicy, descriptor_budget
+from .connections import Acceptor, ConnectionGuard, ConnectionPolicy, descriptor_budget, listening_sockets
 from .logs import LogSummary, configure_logging, redaction_filters
 from .persistence import StateFile
 from .settings import derive, plan_reload
@@ -46,12 +45,6 @@ SHUTDOWN_TIMEOUT_S = 5.0
 EXIT_STATE_REFUSED = 3
 """Exit status when the state file forbids starting (unreadable, newer format, broken and impossible to move
 aside): restarting cannot help, so the systemd unit lists it in RestartPreventExitStatus= (docs/operations.md)."""
-LISTEN_BACKLOG = 4096
-"""The kernel's queue of connections not yet accepted."""
-ACCEPTS_PER_TICK = 16
-"""Connections asyncio accepts per turn of the event loop (its `backlog` argument). CPython's accept loop goes on
-after EMFILE for that many tries, reporting each and scheduling as many retries: at 4096, running out of file
-descriptors became ~27,000 error reports per second; at 16, a few per second."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,17 +165,15 @@ async def serve(
             extra={"max_connections": config.limits.max_connections, "allowed": guard.descriptor_budget},
         )
     loop.set_exception_handler(_quiet_exception_handler)
-    server: asyncio.AbstractServer | None = None
+    acceptor: Acceptor | None = None
     try:
-        # A whole fleet reconnecting at once (after an outage or a restart) overflows the default backlog of 128.
         # Plain TCP: the guard admits each connection first, then starts TLS on it (aggregator/connections.py).
-        server = await loop.create_server(guard, config.listen_host, config.listen_port, backlog=ACCEPTS_PER_TICK)
-        for listening in server.sockets:
-            _listen_queue(listening.fileno(), LISTEN_BACKLOG)
+        acceptor = Acceptor(guard, listening_sockets(config.listen_host, config.listen_port))
+        acceptor.start()
         _LOGGER.info(
             "listening",
             extra={
-                "addresses": [_address(s.getsockname()) for s in server.sockets],
+                "addresses": [_address(s.getsockname()) for s in acceptor.sockets],
                 "scheme": "https" if tls else "http",
                 "auth_required": config.auth_required,
                 "read_auth": config.read_auth is not None,
@@ -197,17 +188,11 @@ async def serve(
         await stop.wait()
         _LOGGER.info("shutting down")
     finally:
-        if server is not None:
-            server.close()  # stop accepting; the requests under way finish in runner.cleanup()
+        if acceptor is not None:
+            acceptor.close()  # stop accepting; the requests under way finish in runner.cleanup()
         guard.abort_pending()
         await runner.cleanup()
     _LOGGER.info("stopped")
-
-
-def _listen_queue(fd: int, backlog: int) -> None:
-    """listen() again on a listening socket: only its queue length changes."""
-    with socket.socket(fileno=os.dup(fd)) as listening:
-        listening.listen(backlog)
 
 
 _LOOP_ERRORS = LogSummary(logging.getLogger("asyncio"), "event loop errors")

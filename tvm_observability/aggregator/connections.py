@@ -17,6 +17,12 @@ connection is busy with requests) is reset at once: it costs an accept and a clo
 buffers. What is refused or cut is counted (`telemetry_connections_refused_total{reason}`) and logged at a
 bounded rate.
 
+Accepting is `Acceptor`'s: on each turn of the event loop it takes every connection the kernel has queued, as
+far as the pending cap and the descriptors allow (asyncio's own accept loop takes its `backlog` argument's worth,
+16 here, per turn: under overload a turn lasts as long as the requests it serves, and a reconnecting fleet then
+waited in the kernel's queue, unanswered and uncounted, while the connections already open were served again
+and again; docs/reliability.md).
+
 `client_address` gives the address per-source limits and logs use: the peer, or, when the peer is a trusted
 proxy (`trusted_proxies`), the client it names in `X-Forwarded-For`.
 """
@@ -24,9 +30,11 @@ proxy (`trusted_proxies`), the client it names in `X-Forwarded-For`.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import resource
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -338,3 +346,127 @@ class GuardedConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.handler is not None:
             self.handler.resume_writing()
+
+
+LISTEN_BACKLOG = 4096
+"""The kernel's queue of connections not yet accepted: a whole fleet reconnecting at once (after an outage or a
+restart) overflows the default of 128."""
+ACCEPT_FLOOR = 16
+"""Connections accepted per turn of the event loop even when the caps leave no room: past a cap they are refused
+with a counted reason (or make an idle pending one give way), never left in the kernel's queue unanswered."""
+ACCEPT_RETRY_S = 1.0
+"""Accepting pauses this long when the process is out of descriptors or memory (asyncio's own delay)."""
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+OUT_OF_RESOURCES_MESSAGE = "socket.accept() out of system resource"
+"""asyncio's words for it, kept so that the log (bounded by the service's loop exception handler) reads the
+same."""
+
+
+def listening_sockets(host: str, port: int, backlog: int = LISTEN_BACKLOG) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address of `host`, as asyncio's create_server makes
+    them (SO_REUSEADDR; IPv6 sockets IPv6 only)."""
+    infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                message = f"error while attempting to bind on address {address!r}: {exc.strerror}"
+                raise OSError(exc.errno, message) from exc
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+class Acceptor:
+    """Accepts the connections queued on `sockets` and hands each to `guard`, on the running loop (asyncio's or
+    uvloop's).
+
+    Each turn takes every queued connection, up to what the caps leave room for: the pending cap (a batch larger
+    than it would make the batch's own oldest connections give way before their requests, already in their
+    socket buffers, were read) and the descriptors; at least ACCEPT_FLOOR, so that past a cap new connections are
+    refused with a counted reason rather than left waiting. Out of descriptors, accepting pauses ACCEPT_RETRY_S
+    with one report, where asyncio's loop went on and reported every try."""
+
+    def __init__(self, guard: ConnectionGuard, sockets: Sequence[socket.socket]) -> None:
+        self.guard = guard
+        self.sockets = list(sockets)
+        self.loop = asyncio.get_running_loop()
+        self.handing_over = 0
+        """Accepted, not yet in the guard's counts (the transport is being made)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._retries: dict[int, asyncio.TimerHandle] = {}
+        """Per listening descriptor: when accepting resumes after running out of resources."""
+        self._closed = False
+
+    def start(self) -> None:
+        for sock in self.sockets:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets (connections already accepted go on)."""
+        self._closed = True
+        for retry in self._retries.values():
+            retry.cancel()
+        for sock in self.sockets:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+
+    def room(self) -> int:
+        """Connections this turn may accept."""
+        guard = self.guard
+        policy = guard.policy()
+        pending = policy.max_pending - guard.pending - self.handing_over
+        descriptors = guard.descriptor_budget - guard.open - self.handing_over
+        return min(LISTEN_BACKLOG, max(ACCEPT_FLOOR, min(pending, descriptors)))
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(self.room()):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # the queue is empty
+            except OSError as exc:
+                if exc.errno not in OUT_OF_RESOURCES:
+                    raise  # the loop's exception handler logs it
+                self._pause(sock, exc)
+                return
+            conn.setblocking(False)
+            self.handing_over += 1
+            task = self.loop.create_task(self._hand_over(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _hand_over(self, conn: socket.socket) -> None:
+        try:
+            await self.loop.connect_accepted_socket(self.guard, conn)
+        except (OSError, RuntimeError):
+            conn.close()  # reset before its transport was made, or the loop is closing
+        finally:
+            self.handing_over -= 1
+
+    def _pause(self, sock: socket.socket, exc: OSError) -> None:
+        self.loop.call_exception_handler(
+            {
+                "message": OUT_OF_RESOURCES_MESSAGE,
+                "exception": exc,
+                "socket": sock,
+            }
+        )
+        self.loop.remove_reader(sock.fileno())
+        self._retries[sock.fileno()] = self.loop.call_later(ACCEPT_RETRY_S, self._resume, sock)
+
+    def _resume(self, sock: socket.socket) -> None:
+        del self._retries[sock.fileno()]
+        if not self._closed:
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
