@@ -13,13 +13,13 @@ DEPS := setup.py pyproject.toml requirements-dev.txt
 $(VENV)/.installed: $(DEPS) requirements-ros-kilted.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
-	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[aggregator,test]' -r requirements-dev.txt -r requirements-ros-kilted.txt
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[aggregator,test,uvloop]' -r requirements-dev.txt -r requirements-ros-kilted.txt
 	@touch $@
 
 $(JAZZY_VENV)/.installed: $(DEPS) requirements-ros-jazzy.txt
 	$(PYTHON) -m venv $(JAZZY_VENV)
 	$(JAZZY_VENV)/bin/pip install $(PIP_QUIET) --upgrade pip
-	$(JAZZY_VENV)/bin/pip install $(PIP_QUIET) -e '.[aggregator,test]' -r requirements-dev.txt -r requirements-ros-jazzy.txt
+	$(JAZZY_VENV)/bin/pip install $(PIP_QUIET) -e '.[aggregator,test,uvloop]' -r requirements-dev.txt -r requirements-ros-jazzy.txt
 	@touch $@
 
 venv: $(VENV)/.installed

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -161,9 +161,14 @@ class AggregatorProcess:
     """
 
     def __init__(
-        self, config: Path | None = None, *, listen: str = "127.0.0.1:0", env: Mapping[str, str] | None = None
+        self,
+        config: Path | None = None,
+        *,
+        listen: str = "127.0.0.1:0",
+        env: Mapping[str, str] | None = None,
+        entry: Sequence[str] = (processes.CLI_MODULE,),
     ):
-        command = processes.aggregator_command(config, listen=listen)
+        command = processes.aggregator_command(config, listen=listen, entry=entry)
         self.process = processes.AggregatorProcess(command, env={**os.environ, **(env or {})})
 
     @property

@@ -221,7 +221,7 @@ def test_sighup_rotates_tokens_changes_the_roster_and_refuses_a_bad_config(tmp_p
         assert push(agg.url, wire_snapshot("V1", seq=4), rotated["V1"]).status == 200
         assert agg.stop() == 0
     logged = "".join(agg.raw_stderr)
-    assert logged.count("\n") > 10
+    assert "configuration reloaded" in logged and "config reload refused" in logged  # the log searched is the real one
     for token in (*tokens.values(), *rotated.values()):
         assert token not in logged
     assert "Bearer " not in logged

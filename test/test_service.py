@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from peers import require_module
 from support import AggregatorProcess, push, request, sample, scrape, wait_for, wire_snapshot
+from tls_certs import ThrowawayCA
 
 from tvm_observability.aggregator.persistence import StateFile
 from tvm_observability.auth import hash_token
+from tvm_observability.demo.processes import CLI_MODULE
 
 CLI = [sys.executable, "-m", "tvm_observability.aggregator.cli"]
 
@@ -150,3 +153,31 @@ def test_graceful_shutdown(sig: int) -> None:
     agg = AggregatorProcess().start()
     assert agg.stop(sig) == 0
     assert agg.find_log("shutting down") and agg.find_log("stopped")
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_plain_http_port_serves_on_either_event_loop(loop: str, write_config, fleet_tokens, tmp_path: Path) -> None:
+    """uvloop when installed (the `uvloop` extra; `make test` installs it, so the other process tests run on it),
+    asyncio's loop otherwise: pushes, scrapes and a clean stop on both (uvloop's transports do not derive from
+    asyncio's: the connection guard once refused every connection on uvloop)."""
+    if loop == "uvloop":
+        require_module("uvloop", "pip install -e '.[uvloop]'")
+    entry = [CLI_MODULE] if loop == "uvloop" else ["aggregator_on_asyncio"]
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    with AggregatorProcess(write_config(fleet_tokens), entry=entry, env=env) as agg:
+        assert agg.find_log("listening")["context"]["event_loop"] == loop
+        assert push(agg.url, wire_snapshot("V1", errors={"E1": 2}), fleet_tokens["V1"]).status == 200
+        assert sample(scrape(agg.url), "vehicle_errors_total", vehicle_id="V1", error_code="E1") == 2
+        assert push(agg.url, wire_snapshot("V1", seq=2), fleet_tokens["V1"]).status == 200
+        assert agg.stop() == 0
+
+
+def test_a_tls_port_runs_on_asyncio_even_where_uvloop_is_installed(write_config, fleet_tokens, tmp_path: Path) -> None:
+    """With uvloop 0.23 the guarded TLS handshake stalls on some connections: a TLS port runs on asyncio's loop."""
+    ca = ThrowawayCA(tmp_path / "pki")
+    cert = ca.issue("localhost")
+    config = write_config(fleet_tokens, tls={"cert_file": str(cert.cert_file), "key_file": str(cert.key_file)})
+    with AggregatorProcess(config) as agg:
+        record = agg.find_log("listening")["context"]
+        assert record["scheme"] == "https" and record["event_loop"] == "asyncio"
+        assert agg.stop() == 0

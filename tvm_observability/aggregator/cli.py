@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     configure_logging(config.log_level, config.environment)
     try:
-        _run(serve(config, tls=tls, reload_from=options.config, listen=options.listen))
+        _run(serve(config, tls=tls, reload_from=options.config, listen=options.listen), tls=tls is not None)
     except StateRefused as exc:
         _LOGGER.error("refusing to start: %s", exc, extra={"path": config.state_file})
         return EXIT_STATE_REFUSED
@@ -98,12 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """On uvloop when it is installed (optional; ~25% less CPU per push, docs/benchmarks.md), else asyncio's."""
-    if _uvloop is None:
+def _run(main: Coroutine[Any, Any, None], *, tls: bool) -> None:
+    """On uvloop when it is installed (optional; less CPU per push, docs/benchmarks.md) and this port speaks plain
+    HTTP, else on asyncio's loop: with uvloop (0.23) the guarded TLS handshake (start_tls on an accepted
+    connection, aggregator/connections.py) stalls or fails on some connections, so a TLS port runs on asyncio
+    (TLS terminated at a balancer in front leaves the shards on uvloop)."""
+    if _uvloop is None or tls:
         asyncio.run(main)
     else:
         _uvloop.run(main)
+
+
+def event_loop_name() -> str:
+    """The loop this process runs on, for the `listening` log record."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 GC_THRESHOLDS = (10_000, 20, 100)
@@ -175,6 +183,7 @@ async def serve(
             extra={
                 "addresses": [_address(s.getsockname()) for s in acceptor.sockets],
                 "scheme": "https" if tls else "http",
+                "event_loop": event_loop_name(),
                 "auth_required": config.auth_required,
                 "read_auth": config.read_auth is not None,
                 "roster_vehicles": len(config.vehicles),

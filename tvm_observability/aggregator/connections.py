@@ -30,6 +30,7 @@ proxy (`trusted_proxies`), the client it names in `X-Forwarded-For`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -38,6 +39,7 @@ import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 
@@ -241,9 +243,9 @@ class GuardedConnection(asyncio.Protocol):
 
     # -- admission ---------------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without deriving from it: no isinstance check here.
+        self.transport = transport = cast(asyncio.Transport, base)
         peer = transport.get_extra_info("peername")
         self.source = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
         guard = self.guard
@@ -442,6 +444,8 @@ class Acceptor:
                 self._pause(sock, exc)
                 return
             conn.setblocking(False)
+            with contextlib.suppress(OSError):  # as asyncio's transports do: small answers leave at once
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.handing_over += 1
             task = self.loop.create_task(self._hand_over(conn))
             self._tasks.add(task)
