@@ -35,9 +35,8 @@ from typing import Any
 from tvm_observability import codec
 from tvm_observability.bridge.backlog import BacklogUploader
 from tvm_observability.bridge.journal import JOURNAL_FILE, Journal
-from tvm_observability.bridge.params import default_values
+from tvm_observability.bridge.params import default_values, parse_params
 from tvm_observability.demo import prometheus_setup
-from tvm_observability.model import HISTORY_PATH
 
 from . import loadgen, ros_bench, servers
 
@@ -110,11 +109,14 @@ def _drain(
 ) -> dict[str, float]:
     """The bridge's uploader drains `journal` (started as when the link returns); wall time, batches, CPU."""
     rows = journal.stats().entries
+    params = parse_params(
+        {**default_values(), "vehicle_id": loadgen.vehicle_id(vehicle), "aggregator_url": url, "journal_dir": "bench"}
+    )
+    client = params.backlog_client(token)  # the bridge's own: the history URL, its timeouts and backoff
+    assert client is not None
     uploader = BacklogUploader(
         journal,
-        url + HISTORY_PATH,
-        token,
-        vehicle_id=loadgen.vehicle_id(vehicle),
+        client,
         max_snapshots_per_s=budget,
         batch_size=int(default_values()["backlog_batch_size"]),
         idle_poll_s=0.05,

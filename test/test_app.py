@@ -486,3 +486,16 @@ async def test_the_vehicles_view_of_its_link_is_exported_and_summed_over_boots(c
     assert sample(m, "vehicle_link_last_outage_longitude", vehicle_id="V1", edge="start") == 13.4
     assert sample(m, "vehicle_link_last_outage_latitude", vehicle_id="V1", edge="end") is None  # no fix at the end
     assert not any(name.startswith("vehicle_link_") and dict(labels).get("vehicle_id") == "V2" for name, labels in m)
+
+
+async def test_metrics_past_the_pause_budget_are_written_whole(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrape that outlived its pause budget (an overloaded aggregator) writes the rest in one piece: the same
+    exposition."""
+    from tvm_observability.aggregator import app as app_module
+
+    monkeypatch.setattr(app_module, "METRICS_PAUSE_BUDGET_S", 0.0)
+    assert (await post(client, wire_snapshot("V1", errors={"E1": 1}), token="V1")).status == 200
+    body = await (await client.get("/metrics")).read()
+    expected, _ = client.app[RUNTIME].exposition.render("")
+    assert body.startswith(expected.split(b"# HELP http_requests")[0]) and body.endswith(b"\n")
+    assert sample(parse_metrics(body.decode()), "vehicle_errors_total", vehicle_id="V1", error_code="E1") == 1

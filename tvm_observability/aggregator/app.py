@@ -603,19 +603,22 @@ async def handle_metrics(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     loop = asyncio.get_running_loop()
     pausing_until = loop.time() + METRICS_PAUSE_BUDGET_S
-    for piece in rt.exposition.chunks(encoder, content_type):  # pauses and families: pushes go on in between
+    pieces = rt.exposition.chunks(encoder, content_type)
+    for piece in pieces:  # pauses and families: pushes go on in between
+        if loop.time() >= pausing_until:  # the rest in one piece and one write (one wait for the scraper to read)
+            await response.write((piece + "".join(pieces)).encode())
+            break
         if piece:
             await response.write(piece.encode())
-        if loop.time() < pausing_until:
-            await asyncio.sleep(0)
+        await asyncio.sleep(0)
     await response.write_eof()
     return response
 
 
 METRICS_PAUSE_BUDGET_S = 2.0
-"""How long a scrape lets pushes run in its pauses: past it, the rest is rendered in one piece. An overloaded
-aggregator (more pushes ready at every pause than it can take) would otherwise starve the scrape past
-Prometheus's scrape_timeout (10 s by default) and turn every vehicle's series stale."""
+"""How long a scrape lets pushes run in its pauses and writes: past it, the rest is rendered and written in one
+piece. An overloaded aggregator (more pushes ready at every turn of the loop than it can take) would otherwise
+starve the scrape past Prometheus's scrape_timeout (10 s by default) and turn every vehicle's series stale."""
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
