@@ -441,6 +441,7 @@ def history_section(results: dict[str, Any]) -> list[str]:
             f"| {_f(row['write_bytes_per_h'] / 1e6)} | {_f(row['wchar_per_h'] / 1e6)} "
             f"| {_f(row['journal_growth_per_h'] / 1e6, 2)} | {row['snapshots_per_h']:,.0f} | {_f(row['rss_mib'], 0)} |"
         )
+    return out
 
 
 def balancer_section(balancer: dict[str, Any] | None) -> list[str]:
