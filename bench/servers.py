@@ -123,6 +123,11 @@ def _get(url: str, path: str, timeout: float = 5.0) -> int:
         conn.close()
 
 
+CONNECTION_HEADROOM = 100
+"""Connections beyond one per vehicle (`limits.max_connections`): the scraper's, a health check's. At the default
+cap of 10,000 a 10,000-vehicle load took every connection and each whole-fleet scrape was reset."""
+
+
 def start_aggregator(
     workdir: Path,
     vehicles: int,
@@ -145,7 +150,9 @@ def start_aggregator(
         state = workdir / "aggregator-state.json"
         state.unlink(missing_ok=True)
         config["state_file"] = str(state)
-    config.update(overrides)
+    limits = {"max_connections": vehicles + CONNECTION_HEADROOM}  # the fleet plus scrapers, as operations.md says
+    limits.update(overrides.pop("limits", {}))  # type: ignore[call-overload]
+    config.update(overrides, limits=limits)
     path = workdir / "aggregator.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     entry = [processes.CLI_MODULE] if variant is None else ["bench.handler_variants", variant]
