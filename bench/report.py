@@ -641,6 +641,9 @@ NOTES = """## Notes: what was optimised, what is out of reach and why
   protocol with httptools, which aiohttp already uses to parse); past one core, ingest in several processes:
   shards behind HAProxy (docs/scaling.md, measured above) or SO_REUSEPORT workers with shared state. A whole-fleet
   scrape no longer stalls ingest (next item), but at 10,000 vehicles the scraped row inherits the unheld load.
+  (In the run of 2026-11-30 that row's scrapes were also refused by the benchmark's own setting: the fleet's
+  10,000 connections filled the default `limits.max_connections`; the benchmark's aggregators allow the fleet plus
+  100 connections since, as docs/operations.md asks of a deployment.)
 - **No scrape stalls ingest:** `/metrics` is streamed. The vehicles' text is brought up to date 250 vehicles at a
   time with a return to the event loop between slices, then written family by family, so pushes are answered
   during a whole-fleet scrape instead of waiting behind it (before: ~300 ms of one piece for 10,000 vehicles after
