@@ -38,7 +38,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -257,16 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     if not available():
         print("bench_balancer: haproxy not found (apt-get install haproxy)", file=sys.stderr)
         return 2
-    os.sched_setaffinity(0, {servers.LOAD_CORE})
-    servers.prioritise()
-    with tempfile.TemporaryDirectory(prefix="bench-balancer-") as workdir:
-        results = run_all(
-            Path(workdir),
-            lambda line: print(line, file=sys.stderr, flush=True),
-            cost_load=(options.vehicles, options.rate),
-            saturation_vehicles=options.saturation_vehicles,
-            duration=options.duration,
-        )
+    results = servers.run_alone(
+        "balancer",
+        run_all,
+        cost_load=(options.vehicles, options.rate),
+        saturation_vehicles=options.saturation_vehicles,
+        duration=options.duration,
+    )
     print(json.dumps(results, indent=2))
     return 0
 

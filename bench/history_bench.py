@@ -24,7 +24,6 @@ import math
 import os
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -305,13 +304,7 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
 def main() -> int:
     from . import report
 
-    def log(message: str) -> None:
-        print(f"[history {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-    os.sched_setaffinity(0, {servers.LOAD_CORE})
-    servers.prioritise()
-    with tempfile.TemporaryDirectory(prefix="tvm-history-bench-") as tmp:
-        results = run_all(Path(tmp), log)
+    results = servers.run_alone("history", run_all)
     print(json.dumps(results, indent=2), file=sys.stderr)
     print("\n".join(report.history_section(results)))
     return 0

@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -163,14 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     if binary() is None:
         print("prometheus_memory: prometheus not found (apt-get install prometheus)", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="bench-prometheus-memory-") as workdir:
-        results = run_all(
-            Path(workdir),
-            lambda line: print(line, file=sys.stderr, flush=True),
-            levels=levels,
-            scrapes=options.scrapes,
-            interval=options.interval,
-        )
+    results = servers.run_alone(
+        "prometheus-memory", run_all, levels=levels, scrapes=options.scrapes, interval=options.interval
+    )
     print(json.dumps(results, indent=2))
     return 0
 

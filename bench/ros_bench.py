@@ -237,17 +237,9 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
 
 def main() -> int:
     """`python -m bench.ros_bench`: the bridge, freshness and /rosout benchmarks alone, their markdown on stdout."""
-    import tempfile
-
     from . import report
 
-    def log(message: str) -> None:
-        print(f"[ros {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-    os.sched_setaffinity(0, {servers.LOAD_CORE})
-    servers.prioritise()
-    with tempfile.TemporaryDirectory(prefix="tvm-ros-bench-") as tmp:
-        results = run_all(Path(tmp), log)
+    results = servers.run_alone("ros", run_all)
     print(json.dumps(results, indent=2), file=sys.stderr)
     rows = report.targets(results)
     print("\n".join(f"- {name}: {measured} (baseline: {base})" for name, measured, base, _ in rows))

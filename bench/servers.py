@@ -18,8 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,20 @@ class Server:
 
 
 BENCH_NICE = -10
+
+
+def run_alone(tag: str, run_all: Callable[..., dict[str, Any]], **options: Any) -> dict[str, Any]:
+    """One benchmark module on its own (`python -m bench.<module>`), as `make bench` runs it: this process (the
+    load) pinned to the load core and prioritised, a private work directory, progress lines on stderr tagged
+    `tag`; returns what `run_all(workdir, log, **options)` measured."""
+    os.sched_setaffinity(0, {LOAD_CORE})
+    prioritise()
+
+    def log(message: str) -> None:
+        print(f"[{tag} {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix=f"tvm-{tag}-bench-") as tmp:
+        return run_all(Path(tmp), log, **options)
 
 
 def prioritise() -> int:
