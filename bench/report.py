@@ -123,15 +123,17 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         )
     rosout = results.get("rosout")
     if bridge and rosout:
-        ratio = rosout["bridge"]["cpu_util"] / bridge["floor"]["cpu_util"]
-        rows.append(
-            (
-                "vehicle_bridge CPU under a chatty /rosout ≤ 1.3× a bare raw-subscribing node",
-                f"{rosout['bridge']['cpu_util']:.1%} of a core ({ratio:.2f}×)",
-                f"bare node {bridge['floor']['cpu_util']:.1%}",
-                ratio <= 1.3,
+        floor = bridge["floor"]["cpu_util"]
+        for name, usage in _rosout_bridges(rosout):
+            ratio = usage["cpu_util"] / floor
+            rows.append(
+                (
+                    f"vehicle_bridge CPU under a chatty /rosout ({name}) ≤ 1.3× a bare raw-subscribing node",
+                    f"{usage['cpu_util']:.1%} of a core ({ratio:.2f}×)",
+                    f"bare node {floor:.1%}",
+                    ratio <= 1.3,
+                )
             )
-        )
     fresh = results.get("freshness")
     if fresh:
         rows.append(
@@ -330,22 +332,44 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _rosout_bridges(rosout: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The bridges measured under the chatty /rosout: as shipped (filtered by the middleware where this rclpy has
+    content filters), and filtering /rosout itself (Humble's and Jazzy's path; absent from runs before it)."""
+    shipped = "DDS content filter" if rosout.get("content_filters") else "filtered by the bridge"
+    out = [(shipped, rosout["bridge"])]
+    if "bridge_unfiltered" in rosout:
+        out.append(("filtered by the bridge, as on Humble and Jazzy", rosout["bridge_unfiltered"]))
+    return out
+
+
 def rosout_lines(bridge: dict[str, Any], rosout: dict[str, Any] | None) -> list[str]:
     """Issue 14's cost: the same bridge process measured again with a chatty /rosout beside the topic load."""
     if not rosout:
         return []
-    cpu, quiet, floor = rosout["bridge"]["cpu_util"], bridge["bridge"]["cpu_util"], bridge["floor"]["cpu_util"]
+    quiet, floor = bridge["bridge"]["cpu_util"], bridge["floor"]["cpu_util"]
     return [
         "",
         "### /rosout cost",
         "",
         f"{rosout['load']} The same vehicle_bridge process, measured for the same window right after the one above "
-        "(bench/ros_bench.py); it keeps only ERROR/FATAL (the shipped `events_min_level`).",
+        "(bench/ros_bench.py); it keeps only ERROR/FATAL (the shipped `events_min_level`)."
+        + (
+            " This rclpy has content filters (Kilted on), so the shipped bridge asks the middleware to drop the "
+            "entries below ERROR. A second bridge under the same load has `events_rosout_filter: false`: it "
+            "receives every entry and drops those below ERROR by their level byte, which is what Humble and Jazzy "
+            "do (their rclpy has no content filters)."
+            if rosout.get("content_filters")
+            else ""
+        ),
         "",
         "| vehicle_bridge | CPU (share of a core) | × without /rosout load | × floor |",
         "| --- | ---: | ---: | ---: |",
         f"| no /rosout load | {quiet:.1%} | 1.00× | {_ratio(quiet, floor)} |",
-        f"| chatty /rosout | {cpu:.1%} | {_ratio(cpu, quiet)} | {_ratio(cpu, floor)} |",
+        *(
+            f"| chatty /rosout, {name} | {u['cpu_util']:.1%} | {_ratio(u['cpu_util'], quiet)} | "
+            f"{_ratio(u['cpu_util'], floor)} |"
+            for name, u in _rosout_bridges(rosout)
+        ),
         "",
         "The same /rosout load alone, for scale: a bare rclpy node subscribed to /rosout with the bridge's QoS "
         f"(each message deserialised, ERRORs kept) takes {rosout['subscriber']['cpu_util']:.1%} of a core; with a "

@@ -5,9 +5,11 @@ same raw subscriptions), then `vehicle_bridge` with the shipped config/vehicle_b
 aggregator, each measured for WINDOW_S from /proc after WARMUP_S. Freshness, during the bridge window: the time from
 each battery publish (a new percentage every second) until /metrics shows it, /metrics polled every POLL_S.
 /rosout cost (issue 14): right after, the same bridge process measured again for WINDOW_S while a chatty robot
-(`ros_nodes chatter`: hundreds of INFO lines per second and a few ERRORs through /rosout) runs beside the topic load;
-then, under the same /rosout load, a bare node subscribed to /rosout alone, and the same with a DDS content filter
-(what the bridge's /rosout subscription costs at least, and what filtering in the middleware would leave).
+(`ros_nodes chatter`: hundreds of INFO lines per second and a few ERRORs through /rosout) runs beside the topic load
+(the middleware filters /rosout for it where rclpy has content filters); then a bridge that filters /rosout itself
+(`events_rosout_filter: false`, what Humble and Jazzy do) under the same load; then, under the same /rosout
+load, a bare node subscribed to /rosout alone, and the same with a DDS content filter (what the bridge's /rosout
+subscription costs at least, and what filtering in the middleware leaves).
 
 The helpers (`process`, `usage`, `bridge_argv`, `write_token`) are shared with bench/history_bench.py.
 """
@@ -202,6 +204,15 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
                         rosout_usage = usage(bridge, WINDOW_S)
                         events_seen = recent_events(aggregator.url, VEHICLE)
                     log(f"bridge with the /rosout load: {rosout_usage['cpu_util']:.1%} cpu; {events_seen} events")
+                    # Humble's and Jazzy's path (their rclpy has no content filters), under the same load: a bridge
+                    # that receives every entry and drops those below ERROR by their level byte.
+                    argv = bridge_argv(
+                        aggregator.url, token_file, workdir / "journal-unfiltered", events_rosout_filter="false"
+                    )
+                    with process(argv, env, servers.LOAD_CORE) as bridge:
+                        time.sleep(WARMUP_S)
+                        unfiltered_usage = usage(bridge, WINDOW_S)
+                    log(f"bridge filtering /rosout itself: {unfiltered_usage['cpu_util']:.1%} cpu")
                     subscribers = {}
                     for mode in ("rosout", "rosout-filtered"):
                         with process(nodes_argv(mode), env, servers.LOAD_CORE) as subscriber:
@@ -218,6 +229,8 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
         "rosout": {
             "load": ROSOUT_LOAD,
             "bridge": rosout_usage,
+            "content_filters": _content_filters(),
+            "bridge_unfiltered": unfiltered_usage,
             "events_seen": events_seen,
             "subscriber": subscribers["rosout"],
             "filtered_subscriber": subscribers["rosout-filtered"],
@@ -233,6 +246,13 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
             "max_s": delays[-1],
         }
     return result
+
+
+def _content_filters() -> bool:
+    """This rclpy has content filters (Kilted on): the shipped bridge then has the middleware filter /rosout."""
+    import importlib.util
+
+    return importlib.util.find_spec("rclpy.subscription_content_filter_options") is not None
 
 
 def main() -> int:

@@ -187,11 +187,19 @@ def test_log_entry_from_a_rosout_message() -> None:
 def test_event_parameters_default_and_refuse_bad_values() -> None:
     values = {**default_values(), "vehicle_id": "V1"}
     events = parse_params(values).events
-    assert events is not None and (events.rosout, events.min_level, events.namespace) == (True, "ERROR", "")
-    bad = {**values, "events_min_level": "INFO", "events_namespace": "bad ns", "events_max_per_push": 0}
+    assert events is not None
+    assert (events.rosout, events.min_level, events.rosout_filter, events.namespace) == (True, "ERROR", True, "")
+    bad = {
+        **values,
+        "events_rosout_filter": "yes",
+        "events_min_level": "INFO",
+        "events_namespace": "bad ns",
+        "events_max_per_push": 0,
+    }
     with pytest.raises(ParamError) as info:
         parse_params(bad)
     assert [p.split(":")[0] for p in info.value.problems] == [
+        "events_rosout_filter",
         "events_min_level",
         "events_namespace",
         "events_max_per_push",

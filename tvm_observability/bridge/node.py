@@ -45,6 +45,7 @@ _LATENESS_WINDOW = 10
 ROSOUT_DRAIN_PERIOD_S = 0.1
 ROSOUT_DEPTH = 1000
 """Entries the /rosout reader keeps between two drains: 10,000 log lines a second before one is lost."""
+ROSOUT_NO_FILTER = "bridge (this rclpy has no content filters: Kilted on has)"
 
 
 class VehicleBridge(Node):
@@ -52,6 +53,10 @@ class VehicleBridge(Node):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        self._rosout_reader: Node | None = None
+        self.rosout_filter = "off"
+        """Who drops /rosout entries below events_min_level: "middleware" (a DDS content filter), else the bridge
+        and why (shown in /diagnostics as `rosout_filter`)."""
         try:
             self._start()
         except ParamError as exc:
@@ -216,16 +221,18 @@ class VehicleBridge(Node):
         self.create_subscription(String, topics.status, self._on_status, 10)
         self.create_subscription(DiagnosticArray, topics.diagnostics, self._on_diagnostics, 50)
         if self.params.events is not None and self.params.events.rosout:
-            self._read_rosout(self.params.events.min_level)
+            self._read_rosout(self.params.events.min_level, self.params.events.rosout_filter)
 
-    def _read_rosout(self, min_level: str) -> None:
+    def _read_rosout(self, min_level: str, content_filter: bool) -> None:
         """/rosout carries every log line of every node, hundreds a second on a chatty robot, and rclpy's executor
         costs more per message than all the rest of the bridge's work (docs/benchmarks.md, "/rosout cost"). So it
         is read by a subscription outside the executor (on a reader node that is never spun), drained in batches
         by a timer, serialized, and an entry below `min_level` is dropped by its level byte, never deserialized.
+        Where rclpy and the middleware have content filters, the middleware drops those entries before they are
+        received at all (`level >= min_level`): what the level byte leaves, the DDS receipt of each one, is gone.
         Its QoS is /rosout's own: reliable and transient local, so entries of the last seconds (its lifespan)
         arrive after a restart too; RosoutMarks keeps them from being captured twice."""
-        self._rosout_reader = rclpy.create_node(
+        reader = self._rosout_reader = rclpy.create_node(
             NODE_NAME + "_rosout_reader",
             namespace=self.get_namespace(),
             context=self.context,
@@ -235,8 +242,19 @@ class VehicleBridge(Node):
         rosout_qos = QoSProfile(
             depth=ROSOUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
         )
-        self._rosout = self._rosout_reader.create_subscription(Log, "/rosout", _never_called, rosout_qos)
         self._rosout_min_level = ROSOUT_LEVELS[min_level]
+        options = _level_filter(self._rosout_min_level) if content_filter else None
+        if options is None:
+            self._rosout = reader.create_subscription(Log, "/rosout", _never_called, rosout_qos)
+            self.rosout_filter = "bridge (events_rosout_filter is false)" if not content_filter else ROSOUT_NO_FILTER
+        else:
+            self._rosout = reader.create_subscription(
+                Log, "/rosout", _never_called, rosout_qos, content_filter_options=options
+            )
+            # rcl falls back to an unfiltered subscription where the middleware has no content filters.
+            cft = self._rosout.is_cft_enabled
+            self.rosout_filter = "middleware" if cft else "bridge (the middleware has no content filters)"
+        self.get_logger().info(f"/rosout entries below {min_level} are dropped by: {self.rosout_filter}")
         self.create_timer(ROSOUT_DRAIN_PERIOD_S, self._drain_rosout)
 
     def _keep_newest(self, topic: str, sensors: list[str]) -> Any:
@@ -350,6 +368,7 @@ class VehicleBridge(Node):
             "error_events": str(sum(self.builder.errors.values())),
             "events_captured": str(self.events.captured),
             "events_pending": str(len(self.events.pending)),
+            "rosout_filter": self.rosout_filter,
             **{f"events_dropped_{reason}": str(count) for reason, count in self.events.dropped.items()},
             **journal_values,
         }
@@ -396,7 +415,7 @@ class VehicleBridge(Node):
         }
 
     def close(self) -> None:
-        reader = getattr(self, "_rosout_reader", None)
+        reader = self._rosout_reader
         if reader is not None:
             reader.destroy_node()
         if self.backlog is not None:
@@ -410,6 +429,15 @@ class VehicleBridge(Node):
 
 def _now() -> float:
     return time.monotonic()
+
+
+def _level_filter(level: int) -> Any:
+    """A content filter keeping /rosout entries at `level` or above, or None where rclpy has none (Humble, Jazzy)."""
+    try:
+        options = importlib.import_module("rclpy.subscription_content_filter_options")
+    except ImportError:
+        return None
+    return options.ContentFilterOptions("level >= %0", [str(level)])
 
 
 def _never_called(_msg: Log) -> None:

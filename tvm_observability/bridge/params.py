@@ -121,6 +121,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ),
     ParamSpec("events_min_level", "ERROR", "Lowest /rosout level captured: WARN, ERROR or FATAL."),
     ParamSpec(
+        "events_rosout_filter",
+        True,
+        "Ask the middleware to drop /rosout entries below events_min_level before the bridge receives them "
+        "(a DDS content filter: rclpy has them from Kilted on; where rclpy or the middleware has none, the bridge "
+        "drops them by their level byte).",
+    ),
+    ParamSpec(
         "events_namespace",
         "",
         "Namespace of the vehicle's own nodes (/rosout is not namespaced): only their entries are captured. "
@@ -190,6 +197,7 @@ class EventParams:
 
     rosout: bool
     min_level: str
+    rosout_filter: bool
     namespace: str
     max_per_push: int
     max_per_minute: int
@@ -366,8 +374,9 @@ def parse_params(values: Mapping[str, Any]) -> BridgeParams:
 
 def _events(values: Mapping[str, Any], r: _Reader) -> EventParams:
     rosout, level, namespace = values["events_rosout"], values["events_min_level"], values["events_namespace"]
-    if type(rosout) is not bool:
-        r.problems.append(f"events_rosout: must be true or false, got {rosout!r}")
+    for name in ("events_rosout", "events_rosout_filter"):
+        if type(values[name]) is not bool:
+            r.problems.append(f"{name}: must be true or false, got {values[name]!r}")
     if level not in ROSOUT_LEVELS:
         r.problems.append(f"events_min_level: must be one of {', '.join(ROSOUT_LEVELS)}, got {level!r}")
         level = "ERROR"
@@ -377,6 +386,7 @@ def _events(values: Mapping[str, Any], r: _Reader) -> EventParams:
     return EventParams(
         rosout=rosout is True,
         min_level=str(level),
+        rosout_filter=values["events_rosout_filter"] is True,
         namespace=namespace,
         max_per_push=int(r.number("events_max_per_push", 1, 10_000, integer=True)),
         max_per_minute=int(r.number("events_max_per_minute", 1, 100_000, integer=True)),
