@@ -234,3 +234,52 @@ def test_chunks_pause_every_slice_and_stay_whole_while_the_fleet_changes_between
     assert sorted(up_lines) == sorted(f'vehicle_up{{vehicle_id="{vid}"}} 1.0' for vid in roster)  # each once
     assert sample(parse_metrics(text), "vehicles_total") == len(roster)  # and well formed throughout
     assert_same(exposition)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["GET", "POST", "other"]),
+            st.sampled_from(["/api/v1/telemetry", "/metrics", "other"]),
+            st.sampled_from([200, 202, 401, 404, 503]),
+            st.one_of(
+                st.sampled_from([0.0, 0.0005, 0.001, 0.0025, 10.0, 10.000001]),  # on and beside the bounds
+                st.floats(min_value=0.0, max_value=30.0, allow_nan=False),
+            ),
+        ),
+        max_size=40,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_request_metrics_export_what_prometheus_clients_counter_and_histogram_export(requests):
+    """RequestStats and PlainCounter count in plain numbers: the text and OpenMetrics bytes are those of
+    prometheus_client's Counters and Histogram with the same names, labels, buckets and observations (label sets in
+    order of first use)."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from tvm_observability.aggregator.collector import REQUEST_DURATION_BUCKETS, PlainCounter, RequestStats
+
+    disable_created_series()
+    reference = CollectorRegistry()
+    counter = Counter("http_requests", "HTTP requests handled.", ["method", "endpoint", "status"], registry=reference)
+    histogram = Histogram(
+        "http_request_duration_seconds",
+        "HTTP request handling time.",
+        ["endpoint"],
+        registry=reference,
+        buckets=REQUEST_DURATION_BUCKETS,
+    )
+    received = Counter("telemetry_snapshots_received", "Snapshots.", registry=reference)
+    ours = CollectorRegistry()
+    stats = RequestStats()
+    ours.register(stats)
+    plain = PlainCounter("telemetry_snapshots_received", "Snapshots.")
+    ours.register(plain)
+    for method, endpoint, status, seconds in requests:
+        counter.labels(method, endpoint, str(status)).inc()
+        histogram.labels(endpoint).observe(seconds)
+        stats.observe(method, endpoint, status, seconds)
+        received.inc(status // 100)
+        plain.inc(status // 100)
+    assert generate_latest(ours) == generate_latest(reference)
+    assert generate_openmetrics(ours) == generate_openmetrics(reference)

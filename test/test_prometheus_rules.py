@@ -139,8 +139,7 @@ def test_rules_and_dashboards_only_use_metrics_the_aggregator_exports():
     geofence_registry.register(GeofenceCollector(fleet, violating_monitor(fleet)))
     service_registry = CollectorRegistry()
     service = ServiceMetrics(service_registry)
-    service.requests.labels("GET", "/metrics", "200").inc()  # labelled families appear on first use
-    service.duration.labels("/metrics").observe(0.01)
+    service.observe_request("GET", "/metrics", 200, 0.01)  # labelled families appear on first use
     exported = {
         name
         for registry in (fleet_registry, service_registry, geofence_registry)

@@ -19,13 +19,20 @@ Two renderings of the same samples (`_vehicle_samples` is their one source):
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import prometheus_client
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, UnknownMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
@@ -640,6 +647,70 @@ def disable_created_series() -> None:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
+REQUEST_DURATION_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
+)  # fmt: skip
+_LE = (*map(floatToGoString, REQUEST_DURATION_BUCKETS), "+Inf")
+"""The histogram's `le` labels, as prometheus_client writes them."""
+
+
+class RequestStats(Collector):
+    """The RED metrics of every request, kept in plain numbers and exported as prometheus_client would export a
+    Counter `http_requests` {method, endpoint, status} and a Histogram `http_request_duration_seconds`
+    {endpoint} with REQUEST_DURATION_BUCKETS, label sets in order of first use.
+
+    Only the event loop writes them (and a scrape reads them there), so no lock: prometheus_client's metric
+    objects take a lock per increment, bound children included, and the two per request cost more than the rest
+    of a push's bookkeeping together (docs/benchmarks.md). The label sets are bounded: the methods, routes and
+    statuses the app can answer."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, int], int] = {}
+        self._buckets: dict[str, list[int]] = {}
+        """Per endpoint: how many took at most each bound (not cumulative), then how many took longer."""
+        self._sums: dict[str, float] = {}
+
+    def observe(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        key = (method, endpoint, status)
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        buckets = self._buckets.get(endpoint)
+        if buckets is None:
+            buckets = self._buckets[endpoint] = [0] * (len(REQUEST_DURATION_BUCKETS) + 1)
+            self._sums[endpoint] = 0.0
+        buckets[bisect.bisect_left(REQUEST_DURATION_BUCKETS, seconds)] += 1  # the first bound >= seconds
+        self._sums[endpoint] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "http_requests", "HTTP requests handled.", labels=["method", "endpoint", "status"]
+        )
+        for (method, endpoint, status), count in list(self._counts.items()):
+            requests.add_metric([method, endpoint, str(status)], count)
+        yield requests
+        duration = HistogramMetricFamily(
+            "http_request_duration_seconds", "HTTP request handling time.", labels=["endpoint"]
+        )
+        for endpoint, buckets in list(self._buckets.items()):
+            cumulative = list(itertools.accumulate(buckets))
+            duration.add_metric([endpoint], list(zip(_LE, cumulative, strict=True)), self._sums[endpoint])
+        yield duration
+
+
+class PlainCounter(Collector):
+    """A counter without labels in a plain number, exported as prometheus_client's Counter of the same name;
+    for what every push counts (written on the event loop only: no lock, see RequestStats)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation, self.value = name, documentation, 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.value)
+
+
 class ServiceMetrics:
     """The aggregator's own RED metrics and ingest/persistence counters, in the app's registry.
 
@@ -647,21 +718,12 @@ class ServiceMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter(
-            "http_requests", "HTTP requests handled.", ["method", "endpoint", "status"], registry=registry
+        self.requests = RequestStats()
+        registry.register(self.requests)
+        self.received = PlainCounter(
+            "telemetry_snapshots_received", "Valid, authorised snapshots received (including retries)."
         )
-        self.duration = Histogram(
-            "http_request_duration_seconds",
-            "HTTP request handling time.",
-            ["endpoint"],
-            registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-        )
-        self.received = Counter(
-            "telemetry_snapshots_received",
-            "Valid, authorised snapshots received (including retries).",
-            registry=registry,
-        )
+        registry.register(self.received)
         self.duplicates = Counter(
             "telemetry_snapshots_duplicate",
             "Received snapshots already applied (same or older boot_id/seq), acknowledged and ignored.",
@@ -775,20 +837,7 @@ class ServiceMetrics:
             "telemetry_aggregator_build_info", "Version of the running aggregator.", ["version"], registry=registry
         )
         self.build_info.labels(__version__).set(1)
-        self._request_counters: dict[tuple[str, str, int], Any] = {}
-        self._request_timers: dict[str, Any] = {}
 
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
-        """Count and time one request. Each label set's children are bound once (bounded: the methods, routes
-        and statuses the app can answer): `labels()` per request cost more than all the rest of the push's
-        bookkeeping (docs/benchmarks.md)."""
-        counter = self._request_counters.get((method, endpoint, status))
-        if counter is None:
-            counter = self._request_counters[(method, endpoint, status)] = self.requests.labels(
-                method, endpoint, str(status)
-            )
-        counter.inc()
-        timer = self._request_timers.get(endpoint)
-        if timer is None:
-            timer = self._request_timers[endpoint] = self.duration.labels(endpoint)
-        timer.observe(seconds)
+        """Count and time one request (http_requests_total, http_request_duration_seconds)."""
+        self.requests.observe(method, endpoint, status, seconds)
