@@ -44,7 +44,8 @@ _LEVELS = {"OK": DiagnosticStatus.OK, "WARN": DiagnosticStatus.WARN, "ERROR": Di
 _LATENESS_WINDOW = 10
 ROSOUT_DRAIN_PERIOD_S = 0.1
 ROSOUT_DEPTH = 1000
-"""Entries the /rosout reader keeps between two drains: 10,000 log lines a second before one is lost."""
+"""Entries the /rosout reader keeps between two drains: 10,000 log lines a second before one is lost, or with the
+middleware's content filter (drained once a tick) 1,000 entries at the level per publish period."""
 ROSOUT_NO_FILTER = "bridge (this rclpy has no content filters: Kilted on has)"
 
 
@@ -54,6 +55,7 @@ class VehicleBridge(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self._rosout_reader: Node | None = None
+        self._drain_rosout_in_tick = False
         self.rosout_filter = "off"
         """Who drops /rosout entries below events_min_level: "middleware" (a DDS content filter), else the bridge
         and why (shown in /diagnostics as `rosout_filter`)."""
@@ -255,7 +257,11 @@ class VehicleBridge(Node):
             cft = self._rosout.is_cft_enabled
             self.rosout_filter = "middleware" if cft else "bridge (the middleware has no content filters)"
         self.get_logger().info(f"/rosout entries below {min_level} are dropped by: {self.rosout_filter}")
-        self.create_timer(ROSOUT_DRAIN_PERIOD_S, self._drain_rosout)
+        if self.rosout_filter == "middleware":
+            # Only entries at the level arrive: the tick takes them (ROSOUT_DEPTH a period), no timer of its own.
+            self._drain_rosout_in_tick = True
+        else:
+            self.create_timer(ROSOUT_DRAIN_PERIOD_S, self._drain_rosout)
 
     def _keep_newest(self, topic: str, sensors: list[str]) -> Any:
         """A raw callback that keeps the topic's newest message and counts the sensors sharing the topic."""
@@ -307,6 +313,8 @@ class VehicleBridge(Node):
 
     def _tick(self) -> None:
         self._drain_inputs()
+        if self._drain_rosout_in_tick:
+            self._drain_rosout()
         now = _now()
         self._lateness = [*self._lateness[-(_LATENESS_WINDOW - 1) :], max(0.0, now - self._next_tick)]
         self._next_tick = max(self._next_tick + self.params.publish_period_s, now)
