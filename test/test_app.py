@@ -25,7 +25,7 @@ from support import FakeClock, parse_metrics, sample, wire_snapshot
 
 from tvm_observability import codec
 from tvm_observability.aggregator import state_image
-from tvm_observability.aggregator.app import RUNTIME, _acknowledge, _request_id, make_app
+from tvm_observability.aggregator.app import RUNTIME, _request_id, acknowledgement, make_app
 from tvm_observability.aggregator.config import parse_config
 from tvm_observability.aggregator.fleet import Outcome
 from tvm_observability.aggregator.logs import LogSummary
@@ -432,12 +432,8 @@ def test_acknowledgement_is_the_json_of_its_fields(vehicle_id: str, boot_id: str
     """The push acknowledgement is formatted, not encoded: for every id the schema admits it must be exactly the
     JSON document of its fields, as json.dumps writes it."""
     snap = VehicleSnapshot(vehicle_id=vehicle_id, boot_id=boot_id, seq=seq, sent_at=1.0)
-    response = _acknowledge(outcome, snap, "req-1")
-    assert response.body is not None and isinstance(response.body, bytes)
     expected = {"status": outcome.value, "vehicle_id": vehicle_id, "boot_id": boot_id, "seq": seq}
-    assert response.body == json.dumps(expected).encode()
-    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
-    assert response.headers["X-Request-Id"] == "req-1"
+    assert acknowledgement(outcome, snap) == json.dumps(expected).encode()
 
 
 def test_generated_request_ids_are_unique_and_sixteen_hex_digits() -> None:

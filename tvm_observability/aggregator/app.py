@@ -219,7 +219,8 @@ async def _red_metrics(request: web.Request, handler: Handler) -> web.StreamResp
 
 
 async def handle_telemetry(request: web.Request) -> web.Response:
-    """POST /api/v1/telemetry: one msgpack snapshot from one vehicle."""
+    """POST /api/v1/telemetry: one msgpack snapshot from one vehicle. (fast_push.py answers the plain pushes
+    that arrive whole with the same steps, without this request object; every other push comes here.)"""
     rt = request.app[RUNTIME]
     request_id = _request_id(request)
     vehicle_id: str | None = None
@@ -227,15 +228,28 @@ async def handle_telemetry(request: web.Request) -> web.Response:
         body, credential, routed = await _admitted_body(rt, request, rt.config.limits.max_body_bytes)
         snap = decode_snapshot(body, rt.ingest_limits)
         vehicle_id = snap.vehicle_id
-        _authorise(rt, snap.vehicle_id, credential, routed)
-        if not rt.limiter.check(snap.vehicle_id):
-            raise RateLimited(
-                f"more than {rt.config.limits.rate_limit_per_vehicle_hz:g} pushes/s from {snap.vehicle_id}"
-            )
-        outcome = rt.fleet.apply(snap, body)
-        rt.limiter.take(snap.vehicle_id)  # only admitted vehicles ever get a bucket
+        outcome = take_push(rt, snap, body, credential, routed)
     except TelemetryError as exc:
         return _reject(rt, exc, request, request_id, vehicle_id)
+    after_push(rt, snap, outcome, request_id)
+    return web.Response(
+        body=acknowledgement(outcome, snap), headers={"Content-Type": _JSON, "X-Request-Id": request_id}
+    )
+
+
+def take_push(rt: Runtime, snap: VehicleSnapshot, body: bytes, credential: str | None, routed: str | None) -> Outcome:
+    """A decoded push, after its credential and routing header were checked: may it write its vehicle, is it
+    within the rate, then folded into the fleet. Raises TelemetryError with nothing changed."""
+    _authorise(rt, snap.vehicle_id, credential, routed)
+    if not rt.limiter.check(snap.vehicle_id):
+        raise RateLimited(f"more than {rt.config.limits.rate_limit_per_vehicle_hz:g} pushes/s from {snap.vehicle_id}")
+    outcome = rt.fleet.apply(snap, body)
+    rt.limiter.take(snap.vehicle_id)  # only admitted vehicles ever get a bucket
+    return outcome
+
+
+def after_push(rt: Runtime, snap: VehicleSnapshot, outcome: Outcome, request_id: str) -> None:
+    """What follows a taken push: counts, its events, the logs it calls for."""
     rt.metrics.received.inc()
     _write_events(rt, snap, request_id)
     if outcome is Outcome.DUPLICATE:
@@ -251,17 +265,16 @@ async def handle_telemetry(request: web.Request) -> web.Response:
                 far.zone,
                 extra={"request_id": request_id, "vehicle_id": far.vehicle_id, "zone": far.zone},
             )
-    return _acknowledge(outcome, snap, request_id)
 
 
 _ACK = '{"status": "%s", "vehicle_id": "%s", "boot_id": "%s", "seq": %d}'
 """The acknowledgement of a push, as json.dumps writes it: every field is a pattern-checked id (no character
 that JSON escapes), an outcome name or an integer, so formatting it is exact and cheaper than encoding a dict."""
+ACK_CONTENT_TYPE = _JSON
 
 
-def _acknowledge(outcome: Outcome, snap: VehicleSnapshot, request_id: str) -> web.Response:
-    body = _ACK % (outcome.value, snap.vehicle_id, snap.boot_id, snap.seq)
-    return web.Response(body=body.encode(), headers={"Content-Type": _JSON, "X-Request-Id": request_id})
+def acknowledgement(outcome: Outcome, snap: VehicleSnapshot) -> bytes:
+    return (_ACK % (outcome.value, snap.vehicle_id, snap.boot_id, snap.seq)).encode()
 
 
 def _write_events(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> None:
@@ -432,8 +445,8 @@ async def _admitted_body(rt: Runtime, request: web.Request, max_bytes: int) -> t
     """What every POST checks before decoding, in this order: content type, credential, routing header, then the
     body within `max_bytes` and the body timeout. Returns (body, the credential's vehicle, the routing header's)."""
     _check_content_type(request)
-    credential = _authenticate(rt, bearer_token(request.headers.get("Authorization")))
-    routed = _routing_vehicle(request, credential)
+    credential = authenticate(rt, bearer_token(request.headers.get("Authorization")))
+    routed = routing_vehicle(request.headers.get(ROUTING_HEADER), credential)
     body = await _read_body(request, max_bytes, rt.config.limits.body_timeout_s)
     return body, credential, routed
 
@@ -478,7 +491,7 @@ async def _read_limited_body(request: web.Request, limit: int, timeout_s: float)
         raise BodyTimeout(f"body not received within {timeout_s:g} s") from None
 
 
-def _authenticate(rt: Runtime, token: str | None) -> str | None:
+def authenticate(rt: Runtime, token: str | None) -> str | None:
     """The roster vehicle whose credential `token` is (None while auth_required is off), before the body is
     read: every unauthenticated push gets the same 401, whatever vehicle or schema its body would claim."""
     if not rt.config.auth_required:
@@ -512,10 +525,9 @@ def is_configured_token(rt: Runtime, word: str) -> bool:
     return digest in rt.token_owner
 
 
-def _routing_vehicle(request: web.Request, credential: str | None) -> str | None:
+def routing_vehicle(routed: str | None, credential: str | None) -> str | None:
     """The routing header's vehicle (decision record 0001), checked against the credential; None when absent
     (bridges older than the header)."""
-    routed = request.headers.get(ROUTING_HEADER)
     if routed is not None and credential is not None and routed != credential:
         raise RoutingMismatch(f"{ROUTING_HEADER} names another vehicle than the credential's")
     return routed
@@ -575,9 +587,12 @@ def _log_unknown_status(rt: Runtime, snap: VehicleSnapshot, request_id: str) -> 
 
 
 def _request_id(request: web.Request) -> str:
+    return request_id(request.headers.get("X-Request-Id"))
+
+
+def request_id(given: str | None) -> str:
     """The client's X-Request-Id when it is well formed, else a new one: 16 hex digits, from a random start per
     process counting up (unique within the process, unguessable across processes, no system call per push)."""
-    given = request.headers.get("X-Request-Id")
     if given is not None and _REQUEST_ID.fullmatch(given):
         return given
     return f"{(_REQUEST_ID_BASE + next(_REQUEST_COUNT)) & _REQUEST_ID_MASK:016x}"
