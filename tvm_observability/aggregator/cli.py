@@ -27,6 +27,7 @@ from . import check_requirements
 from .app import RUNTIME, is_configured_token, make_app
 from .config import AggregatorConfig, ConfigError, default_config, is_loopback, load_config
 from .connections import Acceptor, ConnectionGuard, ConnectionPolicy, descriptor_budget, listening_sockets
+from .fast_push import FastPushConnections
 from .logs import LogSummary, configure_logging, redaction_filters
 from .persistence import StateFile
 from .settings import derive, plan_reload
@@ -158,8 +159,10 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_config, app, tls, reload_from, listen)
     rt = app[RUNTIME]
+    # Plain pushes are answered by the fast path; every other request by aiohttp (aggregator/fast_push.py).
+    fast_push = FastPushConnections(rt, runner.server)  # type: ignore[arg-type]  # a factory of request handlers
     guard = ConnectionGuard(
-        runner.server,  # type: ignore[arg-type]  # aiohttp's Server: a factory of request handlers
+        fast_push,
         lambda: ConnectionPolicy.of(rt.config),
         ssl_context=tls.listening if tls else None,
         descriptor_budget=descriptor_budget(),
@@ -200,6 +203,7 @@ async def serve(
         if acceptor is not None:
             acceptor.close()  # stop accepting; the requests under way finish in runner.cleanup()
         guard.abort_pending()
+        fast_push.close_idle()  # before the state is saved; aiohttp closes its own connections
         await runner.cleanup()
     _LOGGER.info("stopped")
 
