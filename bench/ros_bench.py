@@ -6,9 +6,9 @@ aggregator, each measured for WINDOW_S from /proc after WARMUP_S. Freshness, dur
 each battery publish (a new percentage every second) until /metrics shows it, /metrics polled every POLL_S.
 /rosout cost (issue 14): right after, the same bridge process measured again for WINDOW_S while a chatty robot
 (`ros_nodes chatter`: hundreds of INFO lines per second and a few ERRORs through /rosout) runs beside the topic load
-(the middleware filters /rosout for it where rclpy has content filters); then a bridge that filters /rosout itself
-(`events_rosout_filter: false`, what Humble and Jazzy do) under the same load; then, under the same /rosout
-load, a bare node subscribed to /rosout alone, and the same with a DDS content filter (what the bridge's /rosout
+(the middleware filters /rosout for it: a DDS content filter); then a bridge that filters /rosout itself
+(`events_rosout_filter: false`, what an rmw without content filters leaves) under the same load; then, under the
+same /rosout load, a bare node subscribed to /rosout alone, and the same with a DDS content filter (what a /rosout
 subscription costs at least, and what filtering in the middleware leaves).
 
 The helpers (`process`, `usage`, `bridge_argv`, `write_token`) are shared with bench/history_bench.py.
@@ -204,7 +204,7 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
                         rosout_usage = usage(bridge, WINDOW_S)
                         events_seen = recent_events(aggregator.url, VEHICLE)
                     log(f"bridge with the /rosout load: {rosout_usage['cpu_util']:.1%} cpu; {events_seen} events")
-                    # Humble's and Jazzy's path (their rclpy has no content filters), under the same load: a bridge
+                    # The path of an rmw without content filters, under the same load: a bridge
                     # that receives every entry and drops those below ERROR by their level byte.
                     argv = bridge_argv(
                         aggregator.url, token_file, workdir / "journal-unfiltered", events_rosout_filter="false"
@@ -229,7 +229,6 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
         "rosout": {
             "load": ROSOUT_LOAD,
             "bridge": rosout_usage,
-            "content_filters": _content_filters(),
             "bridge_unfiltered": unfiltered_usage,
             "events_seen": events_seen,
             "subscriber": subscribers["rosout"],
@@ -246,13 +245,6 @@ def run_all(workdir: Path, log: Callable[[str], None]) -> dict[str, Any]:
             "max_s": delays[-1],
         }
     return result
-
-
-def _content_filters() -> bool:
-    """This rclpy has content filters (Kilted on): the shipped bridge then has the middleware filter /rosout."""
-    import importlib.util
-
-    return importlib.util.find_spec("rclpy.subscription_content_filter_options") is not None
 
 
 def main() -> int:

@@ -5,7 +5,6 @@ of another vehicle on the same ROS domain is not captured; a flood stays within 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,6 @@ from support import AggregatorProcess, sample, scrape, wait_for
 from tvm_observability.demo.link_proxy import LinkProxy
 
 pytestmark = pytest.mark.ros
-
-CONTENT_FILTERS = importlib.util.find_spec("rclpy.subscription_content_filter_options") is not None
-"""rclpy has content filters (Kilted on): the first bridge below asks the middleware to filter /rosout."""
 
 HOSTILE = 'planner failed\n{"level":"INFO","context":{"vehicle_id":"V2"}}\x1b[31m red \x1b[0m'
 
@@ -74,11 +70,9 @@ def test_logged_errors_and_diagnostics_reach_the_events_file_once(ros_env, tmp_p
             try:
                 wait_for(lambda: sample(scrape(agg.url), "vehicle_up", vehicle_id="V1") == 1.0, 30, what="V1 up")
                 wait_for(lambda: "events_captured" in vehicle.latest_health(), 30, what="bridge health")
-                from tvm_observability.bridge.node import ROSOUT_NO_FILTER
-
-                # The shipped default: Fast DDS drops the entries below ERROR where rclpy can ask it to.
-                filtered_by = "middleware" if CONTENT_FILTERS else ROSOUT_NO_FILTER
-                assert vehicle.latest_health()["rosout_filter"] == filtered_by
+                # The shipped default: Fast DDS drops the entries below ERROR (asked by rclpy on Kilted, through
+                # rcl on Jazzy, bridge/content_filter.py).
+                assert vehicle.latest_health()["rosout_filter"] == "middleware"
                 planner.get_logger().error(HOSTILE)
                 planner.get_logger().fatal("motor controller lost")
                 planner.get_logger().info("all fine")  # below the level: never an event
@@ -100,8 +94,8 @@ def test_logged_errors_and_diagnostics_reach_the_events_file_once(ros_env, tmp_p
             assert len({r["event"]["id"] for r in records}) == len(records) == 3, records
             first_boot = records[0]["context"]["boot_id"]
 
-            # The restarted bridge drops what is below ERROR itself (Humble's and Jazzy's path, run on Kilted too):
-            # /rosout's history then brings it the first run's INFO line as well.
+            # The restarted bridge drops what is below ERROR itself (an rmw without content filters): /rosout's
+            # history then brings it the first run's INFO line as well.
             unfiltered = bridge_params("bridge-unfiltered.yaml", events_rosout_filter=False)
             with BridgeProcess(ros_env, unfiltered, "__ns:=/v1") as second:
                 # Logged before the new bridge can have subscribed (its process is only starting): it reaches the

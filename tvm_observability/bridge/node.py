@@ -18,12 +18,14 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
+from rclpy.utilities import get_rmw_implementation_identifier
 from sensor_msgs.msg import BatteryState, NavSatFix
 from std_msgs.msg import String
 
 from .. import codec
 from . import converters
 from .backlog import BacklogUploader
+from .content_filter import set_filter
 from .events import MARKS_FILE, ROSOUT_LEVELS, CaptureSettings, EventCapture, RosoutMarks
 from .journal import Journal
 from .params import (
@@ -46,7 +48,6 @@ ROSOUT_DRAIN_PERIOD_S = 0.1
 ROSOUT_DEPTH = 1000
 """Entries the /rosout reader keeps between two drains: 10,000 log lines a second before one is lost, or with the
 middleware's content filter (drained once a tick) 1,000 entries at the level per publish period."""
-ROSOUT_NO_FILTER = "bridge (this rclpy has no content filters: Kilted on has)"
 
 
 class VehicleBridge(Node):
@@ -230,8 +231,9 @@ class VehicleBridge(Node):
         costs more per message than all the rest of the bridge's work (docs/benchmarks.md, "/rosout cost"). So it
         is read by a subscription outside the executor (on a reader node that is never spun), drained in batches
         by a timer, serialized, and an entry below `min_level` is dropped by its level byte, never deserialized.
-        Where rclpy and the middleware have content filters, the middleware drops those entries before they are
-        received at all (`level >= min_level`): what the level byte leaves, the DDS receipt of each one, is gone.
+        Where the middleware has content filters, it drops those entries before they are received at all
+        (`level >= min_level`): what the level byte leaves, the DDS receipt of each one, is gone. rclpy asks for
+        the filter from Kilted on; on Humble and Jazzy the bridge sets it through rcl (bridge/content_filter.py).
         Its QoS is /rosout's own: reliable and transient local, so entries of the last seconds (its lifespan)
         arrive after a restart too; RosoutMarks keeps them from being captured twice."""
         reader = self._rosout_reader = rclpy.create_node(
@@ -245,23 +247,38 @@ class VehicleBridge(Node):
             depth=ROSOUT_DEPTH, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
         )
         self._rosout_min_level = ROSOUT_LEVELS[min_level]
-        options = _level_filter(self._rosout_min_level) if content_filter else None
-        if options is None:
-            self._rosout = reader.create_subscription(Log, "/rosout", _never_called, rosout_qos)
-            self.rosout_filter = "bridge (events_rosout_filter is false)" if not content_filter else ROSOUT_NO_FILTER
-        else:
+        level = [str(self._rosout_min_level)]
+        options = _rclpy_filter_options(level) if content_filter else None
+        if options is not None:  # rclpy has content filters (Kilted on)
             self._rosout = reader.create_subscription(
                 Log, "/rosout", _never_called, rosout_qos, content_filter_options=options
             )
             # rcl falls back to an unfiltered subscription where the middleware has no content filters.
             cft = self._rosout.is_cft_enabled
             self.rosout_filter = "middleware" if cft else "bridge (the middleware has no content filters)"
+        else:
+            self._rosout = reader.create_subscription(Log, "/rosout", _never_called, rosout_qos)
+            if not content_filter:
+                self.rosout_filter = "bridge (events_rosout_filter is false)"
+            else:  # Humble, Jazzy: rcl has content filters, rclpy does not expose them
+                self.rosout_filter = self._filter_through_rcl(level)
         self.get_logger().info(f"/rosout entries below {min_level} are dropped by: {self.rosout_filter}")
         if self.rosout_filter == "middleware":
             # Only entries at the level arrive: the tick takes them (ROSOUT_DEPTH a period), no timer of its own.
             self._drain_rosout_in_tick = True
         else:
             self.create_timer(ROSOUT_DRAIN_PERIOD_S, self._drain_rosout)
+
+    def _filter_through_rcl(self, level: list[str]) -> str:
+        """LEVEL_FILTER on the /rosout subscription through rcl, on an rmw known to take it (rmw_fastrtps
+        leaves a subscription broken when it refuses a filter, so none is tried where it might be refused)."""
+        rmw = get_rmw_implementation_identifier()
+        if rmw not in CONTENT_FILTER_RMWS:
+            return f"bridge ({rmw} is not known to filter content)"
+        handle = self._rosout.handle
+        with handle:  # held: not destroyed while rcl works on it
+            problem = set_filter(handle.pointer, LEVEL_FILTER, level)
+        return "middleware" if problem is None else f"bridge ({problem})"
 
     def _keep_newest(self, topic: str, sensors: list[str]) -> Any:
         """A raw callback that keeps the topic's newest message and counts the sensors sharing the topic."""
@@ -439,13 +456,19 @@ def _now() -> float:
     return time.monotonic()
 
 
-def _level_filter(level: int) -> Any:
-    """A content filter keeping /rosout entries at `level` or above, or None where rclpy has none (Humble, Jazzy)."""
+LEVEL_FILTER = "level >= %0"
+"""The /rosout content filter: entries at the lowest level captured (its parameter) or above."""
+CONTENT_FILTER_RMWS = frozenset({"rmw_fastrtps_cpp", "rmw_fastrtps_dynamic_cpp", "rmw_connextdds"})
+"""The rmw implementations with content filters, where the bridge sets LEVEL_FILTER through rcl."""
+
+
+def _rclpy_filter_options(parameters: list[str]) -> Any:
+    """LEVEL_FILTER as rclpy's content filter options, or None where rclpy has none (Humble, Jazzy)."""
     try:
         options = importlib.import_module("rclpy.subscription_content_filter_options")
     except ImportError:
         return None
-    return options.ContentFilterOptions("level >= %0", [str(level)])
+    return options.ContentFilterOptions(LEVEL_FILTER, parameters)
 
 
 def _never_called(_msg: Log) -> None:

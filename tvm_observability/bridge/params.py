@@ -124,8 +124,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
         "events_rosout_filter",
         True,
         "Ask the middleware to drop /rosout entries below events_min_level before the bridge receives them "
-        "(a DDS content filter: rclpy has them from Kilted on; where rclpy or the middleware has none, the bridge "
-        "drops them by their level byte).",
+        "(a DDS content filter; where the middleware has none, the bridge drops them by their level byte).",
     ),
     ParamSpec(
         "events_namespace",
