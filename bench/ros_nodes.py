@@ -27,8 +27,10 @@ from rcl_interfaces.msg import Log
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.subscription_content_filter_options import ContentFilterOptions
 from sensor_msgs.msg import BatteryState, Image, LaserScan, NavSatFix
+
+from tvm_observability.bridge.content_filter import set_filter
+from tvm_observability.bridge.node import LEVEL_FILTER
 
 TOPICS = (
     ("odom", Odometry, 50.0),
@@ -163,10 +165,13 @@ def _rosout_subscriber(filtered: bool) -> None:
             del kept[:-10]
 
     qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-    options = ContentFilterOptions("level >= %0", [str(ERROR_LEVEL)]) if filtered else None
-    subscription = node.create_subscription(Log, "/rosout", keep, qos, content_filter_options=options)
-    if filtered and not subscription.is_cft_enabled:
-        raise RuntimeError("this RMW does not support content-filtered topics")
+    subscription = node.create_subscription(Log, "/rosout", keep, qos)
+    if filtered:  # as the bridge sets it on Humble and Jazzy (rcl), here on every distribution
+        handle = subscription.handle
+        with handle:
+            problem = set_filter(handle.pointer, LEVEL_FILTER, [str(ERROR_LEVEL)])
+        if problem is not None:
+            raise RuntimeError(f"no content filter: {problem}")
     rclpy.spin(node)
 
 
