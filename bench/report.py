@@ -593,8 +593,11 @@ METHOD = """## Method
 - **Servers**, each a fresh process pinned to core 0 with `taskset` (and, where allowed, at nice -10 like the load
   generator, so that other work on a shared machine disturbs the figures less): the aggregator
   (`telemetry_aggregator`, its real CLI, a roster of N vehicles each with its own token, state file on as
-  deployed, uvloop when installed); a bare aiohttp server whose one handler reads the body and answers 200 (same
-  aiohttp, same event loop; the floor any aiohttp service pays per request); the Debian `prometheus-pushgateway`
+  deployed, uvloop when installed, its connection caps, pending ones included, at the fleet plus 100: every
+  vehicle connects from the load generator's one address, and the per-address cap for pending connections
+  would reset vehicles that a real fleet, spread over its own addresses, never loses); a bare aiohttp server
+  whose one handler reads the body and answers 200 (same aiohttp, same event loop; the floor any aiohttp service
+  pays per request); the Debian `prometheus-pushgateway`
   with its consistency check off (`--push.disable-consistency-check`) and, at the smallest level, with its default
   settings (its persistence file moved to a temporary directory).
 - **Load** (bench/loadgen.py, pinned to core 1): N simulated vehicles, each with its own keep-alive connection,

@@ -165,7 +165,11 @@ def start_aggregator(
         state = workdir / "aggregator-state.json"
         state.unlink(missing_ok=True)
         config["state_file"] = str(state)
-    limits = {"max_connections": vehicles + CONNECTION_HEADROOM}  # the fleet plus scrapers, as operations.md says
+    # The fleet plus scrapers, as operations.md says. The load generator connects every vehicle from one address
+    # and at 2,000 connections a second: the pending caps meant for idle and unknown clients (100 per address,
+    # 1,000 in all) would reset vehicles that a real fleet, spread over its own addresses, never loses.
+    room = vehicles + CONNECTION_HEADROOM
+    limits = {"max_connections": room, "max_pending_connections": room, "max_pending_connections_per_source": room}
     limits.update(overrides.pop("limits", {}))  # type: ignore[call-overload]
     config.update(overrides, limits=limits)
     path = workdir / "aggregator.yaml"
