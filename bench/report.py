@@ -687,14 +687,22 @@ NOTES = """## Notes: what was optimised, what is out of reach and why
   headers as the handler. Any other request, every refusal included, goes to aiohttp's handler from its first
   byte for the rest of the connection. A property test holds every request the fast path takes equal to what
   llhttp (aiohttp's parser) reads from the same bytes, smuggling shapes included; process tests compare its
-  answer with aiohttp's for the same push. The aggregator now costs less per push than the bare aiohttp handler,
-  and takes more pushes per second on one core than it (saturation rows).
+  answer with aiohttp's for the same push. The aggregator now costs about what the bare aiohttp handler costs per
+  push (0.71-1.05× in the runs of 2026-11-30 that had it), and takes more pushes per second on one core than it
+  (the saturation and 10,000-vehicle rows).
 - **What is left.** One core of this machine does not take 10,000 pushes/s: the bare handler's cost per request
-  on 2026-11-30 was about three times that of 2026-11-27 (the machine's kernel build had changed in between), and
-  the aggregator, though below the bare handler now, does not make up a factor of two. At 10,000 vehicles the
-  scraped row inherits the unheld load: an overloaded event loop serves a whole-fleet scrape in pieces between
-  turns that each take a long time, past the scraper's 10 s timeout. Past one core, ingest runs in several
-  processes: shards behind HAProxy (docs/scaling.md, measured above).
+  on 2026-11-30 was about three times that of 2026-11-27 (the machine's kernel build had changed in between); the
+  aggregator takes about twice what the bare handler takes there, not 10,000. At 10,000 vehicles the scraped row
+  inherits the unheld load: an overloaded event loop serves a whole-fleet scrape in pieces between turns that each
+  take a long time, past the scraper's 10 s timeout. At 5,000 vehicles, the most the bare handler held (at 86 % of
+  the core), the aggregator holds the load with no failure and answers every scrape, but its p99 is above 20 ms
+  (25 ms without scrapes, about 100 ms with them): near saturation the scrape's slices of 250 vehicles (15-20 ms
+  each on this machine when every vehicle changed) and, once its 2 s of pauses are spent, the rest in one piece
+  delay the pushes queued behind them. What would take it under: a scrape whose per-vehicle text is brought up to
+  date with each push rather than at the scrape (so a scrape only joins strings), or smaller slices with a longer
+  pause budget (one trial of 100-vehicle slices and a 6 s budget: 157 ms against 750 ms in the same conditions;
+  noisy), or the room of a second core. Past one core, ingest runs in several processes: shards behind HAProxy
+  (docs/scaling.md, measured above).
 - **No scrape stalls ingest:** `/metrics` is streamed. The vehicles' text is brought up to date 250 vehicles at a
   time with a return to the event loop between slices, then written family by family, so pushes are answered
   during a whole-fleet scrape instead of waiting behind it (before: ~300 ms of one piece for 10,000 vehicles after
