@@ -254,8 +254,8 @@ class FastPush(asyncio.Protocol):
                 self._hand_over(buffer)
                 return
             transport.write(response)
+            self._buffer = b""  # answered: what follows is a new request, with a timeout of its own
             if push.close:
-                self._buffer = b""
                 self.close()
                 return
             buffer = buffer[push.end :]
