@@ -2,8 +2,9 @@
 -> remote write -> a Prometheus (Debian package, out-of-order window, remote-write receiver) that also scrapes the
 aggregator every second.
 
-An outage of OUTAGE_S seconds (the issue asks for 2 minutes; TVM_HISTORY_OUTAGE_S, 40 s by default, keeps the test
-near a minute) with the bridge killed with SIGKILL in the middle and started again at once. After the link returns
+An outage of OUTAGE_S seconds (the issue asks for 2 minutes; TVM_HISTORY_OUTAGE_S, 60 s by default, keeps the test
+near a minute and a half; with a shorter one the 95 % allow a single second without a sample, and a loaded CI
+machine has shown two of 32) with the bridge killed with SIGKILL in the middle and started again at once. After the link returns
 and the backlog drained, Prometheus holds the vehicle's real battery values at their own timestamps for >= 95 % of
 the outage's seconds in which a bridge was running (the seconds between the kill and the new bridge's start were
 never measured), no stale value among them, no sample twice, and vehicle_errors_total exact.
@@ -27,7 +28,7 @@ from tvm_observability.demo import prometheus_setup
 from tvm_observability.demo.link_proxy import LinkProxy
 
 pytestmark = [pytest.mark.ros, pytest.mark.peer]
-OUTAGE_S = float(os.environ.get("TVM_HISTORY_OUTAGE_S", "40"))
+OUTAGE_S = float(os.environ.get("TVM_HISTORY_OUTAGE_S", "60"))
 BEFORE = 76.5
 """The battery level before and after the outage; during it the level names the second (battery_at)."""
 
