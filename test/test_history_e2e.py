@@ -4,10 +4,11 @@ aggregator every second.
 
 An outage of OUTAGE_S seconds (the issue asks for 2 minutes; TVM_HISTORY_OUTAGE_S, 60 s by default, keeps the test
 near a minute and a half; with a shorter one the 95 % allow a single second without a sample, and a loaded CI
-machine has shown two of 32) with the bridge killed with SIGKILL in the middle and started again at once. After the link returns
-and the backlog drained, Prometheus holds the vehicle's real battery values at their own timestamps for >= 95 % of
-the outage's seconds in which a bridge was running (the seconds between the kill and the new bridge's start were
-never measured), no stale value among them, no sample twice, and vehicle_errors_total exact.
+machine has shown two of 32) with the bridge killed with SIGKILL in the middle and started again at once. After
+the link returns and the backlog drained, Prometheus holds the vehicle's real battery values at their own
+timestamps for >= 95 % of the outage's seconds in which a bridge was running (the seconds between the kill and
+the new bridge's start were never measured), no stale value among them, no sample twice, and
+vehicle_errors_total exact.
 """
 
 from __future__ import annotations
