@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tvm_observability import codec
 from tvm_observability.demo import processes
+from tvm_observability.model import ROUTING_HEADER, TELEMETRY_PATH
 
 REPO = Path(__file__).resolve().parent.parent
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -107,6 +108,24 @@ def push(base_url: str, wire: Mapping[str, Any], token: str | None = None, **hea
         all_headers["Authorization"] = f"Bearer {token}"
     all_headers.update(headers)
     return request(base_url + "/api/v1/telemetry", "POST", codec.encode_wire(dict(wire)), all_headers)
+
+
+def raw_push(
+    vehicle_id: str = "V1", token: str = "t", seq: int = 1, *, headers: list[tuple[str, str]] | None = None
+) -> bytes:
+    """A push as the bytes of one HTTP/1.1 request (routing header and credential included), with `headers` added:
+    for tests that write to a socket themselves (pipelining, split writes, hostile framing)."""
+    body = codec.encode_wire(wire_snapshot(vehicle_id, seq=seq))
+    lines = [
+        f"POST {TELEMETRY_PATH} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/msgpack",
+        f"{ROUTING_HEADER}: {vehicle_id}",
+        f"Authorization: Bearer {token}",
+        f"Content-Length: {len(body)}",
+        *(f"{name}: {value}" for name, value in headers or []),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def wire_snapshot(vehicle_id: str = "V1", *, boot_id: str = "boot-a", seq: int = 1, **fields: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from support import AggregatorProcess, push, sample, scrape, wait_for, wire_snapshot
+from support import AggregatorProcess, push, raw_push, sample, scrape, wait_for, wire_snapshot
 from tls_certs import ThrowawayCA
 
 from tvm_observability import codec
@@ -276,13 +276,6 @@ Served in turn, that is a few rounds (its connection accepted, its headers read,
 the event loop accepted 16 connections, the last of 600 waited ~38 turns, each serving every busy connection."""
 
 
-def _push_request(vehicle_id: str, token: str, seq: int) -> bytes:
-    body = codec.encode_wire(wire_snapshot(vehicle_id, seq=seq))
-    head = "POST /api/v1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
-    head += f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
-
-
 class _Vehicle(asyncio.Protocol):
     """One vehicle on one keep-alive connection: pushes, records each answer's status; with `again` it pushes
     again as soon as answered."""
@@ -308,7 +301,7 @@ class _Vehicle(asyncio.Protocol):
     def push(self) -> None:
         assert self.transport is not None
         self.seq += 1
-        self.transport.write(_push_request(self.vehicle_id, self.token, self.seq))
+        self.transport.write(raw_push(self.vehicle_id, self.token, self.seq))
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data

@@ -17,36 +17,20 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpRequestParser
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from support import AggregatorProcess, sample, scrape, wait_for, wire_snapshot
+from support import AggregatorProcess, raw_push, sample, scrape, wait_for
 
 from tvm_observability import codec
 from tvm_observability.aggregator.fast_push import INCOMPLETE, MAX_HEAD_BYTES, NOT_PLAIN, Push, parse
-from tvm_observability.model import ROUTING_HEADER, TELEMETRY_PATH
+from tvm_observability.model import TELEMETRY_PATH
 
 MAX_BODY = 65_536
-
-
-def push_request(
-    vehicle_id: str = "V1", token: str = "t", seq: int = 1, *, headers: list[tuple[str, str]] | None = None
-) -> bytes:
-    body = codec.encode_wire(wire_snapshot(vehicle_id, seq=seq))
-    lines = [
-        f"POST {TELEMETRY_PATH} HTTP/1.1",
-        "Host: 127.0.0.1",
-        "Content-Type: application/msgpack",
-        f"{ROUTING_HEADER}: {vehicle_id}",
-        f"Authorization: Bearer {token}",
-        f"Content-Length: {len(body)}",
-        *(f"{name}: {value}" for name, value in headers or []),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 # -- the parser ------------------------------------------------------------------------------------------
 
 
 def test_a_plain_push_is_read_with_its_headers_and_body_and_pipelined_ones_one_by_one() -> None:
-    first, second = push_request(seq=1), push_request(seq=2, headers=[("Connection", "close")])
+    first, second = raw_push(seq=1), raw_push(seq=2, headers=[("Connection", "close")])
     push = parse(first + second, MAX_BODY)
     assert isinstance(push, Push) and push.end == len(first) and not push.close
     assert push.headers[b"content-type"] == b"application/msgpack" and push.headers[b"authorization"] == b"Bearer t"
@@ -56,34 +40,34 @@ def test_a_plain_push_is_read_with_its_headers_and_body_and_pipelined_ones_one_b
 
 
 def test_every_prefix_of_a_push_waits_for_the_rest() -> None:
-    request = push_request()
+    request = raw_push()
     assert all(parse(request[:cut], MAX_BODY) == INCOMPLETE for cut in range(1, len(request)))
 
 
 @pytest.mark.parametrize(
     "request_bytes",
     [
-        push_request().replace(b"POST ", b"GET ", 1),
-        push_request().replace(b"HTTP/1.1", b"HTTP/1.0", 1),
-        push_request().replace(TELEMETRY_PATH.encode(), TELEMETRY_PATH.encode() + b"?x=1", 1),
-        push_request().replace(b"POST /", b"POST http://127.0.0.1/", 1),
-        push_request().replace(b"POST ", b"post ", 1),
-        push_request(headers=[("Transfer-Encoding", "chunked")]),
-        push_request(headers=[("Content-Length", "5")]),  # a second Content-Length
-        push_request(headers=[("Content-Encoding", "gzip")]),
-        push_request(headers=[("Expect", "100-continue")]),
-        push_request(headers=[("Upgrade", "h2c")]),
-        push_request(headers=[("Connection", "upgrade")]),
-        push_request(headers=[("X-Folded", "a\r\n b")]),  # obs-fold
-        push_request(headers=[("X-Bare", "a\nX-Smuggled: b")]),  # a bare LF
-        push_request(headers=[("X-Cr", "a\rb")]),
-        push_request(headers=[("X-Space ", "a")]),  # whitespace before the colon
-        push_request(headers=[("X-Latin", "caf\u00e9")]),
-        push_request(headers=[("X-Nul", "a\x00b")]),
-        push_request().replace(b"Content-Length: ", b"Content-Length: +", 1),
-        push_request().replace(b"\r\nContent-Length", b"\r\nX-Was-Length", 1),  # no Content-Length
-        push_request().replace(b"\r\nHost:", b"\r\nX-Was-Host:", 1),  # no Host
-        push_request().replace(b"Content-Length: ", b"Content-Length: 99999999", 1),  # over the limit
+        raw_push().replace(b"POST ", b"GET ", 1),
+        raw_push().replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+        raw_push().replace(TELEMETRY_PATH.encode(), TELEMETRY_PATH.encode() + b"?x=1", 1),
+        raw_push().replace(b"POST /", b"POST http://127.0.0.1/", 1),
+        raw_push().replace(b"POST ", b"post ", 1),
+        raw_push(headers=[("Transfer-Encoding", "chunked")]),
+        raw_push(headers=[("Content-Length", "5")]),  # a second Content-Length
+        raw_push(headers=[("Content-Encoding", "gzip")]),
+        raw_push(headers=[("Expect", "100-continue")]),
+        raw_push(headers=[("Upgrade", "h2c")]),
+        raw_push(headers=[("Connection", "upgrade")]),
+        raw_push(headers=[("X-Folded", "a\r\n b")]),  # obs-fold
+        raw_push(headers=[("X-Bare", "a\nX-Smuggled: b")]),  # a bare LF
+        raw_push(headers=[("X-Cr", "a\rb")]),
+        raw_push(headers=[("X-Space ", "a")]),  # whitespace before the colon
+        raw_push(headers=[("X-Latin", "caf\u00e9")]),
+        raw_push(headers=[("X-Nul", "a\x00b")]),
+        raw_push().replace(b"Content-Length: ", b"Content-Length: +", 1),
+        raw_push().replace(b"\r\nContent-Length", b"\r\nX-Was-Length", 1),  # no Content-Length
+        raw_push().replace(b"\r\nHost:", b"\r\nX-Was-Host:", 1),  # no Host
+        raw_push().replace(b"Content-Length: ", b"Content-Length: 99999999", 1),  # over the limit
         b"GET /metrics HTTP/1.1\r\nHost: x\r\n",  # not a push, and not complete yet: aiohttp's at once
         b"POST " + TELEMETRY_PATH.encode() + b" HTTP/1.1\r\nX-Long: " + b"a" * MAX_HEAD_BYTES,
     ],
@@ -152,14 +136,14 @@ def test_a_request_the_fast_path_reads_is_the_request_aiohttp_reads(
     """Valid, mutated and hostile bytes (smuggling shapes among them): whenever the fast path takes a push,
     llhttp parses the same method, target, version, headers and body from those bytes, as one complete message
     with nothing left over (so it ends where the fast path ends it); then the same for the next request."""
-    first = push_request(headers=extra)
+    first = raw_push(headers=extra)
     length = first.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0].decode()
     first = first.replace(
         f"Content-Length: {length}\r\n".encode(),
         f"Content-Length: {length_form.format(length, length)}\r\n".encode(),
         1,
     )
-    data = bytearray(first + push_request(seq=2))
+    data = bytearray(first + raw_push(seq=2))
     for position, junk in noise:
         data[position:position] = junk
     rest = bytes(data[: len(data) - cut]) if cut else bytes(data)
@@ -237,9 +221,9 @@ def test_the_fast_answer_is_aiohttps_answer(aggregator: Any) -> None:
     agg, tokens = aggregator
     given = [("X-Request-Id", "req-7")]
     with connect(agg.url) as sock:
-        sock.sendall(push_request("V1", tokens["V1"], 1, headers=given))
+        sock.sendall(raw_push("V1", tokens["V1"], 1, headers=given))
         [(fast_status, fast_headers, fast_body)] = read_responses(sock, 1)
-        sock.sendall(chunked(push_request("V1", tokens["V1"], 2, headers=given)))
+        sock.sendall(chunked(raw_push("V1", tokens["V1"], 2, headers=given)))
         [(slow_status, slow_headers, slow_body)] = read_responses(sock, 1)
     assert fast_status == slow_status == b"HTTP/1.1 200 OK"
     assert (
@@ -260,10 +244,10 @@ def test_pipelined_pushes_then_another_route_are_answered_in_order(aggregator: A
     health = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     with connect(agg.url) as sock:
         sock.sendall(
-            push_request("V1", tokens["V1"], 1)
-            + push_request("V2", tokens["V2"], 1)
+            raw_push("V1", tokens["V1"], 1)
+            + raw_push("V2", tokens["V2"], 1)
             + health
-            + push_request("V1", tokens["V1"], 2)  # after the hand-over: aiohttp's
+            + raw_push("V1", tokens["V1"], 2)  # after the hand-over: aiohttp's
         )
         answers = read_responses(sock, 4)
     assert [status for status, _, _ in answers] == [b"HTTP/1.1 200 OK"] * 4
@@ -273,7 +257,7 @@ def test_pipelined_pushes_then_another_route_are_answered_in_order(aggregator: A
 
 def test_a_push_split_across_reads_is_answered_once(aggregator: Any) -> None:
     agg, tokens = aggregator
-    request = push_request("V3", tokens["V3"], 1)
+    request = raw_push("V3", tokens["V3"], 1)
     with connect(agg.url) as sock:
         for piece in (request[:10], request[10:200], request[200:]):
             sock.sendall(piece)
@@ -286,7 +270,7 @@ def test_a_refused_push_gets_aiohttps_refusal_counted_once(aggregator: Any) -> N
     agg, tokens = aggregator
     before = scrape(agg.url)
     with connect(agg.url) as sock:
-        sock.sendall(push_request("V1", "not-a-valid-token-at-all", 1) + push_request("V1", tokens["V1"], 5))
+        sock.sendall(raw_push("V1", "not-a-valid-token-at-all", 1) + raw_push("V1", tokens["V1"], 5))
         (status, headers, body), (after_status, _, _) = read_responses(sock, 2)
     assert status == b"HTTP/1.1 401 Unauthorized" and headers["WWW-Authenticate"].startswith("Bearer")
     assert b'"error": "unauthenticated"' in body and after_status == b"HTTP/1.1 200 OK"
@@ -297,13 +281,13 @@ def test_a_refused_push_gets_aiohttps_refusal_counted_once(aggregator: Any) -> N
 
 def test_a_stalled_push_gets_aiohttps_timeout_and_an_idle_connection_is_closed(aggregator: Any) -> None:
     agg, tokens = aggregator
-    request = push_request("V1", tokens["V1"], 9)
+    request = raw_push("V1", tokens["V1"], 9)
     with connect(agg.url) as stalled:
         stalled.sendall(request[:-10])  # the body never completes
         [(status, _, body)] = read_responses(stalled, 1, timeout=15)
     assert status.startswith(b"HTTP/1.1 408") and b"body_timeout" in body
     with connect(agg.url) as idle:
-        idle.sendall(push_request("V1", tokens["V1"], 10))
+        idle.sendall(raw_push("V1", tokens["V1"], 10))
         read_responses(idle, 1)
         started = time.monotonic()
         idle.settimeout(15)
@@ -314,7 +298,7 @@ def test_a_stalled_push_gets_aiohttps_timeout_and_an_idle_connection_is_closed(a
 def test_connection_close_is_honoured(aggregator: Any) -> None:
     agg, tokens = aggregator
     with connect(agg.url) as sock:
-        sock.sendall(push_request("V2", tokens["V2"], 3, headers=[("Connection", "close")]))
+        sock.sendall(raw_push("V2", tokens["V2"], 3, headers=[("Connection", "close")]))
         [(status, headers, _)] = read_responses(sock, 1)
         sock.settimeout(10)
         assert sock.recv(1) == b""
@@ -327,7 +311,7 @@ def test_shutdown_closes_fast_connections_and_saves_what_they_pushed(
     config = write_config(fleet_tokens, state_file=str(tmp_path / "state.json"))
     with AggregatorProcess(config) as agg:
         sock = connect(agg.url)
-        sock.sendall(push_request("V1", fleet_tokens["V1"], 41))
+        sock.sendall(raw_push("V1", fleet_tokens["V1"], 41))
         read_responses(sock, 1)
         assert agg.stop() == 0  # the open keep-alive connection does not hold the shutdown up
         sock.settimeout(10)
@@ -335,7 +319,7 @@ def test_shutdown_closes_fast_connections_and_saves_what_they_pushed(
         sock.close()
     with AggregatorProcess(config) as again:
         with connect(again.url) as sock:
-            sock.sendall(push_request("V1", fleet_tokens["V1"], 41))  # the same seq: known, so a duplicate
+            sock.sendall(raw_push("V1", fleet_tokens["V1"], 41))  # the same seq: known, so a duplicate
             [(_, _, body)] = read_responses(sock, 1)
         assert b'"status": "duplicate"' in body
         wait_for(lambda: sample(scrape(again.url), "telemetry_snapshots_duplicate_total") == 1, 10, what="counted")
