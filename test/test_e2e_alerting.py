@@ -178,6 +178,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 interval=0.5,
                 what="Prometheus to scrape every running vehicle as up",
             )
+            # Until its first scrape (up to ~20 s after start: target discovery, then the target's offset in the
+            # interval) Prometheus has no `up` at all, so `absent(up)` holds; with `for` capped at 15 s it can fire
+            # before that scrape (with the shipped 1m it cannot). The test starts once the rules have seen the scrape.
+            wait_for(
+                lambda: not any(_key(a)[0] == "TelemetryAggregatorDown" for a in prom.api("alerts")["alerts"]),
+                3 * EVAL_S + 30,
+                interval=0.5,
+                what="Prometheus's rules to see the aggregator scraped",
+            )
             yield {"agg": agg, "prom": prom, "vehicles": vehicles, "hooks": hooks}
 
 
@@ -238,7 +247,9 @@ def test_dead_vehicle_detected_within_a_minute_and_faults_alert(stack, killed):
         for k in seen.keys() - expected
         if k[1] in {"V4", "V5"} or k[0] in {"HighErrorRate", "TelemetryAggregatorDown"}
     }
-    assert unexpected == set(), f"alerts for healthy vehicles or a healthy aggregator: {unexpected}"
+    assert unexpected == set(), f"alerts for healthy vehicles or a healthy aggregator: {unexpected}\n" + _evidence(
+        stack, unexpected, seen
+    )
     assert ("VehicleHeartbeatLost", "V5") not in seen, "a never-heard-from vehicle is VehicleOffline, not lost"
     sensor_alerts = {a["labels"]["sensor"] for a in prom.firing() if _key(a) == ("VehicleSensorError", FAULTY)}
     assert "lidar" in sensor_alerts, sensor_alerts  # stopped publishing: stale
@@ -275,6 +286,35 @@ def test_dead_vehicle_detected_within_a_minute_and_faults_alert(stack, killed):
         # Never before the aggregator could call it offline. How late is a measurement (printed, written to
         # mttd.json): the bound is computed from the shipped settings in test_shipped_settings_detect_...
         assert seconds >= OFFLINE_AFTER_S - PUSH_PERIOD_S - 1, (vid, seconds)
+
+
+def _evidence(stack: dict[str, Any], keys: set[tuple[str, str]], seen: dict[tuple[str, str], Any]) -> str:
+    """What an unexpected alert rests on: the alerts as Prometheus saw them, its scrape target, the last five
+    minutes of `up` and scrape durations, its own warnings and the aggregator's."""
+    prom: PrometheusProcess = stack["prom"]
+    agg: AggregatorProcess = stack["agg"]
+    targets = [
+        {k: t.get(k) for k in ("scrapeUrl", "health", "lastError", "lastScrape", "lastScrapeDuration")}
+        for t in prom.api("targets")["activeTargets"]
+    ]
+    series = {
+        expr: [s["values"] for s in prom.query(expr)]
+        for expr in ("up[5m]", "scrape_duration_seconds[5m]", "scrape_samples_scraped[5m]")
+    }
+    prom_lines = [line for line in prom.lines if "level=warn" in line or "level=error" in line]
+    agg_lines = [r for r in agg.logs if r.get("level") not in ("INFO", "DEBUG")]
+    return "\n".join(
+        [
+            f"alerts: {[seen[k] for k in keys]}",
+            f"now: {time.time():.3f}",
+            f"targets: {targets}",
+            f"series: {series}",
+            "prometheus warnings:",
+            *prom_lines[-30:],
+            "aggregator warnings:",
+            *map(json.dumps, agg_lines[-30:]),
+        ]
+    )
 
 
 def _dashboard_exprs() -> list[tuple[str, str, str]]:
