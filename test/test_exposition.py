@@ -14,10 +14,9 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from support import parse_metrics, sample, wire_snapshot
 
-from tvm_observability.aggregator import state_image
+from tvm_observability.aggregator import slices, state_image
 from tvm_observability.aggregator.collector import (
     FORMATS,
-    SLICE_VEHICLES,
     Exposition,
     ServiceMetrics,
     disable_created_series,
@@ -209,11 +208,12 @@ def test_service_metrics_change_no_process_wide_setting():
     assert "unrelated_created" in result.stdout
 
 
-def test_chunks_pause_every_slice_and_stay_whole_while_the_fleet_changes_between_pieces():
-    """A scrape renders SLICE_VEHICLES vehicles between pauses, and the server runs pushes and reloads in those
-    pauses: whatever happens in them, the scrape stays one well-formed exposition with each vehicle it started
-    with exactly once per family, and the next scrape is the reference rendering again."""
-    roster = [f"R{i:04d}" for i in range(3 * SLICE_VEHICLES + 7)]
+def test_chunks_pause_every_slice_and_stay_whole_while_the_fleet_changes_between_pieces(monkeypatch):
+    """A scrape pauses whenever a slice has used its time (here: after every vehicle), and the server runs pushes
+    and reloads in those pauses: whatever happens in them, the scrape stays one well-formed exposition with each
+    vehicle it started with exactly once per family, and the next scrape is the reference rendering again."""
+    monkeypatch.setattr(slices, "SLICE_S", 0.0)
+    roster = [f"R{i:04d}" for i in range(57)]
     clock, fleet, exposition, _ = make(roster=roster)
     for vid in roster:
         apply(fleet, vid, seq=1)
@@ -228,7 +228,7 @@ def test_chunks_pause_every_slice_and_stay_whole_while_the_fleet_changes_between
             apply(fleet, "X-unknown", seq=1)  # a vehicle arrives mid-scrape
             fleet.reconfigure(roster[:-5], fleet.settings)  # a reload drops five roster vehicles mid-scrape
         clock.mono += 0.01
-    assert pauses == -(-len(roster) // SLICE_VEHICLES)
+    assert pauses == len(roster)
     text = "".join(pieces)
     up_lines = [line for line in text.splitlines() if line.startswith("vehicle_up{")]
     assert sorted(up_lines) == sorted(f'vehicle_up{{vehicle_id="{vid}"}} 1.0' for vid in roster)  # each once

@@ -3,10 +3,12 @@ document, byte for byte, as the image packed in one piece."""
 
 from __future__ import annotations
 
+import asyncio
+
 from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
-from tvm_observability.aggregator import persistence, state_image
+from tvm_observability.aggregator import persistence, slices, state_image
 from tvm_observability.aggregator.fleet import FleetSettings, FleetState
 from tvm_observability.aggregator.ingest import parse_snapshot
 
@@ -21,9 +23,19 @@ def fleet_of(count: int) -> FleetState:
 
 
 async def test_sliced_image_is_the_whole_image(monkeypatch):
-    monkeypatch.setattr(persistence, "SAVE_SLICE", 7)  # many slices even for a small fleet
+    monkeypatch.setattr(slices, "SLICE_S", 0.0)  # a pause after every vehicle: many slices even for a small fleet
     fleet = fleet_of(100)
+    pauses = 0
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float) -> None:
+        nonlocal pauses
+        pauses += 1
+        await real_sleep(delay)
+
+    monkeypatch.setattr(persistence.asyncio, "sleep", counting_sleep)
     sliced = await persistence.packed_image(fleet)
+    assert pauses == len(list(state_image.vehicle_images(fleet)))
     assert sliced == codec.pack_state(state_image.to_image(fleet))
     assert codec.unpack_state(sliced)["vehicles"].keys() == state_image.to_image(fleet)["vehicles"].keys()
 

@@ -49,11 +49,9 @@ from .fleet import FleetState, VehicleState
 from .geofence import GEOFENCE_STATUSES
 from .geofence_monitor import GeofenceMonitor
 from .history import OUTCOMES as HISTORY_OUTCOMES
+from .slices import Slices
 
 _V = ("vehicle_id",)
-SLICE_VEHICLES = 250
-"""Vehicles whose /metrics text is brought up to date between two pauses of a scrape (`Exposition.chunks`): at
-~30 µs per changed vehicle, a push waits at most a few milliseconds behind a scrape of any fleet size."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,20 +384,22 @@ class GeofenceCollector(Collector):
         status_column: list[str] = []
         distance_column: list[str] = []
         status_line = _GeofenceLines.status.line
-        for first in range(0, len(vehicles), SLICE_VEHICLES):
-            for v in vehicles[first : first + SLICE_VEHICLES]:
-                vid = v.vehicle_id
-                current = self.monitor.status(vid, now).status
-                entry = cache.get(vid)
-                if entry is None or entry[0] != current:
-                    tail = _escape(vid) + '"} '
-                    lines = "".join([status_line(tail, (s,), 1.0 if s == current else 0.0) for s in GEOFENCE_STATUSES])
-                    entry = cache[vid] = (current, lines, _GeofenceLines.distance.head + tail)
-                status_column.append(entry[1])
-                meters = self.monitor.boundary_distance_m(vid, now)
-                if meters is not None:
-                    distance_column.append(entry[2] + _number(meters) + "\n")
-            yield ""
+        slices = Slices()
+        for v in vehicles:
+            vid = v.vehicle_id
+            current = self.monitor.status(vid, now).status
+            entry = cache.get(vid)
+            if entry is None or entry[0] != current:
+                tail = _escape(vid) + '"} '
+                lines = "".join([status_line(tail, (s,), 1.0 if s == current else 0.0) for s in GEOFENCE_STATUSES])
+                entry = cache[vid] = (current, lines, _GeofenceLines.distance.head + tail)
+            status_column.append(entry[1])
+            meters = self.monitor.boundary_distance_m(vid, now)
+            if meters is not None:
+                distance_column.append(entry[2] + _number(meters) + "\n")
+            if slices.over():
+                yield ""
+                slices.restart()
         if len(cache) > 2 * len(vehicles) + 100:  # vehicles that left the fleet
             cache.clear()
         yield headers[0] + "".join(status_column)
@@ -455,42 +455,54 @@ class _GeofenceLines:
 
 
 _HEADS = tuple(f.head for f in _LINES)
+_NO_COLUMNS = ("",) * len(_PER_VEHICLE)
 
 
 class _Rendered:
     """One vehicle's exposition text, valid while `vehicle.version` has not moved.
 
-    What depends only on the vehicle id (and its current status) is carried over from the previous entry.
+    Kept per vehicle and refreshed in place: what depends only on the vehicle id (and its current status) is
+    formatted once, and a scrape that brings thousands of vehicles up to date allocates no new container objects
+    for them (each one the garbage collector would traverse: new ones made its collections during a scrape
+    last 20-50 ms at 4,000 vehicles).
     """
 
     __slots__ = ("age_prefix", "columns", "status", "status_text", "tail", "up_text", "values", "vehicle", "version")
+    vehicle: VehicleState
+    version: int
+    values: bool
     tail: str
     up_text: tuple[str, str]
     age_prefix: str
     status: str
     status_text: str
+    columns: list[str]
 
-    def __init__(self, vehicle: VehicleState, previous: _Rendered | None, values: bool = True) -> None:
+    def __init__(self, vehicle: VehicleState, values: bool = True) -> None:
+        self.tail = tail = _escape(vehicle.vehicle_id) + '"} '
+        self.up_text = (_LINES[_UP].line(tail, (), 0.0), _LINES[_UP].line(tail, (), 1.0))
+        self.age_prefix = _LINES[_HB_AGE].head + tail
+        self.status = ""
+        self.status_text = ""
+        self.columns = [""] * len(_PER_VEHICLE)
+        self.refresh(vehicle, values)
+
+    def current(self, vehicle: VehicleState, values: bool) -> bool:
+        return self.vehicle is vehicle and self.version == vehicle.version and self.values == values
+
+    def refresh(self, vehicle: VehicleState, values: bool) -> None:
+        """The vehicle's lines as it is now (`vehicle` has this entry's vehicle id)."""
         self.vehicle = vehicle
         self.version = vehicle.version
         self.values = values
-        if previous is not None:
-            self.tail, self.up_text, self.age_prefix = previous.tail, previous.up_text, previous.age_prefix
-            self.status, self.status_text = previous.status, previous.status_text
-        else:
-            self.tail = tail = _escape(vehicle.vehicle_id) + '"} '
-            self.up_text = (_LINES[_UP].line(tail, (), 0.0), _LINES[_UP].line(tail, (), 1.0))
-            self.age_prefix = _LINES[_HB_AGE].head + tail
-            self.status = ""
-            self.status_text = ""
         tail = self.tail
-        columns = [""] * len(_PER_VEHICLE)
+        columns = self.columns
+        columns[:] = _NO_COLUMNS
         for index, labels, value in _vehicle_samples(vehicle, values):  # _LineFormat.line, inlined: the hot loop
             head = _HEADS[index] % tuple(map(_escape, labels)) if labels else _HEADS[index]
             number = float(value)
             text = repr(number) if -1e6 < number < 1e6 else _go(number)
             columns[index] += f"{head}{tail}{text}\n"
-        self.columns = columns
 
     def status_lines(self, statuses: tuple[str, ...], current: str) -> str:
         if current != self.status:
@@ -551,7 +563,7 @@ class Exposition:
 
     def chunks(self, encoder: Encoder, content_type: str) -> Iterator[str]:
         """The /metrics text in order, in pieces. An empty piece is a pause: the vehicles' text is brought up to
-        date `SLICE_VEHICLES` at a time, and a server runs other work (pushes) at each pause instead of stalling
+        date in slices of `slices.SLICE_S`, and a server runs other work (pushes) at each pause instead of stalling
         for a whole fleet; every piece after the pauses is one whole family. The vehicles and the clock are those
         of the start: a vehicle that pushes during the pauses is rendered as it is when its slice comes."""
         fleet = self.fleet
@@ -567,19 +579,23 @@ class Exposition:
         age_column: list[str] = []
         rendered: list[_Rendered] = []
         online = 0
-        for first in range(0, len(vehicles), SLICE_VEHICLES):
-            for v in vehicles[first : first + SLICE_VEHICLES]:
-                entry = cache.get(v.vehicle_id)
-                current, up, age = _live(fleet, v, now)
-                values = fleet.values_while_offline or up
-                if entry is None or entry.vehicle is not v or entry.version != v.version or entry.values != values:
-                    entry = cache[v.vehicle_id] = _Rendered(v, entry, values)
-                online += up
-                status_column.append(entry.status_lines(statuses, current))
-                up_column.append(entry.up_text[up])
-                age_column.append(entry.age_prefix + _number(age) + "\n")
-                rendered.append(entry)
-            yield ""
+        slices = Slices()
+        for v in vehicles:
+            entry = cache.get(v.vehicle_id)
+            current, up, age = _live(fleet, v, now)
+            values = fleet.values_while_offline or up
+            if entry is None:
+                entry = cache[v.vehicle_id] = _Rendered(v, values)
+            elif not entry.current(v, values):
+                entry.refresh(v, values)
+            online += up
+            status_column.append(entry.status_lines(statuses, current))
+            up_column.append(entry.up_text[up])
+            age_column.append(entry.age_prefix + _number(age) + "\n")
+            rendered.append(entry)
+            if slices.over():
+                yield ""
+                slices.restart()
         live = {_STATUS: status_column, _UP: up_column, _HB_AGE: age_column}
         headers = self._family_headers(encoder, content_type)
         for index in range(len(_PER_VEHICLE)):

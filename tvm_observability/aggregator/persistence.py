@@ -30,6 +30,7 @@ from .. import codec
 from . import state_image
 from .files import open_regular
 from .fleet import FleetState
+from .slices import Slices
 from .state_image import CorruptState, StateRefused
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger("tvm_observability.aggregator.state")
 
-SAVE_SLICE = 250
-"""Vehicles packed between two turns of the event loop while saving (~1 ms of work)."""
 _TEMP_SUFFIX = ".tmp"
 
 
@@ -193,14 +192,16 @@ async def save_state(rt: Runtime, state_file: StateFile) -> bool:
 
 
 async def packed_image(fleet: FleetState) -> bytes:
-    """codec.pack_state(state_image.to_image(fleet)), packed SAVE_SLICE vehicles at a time with the loop free in
-    between: in one piece a 10,000-vehicle image held every request for ~100 ms (docs/benchmarks.md)."""
+    """codec.pack_state(state_image.to_image(fleet)), packed in slices (slices.py) with the loop free in between:
+    in one piece a 10,000-vehicle image held every request for ~100 ms (docs/benchmarks.md)."""
     header = state_image.image_header(fleet)
     entries: list[bytes] = []
+    slices = Slices()
     for vehicle_id, image in state_image.vehicle_images(fleet):
         entries.append(codec.pack_state_entry(vehicle_id, image))
-        if len(entries) % SAVE_SLICE == 0:
+        if slices.over():
             await asyncio.sleep(0)
+            slices.restart()
     return codec.pack_state_map(header, "vehicles", entries)
 
 
