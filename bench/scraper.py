@@ -35,8 +35,17 @@ def scrape(host: str, port: int, timeout_s: float) -> dict[str, Any]:
         "status": response.status,
         "seconds": time.perf_counter() - started,
         "bytes": len(body),
-        "samples": sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#")),
+        "samples": _samples(body),
     }
+
+
+def _samples(body: bytes) -> int:
+    """Lines that do not start with `#` (an exposition has no empty ones), counted without splitting: the scraper
+    shares its core with the load generator, and splitting a 10,000-vehicle body into lines took ~100 ms from it
+    (pushes sent late: latency the server did not cause)."""
+    lines = body.count(b"\n") + (not body.endswith(b"\n") and bool(body))
+    comments = body.count(b"\n#") + body.startswith(b"#")
+    return lines - comments
 
 
 def run(url: str, interval_s: float, duration_s: float, first_s: float, timeout_s: float) -> list[dict[str, Any]]:
