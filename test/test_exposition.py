@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from support import parse_metrics, sample, wire_snapshot
 
-from tvm_observability.aggregator import slices, state_image
+from tvm_observability.aggregator import collector, slices, state_image
 from tvm_observability.aggregator.collector import (
     FORMATS,
     Exposition,
@@ -206,6 +206,20 @@ def test_service_metrics_change_no_process_wide_setting():
     )
     result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60, check=True)
     assert "unrelated_created" in result.stdout
+
+
+def test_labelled_heads_are_bounded_and_never_change_the_text(monkeypatch):
+    """Label values come from vehicles: the cache of formatted line starts holds at most MAX_LABELLED_HEADS and
+    starts over when full, and the text stays the reference rendering through it."""
+    monkeypatch.setattr(collector, "_LABELLED_HEADS", {})
+    monkeypatch.setattr(collector, "MAX_LABELLED_HEADS", 5)
+    _, fleet, exposition, _ = make()
+    for seq, names in enumerate((["lidar", "camera"], ["front/sonar", "gnss:0"], ["imu.1", "lidar"]), 1):
+        sensors = {n: {"status": "ok", "rate_hz": 10.0, "message": ""} for n in names}
+        apply(fleet, "V1", seq=seq, sensors=sensors, errors={f"E{seq}": seq})
+        apply(fleet, "V2", seq=seq, sensors=sensors)
+        assert_same(exposition)
+        assert len(collector._LABELLED_HEADS) <= 5
 
 
 def test_chunks_pause_every_slice_and_stay_whole_while_the_fleet_changes_between_pieces(monkeypatch):
