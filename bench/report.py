@@ -35,10 +35,10 @@ def _held(row: dict[str, Any]) -> bool:
     return row["failed"] == 0 and row["rate_per_s"] >= 0.99 * offered
 
 
-def bare_held_levels(ingest: list[dict[str, Any]]) -> list[int]:
-    """The fleet sizes at 1 Hz the bare handler held with p99 < 20 ms, smallest first."""
+def held_levels(ingest: list[dict[str, Any]], target: str = "bare") -> list[int]:
+    """The fleet sizes at 1 Hz (unscraped) that `target` held with p99 < 20 ms, smallest first."""
     return sorted(
-        r["vehicles"] for r in ingest if r["target"] == "bare" and r["mode"] == "1 Hz" and _held(r) and r["p99_ms"] < 20
+        r["vehicles"] for r in ingest if r["target"] == target and r["mode"] == "1 Hz" and _held(r) and r["p99_ms"] < 20
     )
 
 
@@ -75,7 +75,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     scraped = _find(ingest, target="aggregator", vehicles=top, mode=SCRAPED_MODE)
     if scraped:
         rows.append(_scraped_row(scraped, bare, f"{top:,} vehicles at 1 Hz on one core"))
-    held = bare_held_levels(ingest)
+    held = held_levels(ingest)
     if held and held[-1] != top:
         at = _find(ingest, target="aggregator", vehicles=held[-1], mode=SCRAPED_MODE)
         if at:
@@ -665,9 +665,9 @@ NOTES = """## Notes: what was optimised, what is out of reach and why
 - **Ingest, done (earlier):** uvloop when installed (optional extra, `pip install tvm_observability[uvloop]`); no
   timer task when the push body has already arrived (the usual case); after start-up the objects that exist are
   frozen out of the garbage collector and young collections run every 10,000 allocations instead of 700 (with the
-  default, a 5,000-vehicle aggregator spent ~13% of its CPU in the collector); the state file is packed 250
-  vehicles per event-loop turn instead of in one piece (in one piece a 10,000-vehicle save stalled every request
-  for 100-400 ms each flush interval: that stall was the p99).
+  default, a 5,000-vehicle aggregator spent ~13% of its CPU in the collector); the state file is packed in
+  slices instead of in one piece (in one piece a 10,000-vehicle save stalled every request for 100-400 ms each
+  flush interval: that stall was the p99).
 - **Ingest, done (issue 12):** decode and validation in one msgspec pass: typed structs carry every check of the
   validator as a type or constraint, and a body they refuse or cannot judge goes to the validator, which names
   the refusal exactly as before (same reasons, order and detail: a property test holds the two paths to the same
@@ -692,23 +692,31 @@ NOTES = """## Notes: what was optimised, what is out of reach and why
   (the saturation and 10,000-vehicle rows).
 - **What is left.** One core of this machine does not take 10,000 pushes/s: the bare handler's cost per request
   on 2026-11-30 was about three times that of 2026-11-27 (the machine's kernel build had changed in between); the
-  aggregator takes about twice what the bare handler takes there, not 10,000. At 10,000 vehicles the scraped row
-  inherits the unheld load: an overloaded event loop serves a whole-fleet scrape in pieces between turns that each
-  take a long time, past the scraper's 10 s timeout. At 5,000 vehicles, the most the bare handler held (at 86 % of
-  the core), the aggregator holds the load with no failure and answers every scrape, but its p99 is above 20 ms
-  (25 ms without scrapes, about 100 ms with them): near saturation the scrape's slices of 250 vehicles (15-20 ms
-  each on this machine when every vehicle changed) and, once its 2 s of pauses are spent, the rest in one piece
-  delay the pushes queued behind them. What would take it under: a scrape whose per-vehicle text is brought up to
-  date with each push rather than at the scrape (so a scrape only joins strings), or smaller slices with a longer
-  pause budget (one trial of 100-vehicle slices and a 6 s budget: 157 ms against 750 ms in the same conditions;
-  noisy), or the room of a second core. Past one core, ingest runs in several processes: shards behind HAProxy
-  (docs/scaling.md, measured above).
-- **No scrape stalls ingest:** `/metrics` is streamed. The vehicles' text is brought up to date 250 vehicles at a
-  time with a return to the event loop between slices, then written family by family, so pushes are answered
-  during a whole-fleet scrape instead of waiting behind it (before: ~300 ms of one piece for 10,000 vehicles after
-  every vehicle changed). The pauses stop after 2 s: an overloaded aggregator, with more pushes ready at every
-  pause than it can take, would otherwise starve the scrape past Prometheus's scrape timeout. The row "while
-  /metrics is scraped whole every 15 s" measures pushes while bench/scraper.py reads the whole fleet that often.
+  aggregator takes more than the bare handler there, but not 10,000. At 10,000 vehicles the scraped row inherits
+  the unheld load: an overloaded event loop serves a whole-fleet scrape in pieces between turns that each take a
+  long time, past the scraper's 10 s timeout. In this run the bare handler held 1,000 vehicles with p99 < 20 ms
+  (at 5,000 its p99 was 69 ms at 89 % of the core); the aggregator held 5,000 unscraped with p99 19.5 ms at 83 %.
+  Scraped at 5,000 it holds the load with no failure and answers every scrape, but its p99 stays above 20 ms: six
+  runs right after this one, same code (`bench.run.ingest`), gave 30-79 ms, against 225 and 500 ms before the
+  changes below in the same session. At 85-90 % of the core every millisecond of scrape work lets about a
+  millisecond of pushes queue behind it: an event-loop lag probe saw the loop turn once per ~20 ms during a
+  scrape. Half-millisecond slices were worse (82 and 88 ms: each pause costs), 2 ms ones no better (74 and 77 ms).
+  What would take it under: less work per scrape (a changed vehicle's samples and text cost ~30 µs, an
+  all-changed 5,000-vehicle render ~0.2 s of CPU every 15 s), or the room of a second core. Past one core, ingest
+  runs in several processes: shards behind HAProxy (docs/scaling.md, measured above).
+- **No scrape stalls ingest:** `/metrics` is streamed. The vehicles' text is brought up to date in slices of 1 ms
+  of work (aggregator/slices.py; counted in time, since a changed vehicle costs ten times a cached one, and the
+  250-vehicle slices used before were 12-22 ms on this machine), with a return to the event loop between slices,
+  then written family by family, so pushes are answered during a whole-fleet scrape instead of waiting behind it
+  (before any slicing: ~300 ms of one piece for 10,000 vehicles after every vehicle changed). The state file is
+  packed in the same slices. Each vehicle's cache entry is made at start-up, frozen out of the garbage collector
+  with the rest, and refreshed in place: a new entry per changed vehicle per scrape made the collector's passes
+  during a scrape last 20-50 ms at 4,000 vehicles. Label heads (sensor, input, error code) are formatted once per
+  fleet, in a bounded cache: a changed vehicle went from 43 to 31 µs. The pauses stop after 5 s, half of
+  Prometheus's default scrape timeout: an overloaded aggregator, with more pushes ready at every pause than it can
+  take, would otherwise starve the scrape past it. The row "while /metrics is scraped whole every 15 s" measures
+  pushes while bench/scraper.py reads the whole fleet that often (counting its lines without splitting them: it
+  shares the load generator's core, and splitting took ~100 ms of it per scrape).
 - **Bridge.** Battery, NavSatFix and odometry (50 Hz) are subscribed raw: each callback keeps the newest message
   and its arrival time, and the push tick deserialises only that one (ages, staleness and the repeated-stamp
   rule are carried by the newest message, so nothing reported changes). A liveness sensor on an input topic

@@ -250,9 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log("prometheus-pushgateway not installed: its columns stay empty (apt-get install prometheus-pushgateway)")
         rows = [ingest(kind, workdir, n, options.window) for n in levels for kind in kinds]
-        # While a scraper reads the whole /metrics every 15 s, as Prometheus does: the largest fleet, and the largest
-        # the bare handler held (the load the aggregator must then hold too, scrapes and all).
-        for vehicles in sorted({max(levels), *report.bare_held_levels(rows)[-1:]}):
+        # While a scraper reads the whole /metrics every 15 s, as Prometheus does: the largest fleet, the largest the
+        # bare handler held (the load the aggregator must then hold too, scrapes and all), and the largest the
+        # aggregator held unscraped (what the scrapes cost it where it has the least room).
+        scraped_levels = {max(levels), *report.held_levels(rows)[-1:], *report.held_levels(rows, "aggregator")[-1:]}
+        for vehicles in sorted(scraped_levels):
             rows.append(ingest("aggregator", workdir, vehicles, SCRAPED_WINDOW_S, scrape_every_s=15.0))
         # The same 10,000 pushes/s over a quarter of the connections: what the connection count costs.
         rows += [ingest(kind, workdir, 2500, options.window, rate_hz=4.0) for kind in ("bare", "aggregator")]
