@@ -3,8 +3,6 @@ document, byte for byte, as the image packed in one piece."""
 
 from __future__ import annotations
 
-import asyncio
-
 from support import FakeClock, wire_snapshot
 
 from tvm_observability import codec
@@ -26,15 +24,15 @@ async def test_sliced_image_is_the_whole_image(monkeypatch):
     monkeypatch.setattr(slices, "SLICE_S", 0.0)  # a pause after every vehicle: many slices even for a small fleet
     fleet = fleet_of(100)
     pauses = 0
-    real_sleep = asyncio.sleep
+    real_pause = persistence.pause
 
-    async def counting_sleep(delay: float) -> None:
+    async def counting_pause(until: float) -> None:
         nonlocal pauses
         pauses += 1
-        await real_sleep(delay)
+        await real_pause(until)
 
-    monkeypatch.setattr(persistence.asyncio, "sleep", counting_sleep)
-    sliced = await persistence.packed_image(fleet)
+    monkeypatch.setattr(persistence, "pause", counting_pause)
+    sliced = await persistence.packed_image(fleet, pause_budget_s=5.0)
     assert pauses == len(list(state_image.vehicle_images(fleet)))
     assert sliced == codec.pack_state(state_image.to_image(fleet))
     assert codec.unpack_state(sliced)["vehicles"].keys() == state_image.to_image(fleet)["vehicles"].keys()

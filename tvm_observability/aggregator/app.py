@@ -41,7 +41,7 @@ from ..errors import (
     UnsupportedMediaType,
 )
 from ..model import HISTORY_PATH, ROUTING_HEADER, TELEMETRY_PATH, VehicleSnapshot
-from . import remote_write
+from . import remote_write, slices
 from .access import read_guarded
 from .backfill import snapshot_series
 from .collector import Exposition, ServiceMetrics, disable_created_series, negotiate
@@ -609,23 +609,23 @@ _REQUEST_COUNT = itertools.count()
 async def handle_metrics(request: web.Request) -> web.StreamResponse:
     """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it. Streamed, family by
     family, with pauses while the vehicles' text is brought up to date: a scrape of any fleet never holds the
-    event loop for longer than one slice (slices.SLICE_S) or one family, until its pause budget is spent."""
+    event loop for longer than one slice (slices.SLICE_S) or one family, and its next slice waits for a turn of the
+    loop that pushes left room in (slices.pause), until its pause budget is spent."""
     rt = request.app[RUNTIME]
     encoder, content_type = negotiate(request.headers.get("Accept", ""))
     if request.method == "HEAD":  # the headers alone: a streamed body must not follow them
         return web.Response(headers={"Content-Type": content_type})
     response = web.StreamResponse(headers={"Content-Type": content_type})
     await response.prepare(request)
-    loop = asyncio.get_running_loop()
-    pausing_until = loop.time() + METRICS_PAUSE_BUDGET_S
+    pausing_until = time.perf_counter() + METRICS_PAUSE_BUDGET_S
     pieces = rt.exposition.chunks(encoder, content_type)
-    for piece in pieces:  # pauses and families: pushes go on in between
-        if loop.time() >= pausing_until:  # the rest in one piece and one write (one wait for the scraper to read)
+    for piece in pieces:  # pauses and families: pushes go on in between, and first
+        if time.perf_counter() >= pausing_until:  # the rest in one piece and one write (one wait for the scraper)
             await response.write((piece + "".join(pieces)).encode())
             break
         if piece:
             await response.write(piece.encode())
-        await asyncio.sleep(0)
+        await slices.pause(pausing_until)
     await response.write_eof()
     return response
 

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from .. import codec
 from . import state_image
 from .files import open_regular
 from .fleet import FleetState
-from .slices import Slices
+from .slices import Slices, pause
 from .state_image import CorruptState, StateRefused
 
 if TYPE_CHECKING:
@@ -171,7 +172,7 @@ async def save_state(rt: Runtime, state_file: StateFile) -> bool:
     """Write the fleet image now (packed in slices on the event loop, the file I/O in a thread); report and keep
     serving on failure."""
     rt.fleet.dirty = False
-    data = await packed_image(rt.fleet)
+    data = await packed_image(rt.fleet, rt.config.state_flush_interval_s)  # pushes first, within a flush interval
     try:
         await asyncio.to_thread(state_file.write, data)
     except OSError as exc:
@@ -191,16 +192,18 @@ async def save_state(rt: Runtime, state_file: StateFile) -> bool:
     return True
 
 
-async def packed_image(fleet: FleetState) -> bytes:
+async def packed_image(fleet: FleetState, pause_budget_s: float = 0.0) -> bytes:
     """codec.pack_state(state_image.to_image(fleet)), packed in slices (slices.py) with the loop free in between:
-    in one piece a 10,000-vehicle image held every request for ~100 ms (docs/benchmarks.md)."""
+    in one piece a 10,000-vehicle image held every request for ~100 ms (docs/benchmarks.md). For `pause_budget_s`
+    the slices wait for quiet turns of the loop (slices.pause); past it, they take one turn each."""
     header = state_image.image_header(fleet)
     entries: list[bytes] = []
+    until = time.perf_counter() + pause_budget_s
     slices = Slices()
     for vehicle_id, image in state_image.vehicle_images(fleet):
         entries.append(codec.pack_state_entry(vehicle_id, image))
         if slices.over():
-            await asyncio.sleep(0)
+            await pause(until)
             slices.restart()
     return codec.pack_state_map(header, "vehicles", entries)
 
