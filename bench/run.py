@@ -3,7 +3,7 @@
 Servers run pinned to core 0 (taskset), this process (the load generator) to core 1; loopback only;
 every run is bounded in vehicles and seconds. Results go to bench/results/<time>.json and docs/benchmarks.md.
 
-    python -m bench.run [--levels 1000,5000,10000] [--window 8] [--skip-ros] [--skip-history] [--skip-balancer]
+    python -m bench.run [--levels 1000,2500,5000,10000] [--window 8] [--skip-ros] [--skip-history] [--skip-balancer]
         [--skip-prometheus-memory]
 """
 
@@ -229,7 +229,7 @@ def environment() -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--levels", default="1000,5000,10000", help="vehicle counts for the 1 Hz runs")
+    parser.add_argument("--levels", default="1000,2500,5000,10000", help="vehicle counts for the 1 Hz runs")
     parser.add_argument("--window", type=float, default=8.0, help="measured seconds per ingest run")
     parser.add_argument("--skip-ros", action="store_true", help="skip the bridge, freshness and /rosout benchmarks")
     parser.add_argument("--skip-history", action="store_true", help="skip the history backfill benchmarks")
