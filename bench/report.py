@@ -690,33 +690,45 @@ NOTES = """## Notes: what was optimised, what is out of reach and why
   answer with aiohttp's for the same push. The aggregator now costs about what the bare aiohttp handler costs per
   push (0.71-1.05× in the runs of 2026-11-30 that had it), and takes more pushes per second on one core than it
   (the saturation and 10,000-vehicle rows).
-- **What is left.** One core of this machine does not take 10,000 pushes/s: the bare handler's cost per request
-  on 2026-11-30 was about three times that of 2026-11-27 (the machine's kernel build had changed in between); the
-  aggregator takes more than the bare handler there, but not 10,000. At 10,000 vehicles the scraped row inherits
-  the unheld load: an overloaded event loop serves a whole-fleet scrape in pieces between turns that each take a
-  long time, past the scraper's 10 s timeout. In this run the bare handler held 1,000 vehicles with p99 < 20 ms
-  (at 5,000 its p99 was 69 ms at 89 % of the core); the aggregator held 5,000 unscraped with p99 19.5 ms at 83 %.
-  Scraped at 5,000 it holds the load with no failure and answers every scrape, but its p99 stays above 20 ms: six
-  runs right after this one, same code (`bench.run.ingest`), gave 30-79 ms, against 225 and 500 ms before the
-  changes below in the same session. At 85-90 % of the core every millisecond of scrape work lets about a
-  millisecond of pushes queue behind it: an event-loop lag probe saw the loop turn once per ~20 ms during a
-  scrape. Half-millisecond slices were worse (82 and 88 ms: each pause costs), 2 ms ones no better (74 and 77 ms).
-  What would take it under: less work per scrape (a changed vehicle's samples and text cost ~30 µs, an
-  all-changed 5,000-vehicle render ~0.2 s of CPU every 15 s), or the room of a second core. Past one core, ingest
-  runs in several processes: shards behind HAProxy (docs/scaling.md, measured above).
-- **No scrape stalls ingest:** `/metrics` is streamed. The vehicles' text is brought up to date in slices of 1 ms
-  of work (aggregator/slices.py; counted in time, since a changed vehicle costs ten times a cached one, and the
+- **What is left.** One core of this machine does not take 10,000 pushes/s: the bare handler's cost per request on
+  2026-11-30 was about three times that of 2026-11-27 (the machine's kernel build had changed in between); the
+  aggregator takes more than the bare handler there (7,437 against 5,453 pushes/s in this run), but not 10,000. At
+  10,000 vehicles the scraped row inherits the unheld load: its pushes are all answered, late, and the scrapes,
+  served between turns of an overloaded event loop that each take a long time, pass the scraper's 10 s timeout. In
+  this run the bare handler held 2,500 vehicles with p99 < 20 ms (at 5,000 its p99 was 76 ms at 88 % of the core),
+  and so did the aggregator, scraped or not; at 5,000 the aggregator's p99 was 107 ms at 88 % unscraped: at that
+  load both servers' p99 moves from run to run with the machine (the aggregator's 5,000-vehicle p99 was 19.5 ms at
+  83 % of the core in the run of 14:46 the same day, the bare handler's 69 ms). Scraped at 5,000 the aggregator
+  holds the load with no failure and answers every scrape, with p99 above 20 ms: 21-101 ms in six runs by hand the
+  same day (44-254 ms in 16 runs before the change below). At 85-90 % of the core every millisecond of scrape work
+  lets about a millisecond of pushes queue behind it (an event-loop lag probe saw the loop turn once per ~20 ms
+  during a scrape): half-millisecond slices were worse (82 and 88 ms: each pause costs), 2 ms ones no better (74 and
+  77 ms); slices that wait for a quiet turn of the loop (below) lowered it, within the noise. What would take it
+  under: less work per push (a push costs about what the bare aiohttp handler costs, most of it the event loop, the
+  socket calls and HTTP framing: the breakdown above) or per scrape (a changed vehicle's samples and text cost
+  ~30-45 µs, an all-changed 5,000-vehicle render ~0.25 s of CPU every 15 s), or the room of a second core. Past one
+  core, ingest runs in several processes: shards behind HAProxy (docs/scaling.md, measured above).
+- **No scrape stalls ingest:** `/metrics` is streamed. The vehicles' text is brought up to date in slices of 1 ms of
+  work (aggregator/slices.py; counted in time, since a changed vehicle costs ten times a cached one, and the
   250-vehicle slices used before were 12-22 ms on this machine), with a return to the event loop between slices,
   then written family by family, so pushes are answered during a whole-fleet scrape instead of waiting behind it
   (before any slicing: ~300 ms of one piece for 10,000 vehicles after every vehicle changed). The state file is
-  packed in the same slices. Each vehicle's cache entry is made at start-up, frozen out of the garbage collector
-  with the rest, and refreshed in place: a new entry per changed vehicle per scrape made the collector's passes
-  during a scrape last 20-50 ms at 4,000 vehicles. Label heads (sensor, input, error code) are formatted once per
-  fleet, in a bounded cache: a changed vehicle went from 43 to 31 µs. The pauses stop after 5 s, half of
-  Prometheus's default scrape timeout: an overloaded aggregator, with more pushes ready at every pause than it can
-  take, would otherwise starve the scrape past it. The row "while /metrics is scraped whole every 15 s" measures
-  pushes while bench/scraper.py reads the whole fleet that often (counting its lines without splitting them: it
-  shares the load generator's core, and splitting took ~100 ms of it per scrape).
+  packed in the same slices. A slice does not follow a busy turn of the event loop: between two slices the work
+  waits for a turn that ran less than 2 ms of other work (`slices.pause`), for the first half of the scrape's pause
+  budget (the state image: for a flush interval), so that near saturation it runs in the loop's spare time instead
+  of lengthening every turn. By hand at 5,000 vehicles × 1 Hz with a whole-fleet scrape every 15 s, runs of the code
+  before and after interleaved in one session, at 85-94 % of the core: p99 of pushes, before, median 62 ms over 16
+  runs (44-254 ms); after, median 35 ms over 6 runs (21-101 ms), and 49 ms over 11 runs (30-100 ms) for a first
+  version that waited for quiet turns for the whole budget (then rendered the rest in one piece more often: 147 and
+  391 ms in two later runs; one of its scrapes, in one run of 12, failed, its error not recorded). The runs overlap:
+  the machine, not the code, sets most of the spread at that load. Each vehicle's cache entry is made at start-up,
+  frozen out of the garbage collector with the rest, and refreshed in place: a new entry per changed vehicle per
+  scrape made the collector's passes during a scrape last 20-50 ms at 4,000 vehicles. Label heads (sensor, input,
+  error code) are formatted once per fleet, in a bounded cache: a changed vehicle went from 43 to 31 µs. The pauses
+  stop after 5 s, half of Prometheus's default scrape timeout: an overloaded aggregator, with more pushes ready at
+  every pause than it can take, would otherwise starve the scrape past it. The row "while /metrics is scraped whole
+  every 15 s" measures pushes while bench/scraper.py reads the whole fleet that often (counting its lines without
+  splitting them: it shares the load generator's core, and splitting took ~100 ms of it per scrape).
 - **Bridge.** Battery, NavSatFix and odometry (50 Hz) are subscribed raw: each callback keeps the newest message
   and its arrival time, and the push tick deserialises only that one (ages, staleness and the repeated-stamp
   rule are carried by the newest message, so nothing reported changes). A liveness sensor on an input topic
