@@ -609,8 +609,8 @@ _REQUEST_COUNT = itertools.count()
 async def handle_metrics(request: web.Request) -> web.StreamResponse:
     """GET /metrics: Prometheus text format, or OpenMetrics when the scraper asks for it. Streamed, family by
     family, with pauses while the vehicles' text is brought up to date: a scrape of any fleet never holds the
-    event loop for longer than one slice (slices.SLICE_S) or one family, and its next slice waits for a turn of the
-    loop that pushes left room in (slices.pause), until its pause budget is spent."""
+    event loop for longer than one slice (slices.SLICE_S) or one family until its pause budget is spent; for the
+    first half of that budget its next slice waits for a turn of the loop that pushes left room in (slices.pause)."""
     rt = request.app[RUNTIME]
     encoder, content_type = negotiate(request.headers.get("Accept", ""))
     if request.method == "HEAD":  # the headers alone: a streamed body must not follow them
