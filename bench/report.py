@@ -718,17 +718,18 @@ NOTES = """## Notes: what was optimised, what is out of reach and why
   budget (the state image: for a flush interval), so that near saturation it runs in the loop's spare time instead
   of lengthening every turn. By hand at 5,000 vehicles × 1 Hz with a whole-fleet scrape every 15 s, runs of the code
   before and after interleaved in one session, at 85-94 % of the core: p99 of pushes, before, median 62 ms over 16
-  runs (44-254 ms); after, median 35 ms over 6 runs (21-101 ms), and 49 ms over 11 runs (30-100 ms) for a first
-  version that waited for quiet turns for the whole budget (then rendered the rest in one piece more often: 147 and
-  391 ms in two later runs; one of its scrapes, in one run of 12, failed, its error not recorded). The runs overlap:
-  the machine, not the code, sets most of the spread at that load. Each vehicle's cache entry is made at start-up,
-  frozen out of the garbage collector with the rest, and refreshed in place: a new entry per changed vehicle per
-  scrape made the collector's passes during a scrape last 20-50 ms at 4,000 vehicles. Label heads (sensor, input,
-  error code) are formatted once per fleet, in a bounded cache: a changed vehicle went from 43 to 31 µs. The pauses
-  stop after 5 s, half of Prometheus's default scrape timeout: an overloaded aggregator, with more pushes ready at
-  every pause than it can take, would otherwise starve the scrape past it. The row "while /metrics is scraped whole
-  every 15 s" measures pushes while bench/scraper.py reads the whole fleet that often (counting its lines without
-  splitting them: it shares the load generator's core, and splitting took ~100 ms of it per scrape).
+  runs (44-254 ms); after, median 35 ms over 6 runs (21-101 ms), and 52 ms over 15 runs (30-391 ms) for a first
+  version that waited for quiet turns for the whole budget (and so rendered the rest in one piece past the budget
+  more often: its 147 and 391 ms runs had scrapes of 5.7 and 7.4 s; in one run of 16 one of its scrapes failed, its
+  error not recorded). The runs overlap: the machine, not the code, sets most of the spread at that load. Each
+  vehicle's cache entry is made at start-up, frozen out of the garbage collector with the rest, and refreshed in
+  place: a new entry per changed vehicle per scrape made the collector's passes during a scrape last 20-50 ms at
+  4,000 vehicles. Label heads (sensor, input, error code) are formatted once per fleet, in a bounded cache: a
+  changed vehicle went from 43 to 31 µs. The pauses stop after 5 s, half of Prometheus's default scrape timeout: an
+  overloaded aggregator, with more pushes ready at every pause than it can take, would otherwise starve the scrape
+  past it. The row "while /metrics is scraped whole every 15 s" measures pushes while bench/scraper.py reads the
+  whole fleet that often (counting its lines without splitting them: it shares the load generator's core, and
+  splitting took ~100 ms of it per scrape).
 - **Bridge.** Battery, NavSatFix and odometry (50 Hz) are subscribed raw: each callback keeps the newest message
   and its arrival time, and the push tick deserialises only that one (ages, staleness and the repeated-stamp
   rule are carried by the newest message, so nothing reported changes). A liveness sensor on an input topic
